@@ -1,0 +1,1 @@
+"""The fedloom ClientApp: local training on one partition."""

@@ -1,0 +1,211 @@
+#!/usr/bin/env python
+"""Launch a local fedloom simulation: Flower's simulation engine, Ray clients.
+
+Example: python run_sim.py --task mnist --data-dir ../shared/data --num-clients 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+APP_DIR = Path(__file__).resolve().parent
+
+# Flag -> run-config key. Flags left unset fall back to --run-config, then defaults.
+FLAG_KEYS = {
+    "task": "task",
+    "dataset": "dataset",
+    "data_dir": "data-dir",
+    "rounds": "num-server-rounds",
+    "fraction": "fraction-train",
+    "local_epochs": "local-epochs",
+    "batch_size": "batch-size",
+    "lr": "lr",
+    "partition": "partition",
+    "strategy": "strategy",
+    "seed": "seed",
+    "run_dir": "run-dir",
+}
+
+
+class UsageError(Exception):
+    """Bad input: printed as one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from server.config import DEFAULTS
+    from strategies.registry import strategy_names
+    from tasks.registry import task_names
+
+    p = Parser(
+        description="Run a federated simulation whose clients are Ray actor processes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    d = DEFAULTS
+    p.add_argument("--task", help=f"learning task: {', '.join(task_names())} [default: {d['task']}]")
+    p.add_argument("--dataset", help="dataset, for tasks that offer several [default: the task's first]")
+    p.add_argument("--data-dir", help=f"folder with the data files [default: {d['data-dir']}]")
+    p.add_argument("--num-clients", type=int, default=10, help="number of simulated clients (SuperNodes)")
+    p.add_argument("--rounds", type=int, help=f"federated rounds [default: {d['num-server-rounds']}]")
+    p.add_argument("--fraction", type=float, help=f"share of clients sampled per round [default: {d['fraction-train']}]")
+    p.add_argument("--local-epochs", type=int, help=f"local epochs per round [default: {d['local-epochs']}]")
+    p.add_argument("--batch-size", type=int, help=f"local batch size [default: {d['batch-size']}]")
+    p.add_argument("--lr", type=float, help=f"client SGD learning rate [default: {d['lr']}]")
+    p.add_argument("--partition", help=f"iid, dirichlet:ALPHA or shards:K [default: {d['partition']}]")
+    p.add_argument(
+        "--strategy",
+        help=f"{', '.join(strategy_names())}, or package.module:Class / file.py:Class "
+        f"[default: {d['strategy']}]",
+    )
+    p.add_argument("--seed", type=int, help=f"seed for partitions, init and sampling [default: {d['seed']}]")
+    p.add_argument("--run-dir", help="results folder [default: runs/<timestamp>-<task>-<strategy>]")
+    p.add_argument(
+        "--run-config", default="",
+        help='other run-config keys, e.g. "fraction-evaluate=0.5 momentum=0" (see pyproject.toml)',
+    )
+    p.add_argument("--client-cpus", type=float, default=1.0, help="CPUs per client actor (Ray num_cpus)")
+    p.add_argument(
+        "--client-gpus", default="auto",
+        help="GPU share per client actor; auto = 1/(clients per GPU) when CUDA is available, else 0",
+    )
+    p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's own logs")
+    return p
+
+
+def parse_overrides(text: str) -> dict[str, str]:
+    overrides = {}
+    for item in shlex.split(text):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--run-config item {item!r} is not key=value")
+        overrides[key.strip()] = value.strip().strip("\"'")
+    return overrides
+
+
+def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
+    """Validate everything a run needs before any process starts; return the run config."""
+    from server.config import parse_run_config
+    from strategies.registry import min_replies, resolve_strategy
+    from tasks.registry import partitions
+
+    if args.num_clients < 1:
+        raise UsageError(f"invalid --num-clients {args.num_clients}; valid: >= 1")
+    if args.client_cpus <= 0:
+        raise UsageError(f"invalid --client-cpus {args.client_cpus}; valid: > 0")
+    raw: dict[str, Any] = parse_overrides(args.run_config)
+    raw.update({key: getattr(args, flag) for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None})
+    raw.setdefault("min-train-nodes", min(2, args.num_clients))
+    raw.setdefault("min-available-nodes", args.num_clients)
+    if raw.get("data-dir"):
+        raw["data-dir"] = str(Path(raw["data-dir"]).expanduser().resolve())
+    if raw.get("run-dir"):
+        raw["run-dir"] = str(Path(raw["run-dir"]).expanduser().resolve())
+    cfg = parse_run_config(raw)
+    for key in ("min-train-nodes", "min-available-nodes"):
+        if raw[key] > args.num_clients:
+            raise UsageError(f"{key}={raw[key]} exceeds --num-clients {args.num_clients}")
+    resolve_strategy(cfg.strategy)
+    per_round = max(int(args.num_clients * cfg.fraction_train), cfg.min_train_nodes)
+    needed = min_replies(cfg.strategy, cfg.num_malicious)
+    if per_round < needed:
+        raise UsageError(
+            f"strategy {cfg.strategy} with num-malicious={cfg.num_malicious} needs >= {needed} "
+            f"clients per round, but only {per_round} are sampled"
+        )
+    # Loads the data (cached for the server in this process) and checks the split.
+    partitions(cfg.task, cfg.data_dir, cfg.dataset, cfg.partition, args.num_clients, cfg.seed)
+    resolved = cfg.to_run_config()
+    if not cfg.run_dir:
+        from server.app import default_run_dir
+
+        resolved["run-dir"] = str((Path.cwd() / default_run_dir(cfg)).resolve())
+    return resolved
+
+
+def gpu_share(value: str, num_clients: int) -> float:
+    import torch
+
+    if value != "auto":
+        try:
+            share = float(value)
+        except ValueError:
+            raise UsageError(f"invalid --client-gpus {value!r}; valid: auto or a number >= 0") from None
+        if share < 0:
+            raise UsageError(f"invalid --client-gpus {value!r}; valid: auto or a number >= 0")
+        return share
+    if not torch.cuda.is_available():
+        return 0.0
+    # Spread clients over the GPUs, at most 4 actors sharing one device.
+    return max(torch.cuda.device_count() / max(num_clients, 1), 0.25) if num_clients > 1 else 1.0
+
+
+def simulate(run_config: dict[str, Any], num_clients: int, client_cpus: float, client_gpus: float, verbose: bool) -> None:
+    """Start Flower's simulation runtime (Ray backend) with the ServerApp and ClientApp."""
+    from flwr.app import Context, RecordDict
+    from flwr.common.constant import RUN_ID_NUM_BYTES, SUPERLINK_NODE_ID, TASK_ID_NUM_BYTES
+    from flwr.server.superlink.linkstate.utils import generate_rand_int_from_bytes
+    from flwr.simulation.run_simulation import _run_simulation
+    from flwr.supercore.constant import NOOP_FEDERATION_ID
+    from flwr.supercore.run import Run
+    from flwr.supercore.task_identity import TaskIdentity
+    from flwr.supercore.telemetry import EventType
+
+    from client.app import app as client_app
+    from server.app import app as server_app
+
+    run = Run.create_empty(run_id=generate_rand_int_from_bytes(RUN_ID_NUM_BYTES))
+    run.override_config = dict(run_config)
+    run.primary_task_id = generate_rand_int_from_bytes(TASK_ID_NUM_BYTES)
+    run.federation_id = NOOP_FEDERATION_ID
+    # What flwr.simulation.run_simulation does for a run it creates itself.
+    TaskIdentity.task_id = 1
+    TaskIdentity.run_id = run.run_id
+    TaskIdentity.node_id = SUPERLINK_NODE_ID
+    context = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config=dict(run_config))
+    backend_config = {
+        "client_resources": {"num_cpus": client_cpus, "num_gpus": client_gpus},
+        "init_args": {
+            "include_dashboard": False,
+            "logging_level": logging.INFO if verbose else logging.ERROR,
+            "log_to_driver": verbose,
+        },
+    }
+    _run_simulation(
+        num_supernodes=num_clients,
+        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+        client_app=client_app,
+        server_app=server_app,
+        backend_name="ray",
+        backend_config=backend_config,
+        server_app_context=context,
+        app_dir=str(APP_DIR),
+        run=run,
+        verbose_logging=verbose,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        run_config = resolve_config(args)
+        client_gpus = gpu_share(args.client_gpus, args.num_clients)
+    except (UsageError, ValueError, FileNotFoundError) as exc:
+        print(f"run_sim.py: error: {exc}", file=sys.stderr)
+        return 2
+    if not args.verbose:
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+    simulate(run_config, args.num_clients, args.client_cpus, client_gpus, args.verbose)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

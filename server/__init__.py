@@ -1,0 +1,1 @@
+"""The fedloom ServerApp: run loop, evaluation, results folder."""

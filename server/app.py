@@ -1,0 +1,134 @@
+"""The fedloom ServerApp (``server.app:app``)."""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from dataclasses import asdict
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from strategies.instrumented import InstrumentedStrategy
+from strategies.registry import StrategyParams, build_strategy
+from tasks.partition import label_counts
+from tasks.registry import get_task, load_task_data, partitions
+
+from .config import RunConfig, parse_run_config
+from .monitor import RoundMonitor, connected_nodes
+from .plots import plot_metrics
+from .progress import RunProgress
+from .results import ResultsFolder
+
+PACKAGES = ("flwr", "torch", "numpy", "ray", "opacus", "tenseal", "scikit-learn")
+
+app = ServerApp()
+
+
+def strategy_params(cfg: RunConfig) -> StrategyParams:
+    return StrategyParams(
+        fraction_train=cfg.fraction_train,
+        fraction_evaluate=cfg.fraction_evaluate,
+        min_train_nodes=cfg.min_train_nodes,
+        min_available_nodes=cfg.min_available_nodes,
+        client_lr=cfg.lr,
+        proximal_mu=cfg.proximal_mu,
+        server_lr=cfg.server_lr,
+        server_momentum=cfg.server_momentum,
+        server_adaptive_lr=cfg.server_adaptive_lr,
+        num_malicious=cfg.num_malicious,
+        trimmed_beta=cfg.trimmed_beta,
+        qfedavg_q=cfg.qfedavg_q,
+    )
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    strategy = re.sub(r"[^A-Za-z0-9_.-]+", "_", cfg.strategy.rsplit(":", 1)[-1])
+    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.task}-{strategy}"
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def partitions_record(cfg: RunConfig, num_partitions: int) -> dict[str, Any]:
+    """Sizes and label counts of every client's partition."""
+    data = load_task_data(cfg.task, cfg.data_dir, cfg.dataset)
+    labels = get_task(cfg.task).labels_for_partitioning(data)
+    parts = partitions(cfg.task, cfg.data_dir, cfg.dataset, cfg.partition, num_partitions, cfg.seed)
+    counts = label_counts(labels, list(parts), data.num_classes)
+    return {
+        "partition": cfg.partition,
+        "seed": cfg.seed,
+        "num_partitions": num_partitions,
+        "clients": [
+            {"partition_id": i, "size": int(len(p)), "label_counts": c}
+            for i, (p, c) in enumerate(zip(parts, counts, strict=True))
+        ],
+    }
+
+
+def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
+    """Run ``cfg.num_server_rounds`` rounds on ``grid``; return the metrics rows."""
+    random.seed(cfg.seed)  # Flower samples clients with the global `random`
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    task = get_task(cfg.task)
+    data = load_task_data(cfg.task, cfg.data_dir, cfg.dataset)
+    model = task.build_model(data)
+    strategy = InstrumentedStrategy(build_strategy(cfg.strategy, strategy_params(cfg)))
+    results = ResultsFolder(Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg))
+    record: dict[str, Any] = {
+        "run_config": cfg.to_run_config(),
+        "seed": cfg.seed,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "num_classes": data.num_classes,
+        "num_train_examples": len(data.train),
+        "num_test_examples": len(data.test),
+        "strategy_params": asdict(strategy_params(cfg)),
+        "packages": package_versions(),
+    }
+    results.write_json("config.json", record)
+
+    def first_round_done() -> None:
+        record["num_clients"] = connected_nodes(grid)
+        results.write_json("config.json", record)
+        results.write_json("partitions.json", partitions_record(cfg, record["num_clients"]))
+
+    title = f"{cfg.task} · {cfg.strategy}"
+    with RunProgress(cfg.num_server_rounds, title) as progress:
+        monitor = RoundMonitor(
+            task=task, data=data, model=model, strategy=strategy, results=results,
+            progress=progress, total_rounds=cfg.num_server_rounds, on_first_round=first_round_done,
+        )
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(model.state_dict()),
+            num_rounds=cfg.num_server_rounds,
+            timeout=cfg.round_timeout,
+            train_config=ConfigRecord(),
+            evaluate_fn=monitor.evaluate_fn,
+        )
+    final = result.arrays if len(result.arrays) else ArrayRecord(model.state_dict())
+    results.save_torch("model.pt", final.to_torch_state_dict())
+    plot_metrics(results.rows, results.path, title)
+    progress.summary(results.rows, str(results.path))
+    return results.rows
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = parse_run_config(context.run_config)
+    run_server(grid, cfg)

@@ -1,0 +1,79 @@
+"""Per-round bookkeeping: central evaluation, metrics rows, checkpoints, progress."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, MetricRecord
+from flwr.serverapp import Grid
+
+from strategies.instrumented import InstrumentedStrategy
+from tasks.base import Task, TaskData
+from tasks.training import evaluate
+
+from .progress import RunProgress
+from .results import ResultsFolder
+
+
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class RoundMonitor:
+    """Flower calls :meth:`evaluate_fn` after every round; this writes its row."""
+
+    def __init__(
+        self,
+        *,
+        task: Task,
+        data: TaskData,
+        model: torch.nn.Module,
+        strategy: InstrumentedStrategy,
+        results: ResultsFolder,
+        progress: RunProgress,
+        total_rounds: int,
+        on_first_round: Any = None,
+    ) -> None:
+        self.task, self.data, self.model = task, data, model
+        self.strategy, self.results, self.progress = strategy, results, progress
+        self.total_rounds = total_rounds
+        self.on_first_round = on_first_round
+        self.initial: dict[str, float] = {}
+
+    def central_metrics(self, arrays: ArrayRecord) -> dict[str, float]:
+        self.model.load_state_dict(arrays.to_torch_state_dict())
+        return evaluate(self.model, self.task, self.data.test, device=device())
+
+    def evaluate_fn(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        metrics = self.central_metrics(arrays)
+        if server_round == 0:
+            self.initial = metrics
+            self.progress.console.print(
+                f"initial model: accuracy {metrics['accuracy']:.4f}  loss {metrics['loss']:.4f}"
+            )
+            return MetricRecord(metrics)
+        stats = self.strategy.stats
+        row: dict[str, Any] = {"round": server_round, **metrics}
+        row["train_loss"] = stats.train_metrics.get("train_loss")
+        row.update({f"fed_{k}": v for k, v in stats.evaluate_metrics.items()})
+        row.update(
+            num_clients=stats.num_clients,
+            failures=stats.failures,
+            bytes_up=stats.bytes_up,
+            bytes_down=stats.bytes_down,
+            seconds=round(time.perf_counter() - stats.started, 3),
+        )
+        self.results.add_row(row)
+        self.results.save_torch(
+            "checkpoint.pt", {"round": server_round, "model": self.model.state_dict()}
+        )
+        if server_round == 1 and self.on_first_round is not None:
+            self.on_first_round()
+        self.progress.round_done(row, self.total_rounds)
+        return MetricRecord(metrics)
+
+
+def connected_nodes(grid: Grid) -> int:
+    return len(list(grid.get_node_ids()))

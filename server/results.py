@@ -1,0 +1,62 @@
+"""The results folder: config, partitions, metrics (jsonl + csv), plots, models.
+
+Every file is written atomically (write to a temporary name, then rename), so a
+run killed at any moment leaves complete files behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def metrics_csv(rows: list[Mapping[str, Any]]) -> str:
+    """All rows as CSV; columns are the union of keys in first-seen order."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+class ResultsFolder:
+    """Owns one run directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.rows: list[dict[str, Any]] = []
+
+    def write_json(self, name: str, obj: Any) -> None:
+        atomic_write_bytes(self.path / name, (json.dumps(obj, indent=2) + "\n").encode())
+
+    def add_row(self, row: dict[str, Any]) -> None:
+        """Record one round: rewrites metrics.jsonl and metrics.csv."""
+        self.rows.append(row)
+        jsonl = "".join(json.dumps(r) + "\n" for r in self.rows)
+        atomic_write_bytes(self.path / "metrics.jsonl", jsonl.encode())
+        atomic_write_bytes(self.path / "metrics.csv", metrics_csv(self.rows).encode())
+
+    def save_torch(self, name: str, obj: Any) -> None:
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        atomic_write_bytes(self.path / name, buf.getvalue())

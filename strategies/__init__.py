@@ -1,0 +1,1 @@
+"""Aggregation strategies: Flower Message-API strategies and fedloom's wrappers."""

@@ -1,0 +1,88 @@
+"""A wrapper strategy that measures each round without changing it.
+
+It forwards every call to the inner strategy and records what crossed the wire:
+payload bytes down (configure) and up (replies), replies aggregated, failures, and
+the aggregated train / federated-evaluation metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+
+def payload_bytes(content: RecordDict) -> int:
+    """Bytes of a message's serialized payload: every array's buffer and byte config."""
+    total = sum(rec.count_bytes() for rec in content.array_records.values())
+    for rec in content.config_records.values():
+        total += sum(len(v) for v in rec.values() if isinstance(v, bytes))
+    return total
+
+
+@dataclass
+class RoundStats:
+    started: float = field(default_factory=time.perf_counter)
+    sampled: int = 0
+    num_clients: int = 0
+    failures: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    train_metrics: dict[str, float] = field(default_factory=dict)
+    evaluate_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _scalars(record: MetricRecord | None) -> dict[str, float]:
+    return {k: float(v) for k, v in (record or {}).items() if isinstance(v, (int, float))}
+
+
+class InstrumentedStrategy(Strategy):
+    """Delegates to ``inner``; ``stats`` holds the current round's measurements."""
+
+    def __init__(self, inner: Strategy) -> None:
+        self.inner = inner
+        self.stats = RoundStats()
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self.stats = RoundStats()
+        messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+        self.stats.sampled = len(messages)
+        self.stats.bytes_down += sum(payload_bytes(m.content) for m in messages)
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        ok = [m for m in replies if not m.has_error()]
+        self.stats.failures = self.stats.sampled - len(ok)
+        self.stats.bytes_up += sum(payload_bytes(m.content) for m in ok)
+        arrays, metrics = self.inner.aggregate_train(server_round, replies)
+        self.stats.num_clients = len(ok) if arrays is not None else 0
+        self.stats.train_metrics = _scalars(metrics)
+        return arrays, metrics
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        messages = list(self.inner.configure_evaluate(server_round, arrays, config, grid))
+        self.stats.bytes_down += sum(payload_bytes(m.content) for m in messages)
+        return messages
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        replies = list(replies)
+        self.stats.bytes_up += sum(payload_bytes(m.content) for m in replies if not m.has_error())
+        metrics = self.inner.aggregate_evaluate(server_round, replies)
+        self.stats.evaluate_metrics = _scalars(metrics)
+        return metrics

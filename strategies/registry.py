@@ -1,0 +1,198 @@
+"""Resolve a strategy name (``fedavg``) or import path (``pkg.mod:Class``).
+
+Registered names map to builders that turn :class:`StrategyParams` into a Flower
+Message-API :class:`~flwr.serverapp.strategy.Strategy`. Anything with a colon is a
+user's own strategy: ``package.module:ClassName`` or ``path/to/file.py:ClassName``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from flwr.serverapp import strategy as fl
+
+Builder = Callable[["StrategyParams"], fl.Strategy]
+
+
+@dataclass(frozen=True)
+class StrategyParams:
+    """Everything a builder may need; names follow the run-config keys."""
+
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 0.0
+    min_train_nodes: int = 2
+    min_available_nodes: int = 2
+    client_lr: float = 0.05
+    proximal_mu: float = 0.01
+    server_lr: float = 1.0
+    server_momentum: float = 0.9
+    server_adaptive_lr: float = 0.01
+    num_malicious: int = 0
+    trimmed_beta: float = 0.2
+    qfedavg_q: float = 0.1
+
+    def common(self) -> dict[str, float | int]:
+        """Keyword arguments every Flower Message-API strategy accepts."""
+        return {
+            "fraction_train": self.fraction_train,
+            "fraction_evaluate": self.fraction_evaluate,
+            "min_train_nodes": self.min_train_nodes,
+            "min_evaluate_nodes": self.min_train_nodes if self.fraction_evaluate else 0,
+            "min_available_nodes": self.min_available_nodes,
+        }
+
+
+_BUILDERS: dict[str, Builder] = {}
+#: Smallest number of replies per round a strategy needs, as a function of f.
+_MIN_REPLIES: dict[str, Callable[[int], int]] = {}
+
+
+def register_strategy(
+    name: str, *, min_replies: Callable[[int], int] = lambda f: 1
+) -> Callable[[Builder], Builder]:
+    """Decorator: register ``builder`` under ``name``; a taken name is an error."""
+
+    def deco(builder: Builder) -> Builder:
+        if name in _BUILDERS:
+            raise ValueError(f"strategy {name!r} is already registered")
+        _BUILDERS[name] = builder
+        _MIN_REPLIES[name] = min_replies
+        return builder
+
+    return deco
+
+
+def strategy_names() -> list[str]:
+    return sorted(_BUILDERS)
+
+
+@register_strategy("fedavg")
+def _fedavg(p: StrategyParams) -> fl.Strategy:
+    return fl.FedAvg(**p.common())
+
+
+@register_strategy("fedavgm")
+def _fedavgm(p: StrategyParams) -> fl.Strategy:
+    return fl.FedAvgM(**p.common(), server_learning_rate=p.server_lr, server_momentum=p.server_momentum)
+
+
+@register_strategy("fedprox")
+def _fedprox(p: StrategyParams) -> fl.Strategy:
+    return fl.FedProx(**p.common(), proximal_mu=p.proximal_mu)
+
+
+def _fedopt(cls: type[fl.Strategy]) -> Builder:
+    def build(p: StrategyParams) -> fl.Strategy:
+        return cls(**p.common(), eta=p.server_adaptive_lr, eta_l=p.client_lr)
+
+    return build
+
+
+register_strategy("fedadam")(_fedopt(fl.FedAdam))
+register_strategy("fedyogi")(_fedopt(fl.FedYogi))
+register_strategy("fedadagrad")(_fedopt(fl.FedAdagrad))
+
+
+@register_strategy("fedmedian")
+def _fedmedian(p: StrategyParams) -> fl.Strategy:
+    return fl.FedMedian(**p.common())
+
+
+@register_strategy("fedtrimmedavg", min_replies=lambda f: 3)
+def _fedtrimmedavg(p: StrategyParams) -> fl.Strategy:
+    return fl.FedTrimmedAvg(**p.common(), beta=p.trimmed_beta)
+
+
+@register_strategy("krum", min_replies=lambda f: 2 * f + 3)
+def _krum(p: StrategyParams) -> fl.Strategy:
+    return fl.Krum(**p.common(), num_malicious_nodes=p.num_malicious)
+
+
+@register_strategy("multikrum", min_replies=lambda f: 2 * f + 3)
+def _multikrum(p: StrategyParams) -> fl.Strategy:
+    return fl.MultiKrum(
+        **p.common(), num_malicious_nodes=p.num_malicious, num_nodes_to_select=max(1, p.min_train_nodes - p.num_malicious)
+    )
+
+
+@register_strategy("bulyan", min_replies=lambda f: 4 * f + 3)
+def _bulyan(p: StrategyParams) -> fl.Strategy:
+    return fl.Bulyan(**p.common(), num_malicious_nodes=p.num_malicious)
+
+
+@register_strategy("qfedavg")
+def _qfedavg(p: StrategyParams) -> fl.Strategy:
+    return fl.QFedAvg(
+        client_learning_rate=p.client_lr, q=p.qfedavg_q, train_loss_key="train_loss_initial", **p.common()
+    )
+
+
+def _import_object(spec: str) -> object:
+    target, _, attr = spec.rpartition(":")
+    if not target or not attr:
+        raise ValueError(f"invalid strategy path {spec!r}; use package.module:ClassName")
+    if target.endswith(".py"):
+        path = Path(target).expanduser().resolve()
+        if not path.is_file():
+            raise ValueError(f"strategy file {path} does not exist")
+        mod_name = f"fedloom_user_strategy_{path.stem}"
+        module_spec = importlib.util.spec_from_file_location(mod_name, path)
+        assert module_spec and module_spec.loader
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[mod_name] = module
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise ValueError(f"cannot import strategy module {target!r}: {exc}") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ValueError(f"module {target!r} has no attribute {attr!r}") from None
+
+
+def _user_builder(spec: str) -> Builder:
+    obj = _import_object(spec)
+    if not callable(obj):
+        raise ValueError(f"strategy {spec!r} is not a class or factory")
+    if inspect.isclass(obj) and not issubclass(obj, fl.Strategy):
+        raise ValueError(f"strategy {spec!r} must subclass flwr.serverapp.strategy.Strategy")
+
+    def build(p: StrategyParams) -> fl.Strategy:
+        accepted = inspect.signature(obj).parameters
+        takes_all = any(a.kind is inspect.Parameter.VAR_KEYWORD for a in accepted.values())
+        kwargs = {k: v for k, v in p.common().items() if takes_all or k in accepted}
+        strategy = obj(**kwargs)
+        if not isinstance(strategy, fl.Strategy):
+            raise ValueError(f"strategy {spec!r} returned {type(strategy).__name__}, not a Strategy")
+        return strategy
+
+    return build
+
+
+def resolve_strategy(name: str) -> Builder:
+    """The builder for ``name``; ``ValueError`` lists the valid names."""
+    if name in _BUILDERS:
+        return _BUILDERS[name]
+    if ":" in name:
+        return _user_builder(name)
+    raise ValueError(
+        f"unknown strategy {name!r}; valid: {', '.join(strategy_names())}, "
+        "or package.module:ClassName"
+    )
+
+
+def min_replies(name: str, num_malicious: int) -> int:
+    """Fewest replies per round ``name`` can aggregate with ``num_malicious`` attackers."""
+    return _MIN_REPLIES.get(name, lambda f: 1)(num_malicious)
+
+
+def build_strategy(name: str, params: StrategyParams) -> fl.Strategy:
+    return resolve_strategy(name)(params)

@@ -1,0 +1,1 @@
+"""Learning tasks: model, data loading, partitioning, train and test loops."""

@@ -1,0 +1,85 @@
+"""The task interface: what every task module provides."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A data set is not on disk and could not be downloaded."""
+
+
+@dataclass(frozen=True)
+class DataSplit:
+    """Model-ready inputs ``x`` (float32) and integer labels ``y``."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def subset(self, indices: np.ndarray) -> DataSplit:
+        return DataSplit(self.x[indices], self.y[indices])
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """A task's train and test splits plus what the model needs to know."""
+
+    train: DataSplit
+    test: DataSplit
+    num_classes: int
+    info: dict[str, object] = field(default_factory=dict)
+
+
+class Task(ABC):
+    """One learning task. Subclasses are registered in :mod:`tasks.registry`.
+
+    A task never reads Flower's Context: it gets typed arguments only.
+    """
+
+    name: str = ""
+    #: Valid ``--dataset`` values; the first is the default.
+    datasets: tuple[str, ...] = ()
+
+    def resolve_dataset(self, dataset: str) -> str:
+        """Return the dataset name to use, or raise ``ValueError`` listing valid ones."""
+        if not dataset:
+            return self.datasets[0]
+        if dataset not in self.datasets:
+            raise ValueError(
+                f"unknown dataset {dataset!r} for task {self.name!r}; "
+                f"valid: {', '.join(self.datasets)}"
+            )
+        return dataset
+
+    @abstractmethod
+    def load(self, data_dir: Path, dataset: str) -> TaskData:
+        """Load the full data set from ``data_dir`` (downloading when online)."""
+
+    @abstractmethod
+    def build_model(self, data: TaskData) -> nn.Module:
+        """A freshly initialised model for this task."""
+
+    def loss_fn(self) -> nn.Module:
+        return nn.CrossEntropyLoss()
+
+    def augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Train-time augmentation of one batch (identity by default)."""
+        del generator
+        return x
+
+    def labels_for_partitioning(self, data: TaskData) -> np.ndarray:
+        """One integer label per training example, used by label-skew partitioners."""
+        return data.train.y
+
+    def metrics(self, logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """Task metrics from all test logits and labels (accuracy by default)."""
+        return {"accuracy": float((logits.argmax(dim=1) == y).float().mean())}

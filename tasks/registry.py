@@ -1,0 +1,89 @@
+"""Task registry by name, and the per-process, keyed data cache."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from .base import DataSplit, Task, TaskData
+from .digits import DigitsTask
+from .mnist import MnistTask
+from .partition import parse_partition, partition_indices
+
+_TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task) -> Task:
+    """Add ``task`` under ``task.name``; a taken name is an error."""
+    if task.name in _TASKS:
+        raise ValueError(f"task {task.name!r} is already registered")
+    _TASKS[task.name] = task
+    return task
+
+
+def task_names() -> list[str]:
+    return sorted(_TASKS)
+
+
+def get_task(name: str) -> Task:
+    """The registered task called ``name``; ``ValueError`` lists the valid names."""
+    try:
+        return _TASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; valid: {', '.join(task_names())}") from None
+
+
+for _task in (DigitsTask(), MnistTask()):
+    register_task(_task)
+
+
+@lru_cache(maxsize=4)
+def load_task_data(task_name: str, data_dir: str, dataset: str) -> TaskData:
+    """Load a task's data once per process (keyed by task, directory, dataset)."""
+    task = get_task(task_name)
+    return task.load(Path(data_dir).expanduser(), task.resolve_dataset(dataset))
+
+
+@lru_cache(maxsize=4)
+def partitions(
+    task_name: str, data_dir: str, dataset: str, partition: str, num_partitions: int, seed: int
+) -> tuple[np.ndarray, ...]:
+    """All clients' training indices (deterministic from ``seed``), cached per process."""
+    data = load_task_data(task_name, data_dir, dataset)
+    labels = get_task(task_name).labels_for_partitioning(data)
+    spec = parse_partition(partition)
+    return tuple(partition_indices(spec, labels, num_partitions, seed))
+
+
+@lru_cache(maxsize=2)
+def client_split(
+    task_name: str,
+    data_dir: str,
+    dataset: str,
+    partition: str,
+    num_partitions: int,
+    seed: int,
+    partition_id: int,
+) -> DataSplit:
+    """One client's training split."""
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(f"partition-id {partition_id} outside [0, {num_partitions})")
+    data = load_task_data(task_name, data_dir, dataset)
+    parts = partitions(task_name, data_dir, dataset, partition, num_partitions, seed)
+    return data.train.subset(parts[partition_id])
+
+
+@lru_cache(maxsize=2)
+def client_test_split(
+    task_name: str, data_dir: str, dataset: str, num_partitions: int, partition_id: int
+) -> DataSplit:
+    """A client's share of the test set (for federated evaluation).
+
+    The test set is cut into ``num_partitions`` contiguous parts, so the
+    example-weighted mean over all clients equals the centralized test metric.
+    """
+    data = load_task_data(task_name, data_dir, dataset)
+    part = np.array_split(np.arange(len(data.test)), num_partitions)[partition_id]
+    return data.test.subset(part)

@@ -1,0 +1,79 @@
+"""Local train and test loops shared by every task."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .base import DataSplit, Task
+
+
+def proximal_term(model: nn.Module, global_params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """FedProx's ||w - w_global||^2 over trainable parameters (Li et al. 2020)."""
+    total = torch.zeros((), device=global_params[0].device if global_params else "cpu")
+    for param, ref in zip(model.parameters(), global_params, strict=True):
+        total = total + (param - ref).pow(2).sum()
+    return total
+
+
+def train_local(
+    model: nn.Module,
+    task: Task,
+    split: DataSplit,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    momentum: float = 0.9,
+    proximal_mu: float = 0.0,
+    seed: int = 0,
+    device: str = "cpu",
+) -> float:
+    """Train ``model`` in place with SGD; return the mean training loss."""
+    generator = torch.Generator().manual_seed(seed)
+    model.to(device).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    loss_fn = task.loss_fn()
+    x_all = torch.from_numpy(split.x)
+    y_all = torch.from_numpy(split.y)
+    global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu else []
+    total, count = 0.0, 0
+    for _ in range(epochs):
+        order = torch.randperm(len(split), generator=generator)
+        for start in range(0, len(split), batch_size):
+            idx = order[start : start + batch_size]
+            xb = task.augment(x_all[idx], generator).to(device)
+            yb = y_all[idx].to(device)
+            optimizer.zero_grad()
+            loss = loss_fn(model(xb), yb)
+            objective = loss
+            if proximal_mu:
+                objective = loss + 0.5 * proximal_mu * proximal_term(model, global_params)
+            objective.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, task: Task, split: DataSplit, *, batch_size: int = 512, device: str = "cpu"
+) -> dict[str, float]:
+    """Loss and task metrics of ``model`` on ``split``."""
+    model.to(device).eval()
+    loss_fn = task.loss_fn()
+    logits, total = [], 0.0
+    for start in range(0, len(split), batch_size):
+        xb = torch.from_numpy(split.x[start : start + batch_size]).to(device)
+        yb = torch.from_numpy(split.y[start : start + batch_size]).to(device)
+        out = model(xb)
+        total += float(loss_fn(out, yb)) * len(yb)
+        logits.append(out.cpu())
+    all_logits = torch.cat(logits) if logits else torch.empty(0)
+    metrics = task.metrics(all_logits, torch.from_numpy(np.asarray(split.y)))
+    metrics["loss"] = total / max(len(split), 1)
+    return metrics
