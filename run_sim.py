@@ -7,12 +7,14 @@ Example: python run_sim.py --task mnist --data-dir ../shared/data --num-clients 
 from __future__ import annotations
 
 import argparse
+import os
 import logging
 import shlex
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 APP_DIR = Path(__file__).resolve().parent
 
 # Flag -> run-config key. Flags left unset fall back to --run-config, then defaults.
@@ -188,6 +190,7 @@ def simulate(run_config: dict[str, Any], num_clients: int, client_cpus: float, c
         backend_config=backend_config,
         server_app_context=context,
         app_dir=str(APP_DIR),
+        is_app=True,  # clients fuse pyproject defaults with run.override_config
         run=run,
         verbose_logging=verbose,
     )
