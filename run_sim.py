@@ -113,8 +113,9 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
         raw["run-dir"] = str(Path(raw["run-dir"]).expanduser().resolve())
     cfg = parse_run_config(raw)
     for key in ("min-train-nodes", "min-available-nodes"):
-        if raw[key] > args.num_clients:
-            raise UsageError(f"{key}={raw[key]} exceeds --num-clients {args.num_clients}")
+        value = getattr(cfg, key.replace("-", "_"))
+        if value > args.num_clients:
+            raise UsageError(f"{key}={value} exceeds --num-clients {args.num_clients}")
     resolve_strategy(cfg.strategy)
     per_round = max(int(args.num_clients * cfg.fraction_train), cfg.min_train_nodes)
     needed = min_replies(cfg.strategy, cfg.num_malicious)

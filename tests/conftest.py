@@ -1,0 +1,26 @@
+"""Shared fixtures: the real data sets in ../shared/data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def require_data(relative: str) -> Path:
+    """Path to a shared data file; skip only when it is absent and CI is not set."""
+    path = SHARED_DATA / relative
+    if not path.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{path} is missing and CI=true: tests must run on real data")
+        pytest.skip(f"{path} not present")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    require_data("mnist.npz")
+    return SHARED_DATA

@@ -1,0 +1,65 @@
+"""Bad input: one clear line on stderr, exit status 2, nothing started."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import run_sim
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--task", "cifar"], "unknown task 'cifar'; valid: digits"),
+        (["--task", "mnist", "--dataset", "fashion"], "unknown dataset 'fashion' for task 'mnist'"),
+        (["--strategy", "fedsgd"], "unknown strategy 'fedsgd'; valid: bulyan"),
+        (["--partition", "zipf:1"], "invalid partition 'zipf:1'; valid: iid, dirichlet:ALPHA"),
+        (["--rounds", "0"], "invalid num-server-rounds=0; valid: >= 1"),
+        (["--rounds", "two"], "argument --rounds: invalid int value: 'two'"),
+        (["--num-clients", "0"], "invalid --num-clients 0; valid: >= 1"),
+        (["--lr", "-0.1"], "invalid lr=-0.1; valid: > 0"),
+        (["--fraction", "2"], "invalid fraction-train=2.0"),
+        (["--run-config", "learning-rate=3"], "unknown run-config key(s) learning-rate"),
+        (["--run-config", "lr"], "--run-config item 'lr' is not key=value"),
+        (["--num-clients", "1", "--run-config", "min-train-nodes=2"], "min-train-nodes=2 exceeds --num-clients 1"),
+        (["--strategy", "krum", "--num-clients", "4", "--run-config", "num-malicious=1"], "needs >= 5 clients per round"),
+        (["--client-gpus", "lots"], "invalid --client-gpus 'lots'"),
+        (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(argv, message, capsys):
+    assert run_sim.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_missing_data_file_names_the_path(tmp_path, monkeypatch, capsys):
+    from tasks import mnist
+
+    monkeypatch.setattr(mnist, "MIRRORS", ("http://127.0.0.1:9/",))
+    assert run_sim.main(["--task", "mnist", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"put mnist.npz in {tmp_path}" in err and err.count("\n") == 1
+
+
+def test_help_explains_every_flag():
+    out = subprocess.run(
+        [sys.executable, "run_sim.py", "--help"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    for flag in ("--task", "--dataset", "--data-dir", "--num-clients", "--rounds", "--fraction",
+                 "--local-epochs", "--batch-size", "--lr", "--partition", "--strategy", "--seed",
+                 "--run-dir", "--run-config", "--client-cpus", "--client-gpus"):
+        assert flag in out
+
+
+def test_process_exit_status_is_2():
+    proc = subprocess.run(
+        [sys.executable, "run_sim.py", "--task", "nope"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "run_sim.py: error: unknown task 'nope'; valid: " + proc.stderr.split("valid: ")[1].strip()

@@ -1,0 +1,40 @@
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from server.config import DEFAULTS, parse_run_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_mirror_pyproject():
+    table = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert table == DEFAULTS
+
+
+def test_parse_fills_defaults_and_coerces_strings():
+    cfg = parse_run_config({"lr": "0.1", "num-server-rounds": "3", "partition": "SHARDS:2"})
+    assert cfg.lr == 0.1 and cfg.num_server_rounds == 3 and cfg.partition == "shards:2"
+    assert cfg.task == "digits" and cfg.dataset == "digits"
+    assert cfg.to_run_config()["num-server-rounds"] == 3
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"task": "cifar"}, "unknown task 'cifar'; valid: digits"),
+        ({"dataset": "svhn"}, "unknown dataset 'svhn' for task 'digits'; valid: digits"),
+        ({"lr": "-1"}, "invalid lr=-1.0; valid: > 0"),
+        ({"num-server-rounds": 0}, "invalid num-server-rounds=0; valid: >= 1"),
+        ({"fraction-train": 1.5}, "invalid fraction-train=1.5; valid: 0 < f <= 1"),
+        ({"batch-size": "many"}, "batch-size='many' is not a valid int"),
+        ({"local-epochs": 1.5}, "local-epochs=1.5 is not a valid int"),
+        ({"partition": "zipf"}, "invalid partition 'zipf'"),
+        ({"learning-rate": 0.1}, "unknown run-config key(s) learning-rate; valid: task"),
+    ],
+)
+def test_bad_values_name_the_problem(overrides, message):
+    with pytest.raises(ValueError) as err:
+        parse_run_config(overrides)
+    assert message in str(err.value)

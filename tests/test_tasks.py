@@ -1,0 +1,115 @@
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tasks import mnist as mnist_mod
+from tasks.base import DatasetNotFoundError, DataSplit
+from tasks.digits import DigitsTask
+from tasks.mnist import MnistCNN, MnistTask, load_mnist_arrays, read_idx
+from tasks.registry import client_split, client_test_split, load_task_data
+from tasks.training import evaluate, proximal_term, train_local
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
+    dims = array.shape
+    header = bytes([0, 0, 8, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims)
+    data = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(data) if compress else data)
+
+
+def test_mnist_cnn_has_mcmahans_parameter_count():
+    model = MnistCNN()
+    assert sum(p.numel() for p in model.parameters()) == 1_663_370
+    assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_read_idx_plain_and_gzipped(tmp_path):
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    write_idx(tmp_path / "a", images, compress=False)
+    write_idx(tmp_path / "b.gz", images, compress=True)
+    assert np.array_equal(read_idx(tmp_path / "a"), images)
+    assert np.array_equal(read_idx(tmp_path / "b.gz"), images)
+
+
+def test_mnist_loads_torchvision_raw_idx_layout(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    arrays = {
+        "x_train": rng.integers(0, 256, (5, 28, 28)), "y_train": np.arange(5),
+        "x_test": rng.integers(0, 256, (2, 28, 28)), "y_test": np.array([3, 4]),
+    }
+    for key, stem in mnist_mod.IDX_FILES.items():
+        write_idx(raw / (stem + ".gz"), arrays[key], compress=True)
+    data = MnistTask().load(tmp_path, "mnist")
+    assert data.train.x.shape == (5, 1, 28, 28) and data.train.x.dtype == np.float32
+    assert data.test.y.tolist() == [3, 4]
+    expected = (arrays["x_test"][1, 0, 0] / 255.0 - mnist_mod.MEAN) / mnist_mod.STD
+    assert data.test.x[1, 0, 0, 0] == pytest.approx(expected, rel=1e-6)
+
+
+def test_missing_mnist_names_the_paths_and_does_not_fall_back(tmp_path, monkeypatch):
+    monkeypatch.setattr(mnist_mod, "MIRRORS", ("http://127.0.0.1:9/",))
+    with pytest.raises(DatasetNotFoundError) as err:
+        load_mnist_arrays(tmp_path)
+    message = str(err.value)
+    assert f"put mnist.npz in {tmp_path}" in message
+    assert str(tmp_path / "MNIST" / "raw") in message and "\n" not in message
+
+
+def test_real_mnist_npz(shared_data):
+    arr = load_mnist_arrays(shared_data)
+    assert arr["x_train"].shape == (60000, 28, 28) and arr["x_test"].shape == (10000, 28, 28)
+    assert np.bincount(arr["y_test"]).tolist()[:2] == [980, 1135]
+
+
+def test_digits_split_is_stratified_and_fixed():
+    data = load_task_data("digits", "unused", "digits")
+    assert len(data.train) == 1437 and len(data.test) == 360
+    assert data.train.x.shape[1] == 64 and data.num_classes == 10
+
+
+def test_client_splits_are_cached_per_process_and_cover_the_test_set():
+    a = client_split("digits", "x", "digits", "iid", 4, 0, 1)
+    assert a is client_split("digits", "x", "digits", "iid", 4, 0, 1)
+    sizes = [len(client_test_split("digits", "x", "digits", 4, i)) for i in range(4)]
+    assert sum(sizes) == 360
+    with pytest.raises(ValueError, match="partition-id 4 outside"):
+        client_split("digits", "x", "digits", "iid", 4, 0, 4)
+
+
+def test_local_training_lowers_the_loss_on_digits():
+    task = DigitsTask()
+    data = load_task_data("digits", "unused", "digits")
+    torch.manual_seed(0)
+    model = task.build_model(data)
+    before = evaluate(model, task, data.test)
+    train_local(model, task, data.train, epochs=2, batch_size=32, lr=0.05, seed=1)
+    after = evaluate(model, task, data.test)
+    assert after["loss"] < before["loss"] * 0.5
+    assert after["accuracy"] > 0.9
+
+
+def test_proximal_term_by_hand():
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 2.0]]))
+    # ||(1,2) - (0,4)||^2 = 1 + 4 = 5
+    assert float(proximal_term(model, [torch.tensor([[0.0, 4.0]])]).detach()) == pytest.approx(5.0)
+
+
+def test_fedprox_term_pulls_towards_the_global_model():
+    task = DigitsTask()
+    data = load_task_data("digits", "unused", "digits")
+    split = DataSplit(data.train.x[:200], data.train.y[:200])
+    drift = []
+    for mu in (0.0, 10.0):
+        torch.manual_seed(0)
+        model = task.build_model(data)
+        start = [p.detach().clone() for p in model.parameters()]
+        train_local(model, task, split, epochs=3, batch_size=16, lr=0.05, proximal_mu=mu, seed=0)
+        drift.append(float(proximal_term(model, start)))
+    assert drift[1] < drift[0] * 0.7
