@@ -1,0 +1,41 @@
+"""Helpers shared by the benchmarks: data location, runs, markdown tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DATA_DIR = Path(os.environ.get("FEDLOOM_DATA", ROOT.parent / "shared" / "data"))
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def simulate(run_dir: Path, *args: str) -> list[dict[str, Any]]:
+    """Run ``run_sim.py`` in this process; return its metrics rows."""
+    import run_sim
+
+    code = run_sim.main([*args, "--run-dir", str(run_dir)])
+    if code != 0:
+        raise SystemExit(f"run_sim failed with status {code}: {args}")
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_result(name: str, text: str) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / name
+    path.write_text(text)
+    print(text)
+    print(f"written to {path}")
+    return path
