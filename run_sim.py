@@ -7,6 +7,7 @@ Example: python run_sim.py --task mnist --data-dir ../shared/data --num-clients 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import logging
 import shlex
@@ -31,6 +32,22 @@ FLAG_KEYS = {
     "strategy": "strategy",
     "seed": "seed",
     "run_dir": "run-dir",
+    "fail_rate": "fail-rate",
+    "straggler_rate": "straggler-rate",
+    "straggler_delay": "straggler-delay",
+    "attack": "attack",
+    "attack_fraction": "attack-fraction",
+    "compression": "compression",
+    "compression_down": "compression-down",
+    "dp": "dp",
+    "dp_noise": "dp-noise",
+    "dp_target_epsilon": "dp-target-epsilon",
+    "dp_max_grad_norm": "dp-max-grad-norm",
+    "dp_delta": "dp-delta",
+    "dp_accountant": "dp-accountant",
+    "dp_clipping": "dp-clipping",
+    "dp_clipping_side": "dp-clipping-side",
+    "dp_clipping_norm": "dp-clipping-norm",
 }
 
 
@@ -44,6 +61,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from compression.spec import codec_usages
     from server.config import DEFAULTS
     from strategies.registry import strategy_names
     from tasks.registry import task_names
@@ -56,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", help=f"learning task: {', '.join(task_names())} [default: {d['task']}]")
     p.add_argument("--dataset", help="dataset, for tasks that offer several [default: the task's first]")
     p.add_argument("--data-dir", help=f"folder with the data files [default: {d['data-dir']}]")
-    p.add_argument("--num-clients", type=int, default=10, help="number of simulated clients (SuperNodes)")
+    p.add_argument("--num-clients", type=int, help="number of simulated clients (SuperNodes) [default: 10]")
     p.add_argument("--rounds", type=int, help=f"federated rounds [default: {d['num-server-rounds']}]")
     p.add_argument("--fraction", type=float, help=f"share of clients sampled per round [default: {d['fraction-train']}]")
     p.add_argument("--local-epochs", type=int, help=f"local epochs per round [default: {d['local-epochs']}]")
@@ -71,6 +89,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help=f"seed for partitions, init and sampling [default: {d['seed']}]")
     p.add_argument("--run-dir", help="results folder [default: runs/<timestamp>-<task>-<strategy>]")
     p.add_argument(
+        "--compression",
+        help=f"upload codec chain: {codec_usages()}, or TRANSFORM+QUANTIZER such as "
+        f"topk:0.01+qsgd:8 [default: {d['compression']}]",
+    )
+    p.add_argument(
+        "--compression-down",
+        help="download codec for the global model: none, fp16 or qsgd:BITS "
+        f"[default: {d['compression-down']}]",
+    )
+    p.add_argument(
+        "--dp", help="differential privacy: none, sample (Opacus DP-SGD on every client) or "
+        f"client (client-level DP-FedAvg with Flower's DP wrappers) [default: {d['dp']}]",
+    )
+    p.add_argument(
+        "--dp-noise", type=float,
+        help="noise multiplier (sample: per-step gradient noise; client: noise on the aggregate); "
+        "0 = calibrate from --dp-target-epsilon [default: 0]",
+    )
+    p.add_argument(
+        "--dp-target-epsilon", type=float,
+        help="privacy budget at --dp-delta (sample: per client, enforced; client: for the run); "
+        "without --dp-noise the noise is calibrated to spend it in --rounds rounds [default: none]",
+    )
+    p.add_argument("--dp-max-grad-norm", type=float, help=f"sample: per-example gradient clipping bound [default: {d['dp-max-grad-norm']}]")
+    p.add_argument("--dp-delta", type=float, help=f"delta of the reported (epsilon, delta) [default: {d['dp-delta']}]")
+    p.add_argument("--dp-accountant", help=f"sample: Opacus accountant, rdp or prv [default: {d['dp-accountant']}]")
+    p.add_argument("--dp-clipping", help=f"client: fixed or adaptive clipping of updates [default: {d['dp-clipping']}]")
+    p.add_argument("--dp-clipping-side", help=f"client: clip on the server or the clients [default: {d['dp-clipping-side']}]")
+    p.add_argument("--dp-clipping-norm", type=float, help=f"client: update clipping norm (initial norm when adaptive) [default: {d['dp-clipping-norm']}]")
+    p.add_argument(
         "--run-config", default="",
         help='other run-config keys, e.g. "fraction-evaluate=0.5 momentum=0" (see pyproject.toml)',
     )
@@ -79,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--client-gpus", default="auto",
         help="GPU share per client actor; auto = 1/(clients per GPU) when CUDA is available, else 0",
     )
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--fail-rate", type=float, help="fault injection: probability that a client's training raises")
+    p.add_argument("--straggler-rate", type=float, help="fault injection: probability that a client sleeps")
+    p.add_argument("--straggler-delay", type=float, help="seconds a straggler sleeps")
+    p.add_argument("--attack", help="byzantine clients: none, sign-flip, gaussian, scaled [default: none]")
+    p.add_argument("--attack-fraction", type=float, help="share of clients that attack [default: 0]")
     p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's own logs")
     return p
 
@@ -93,18 +147,51 @@ def parse_overrides(text: str) -> dict[str, str]:
     return overrides
 
 
+def resume_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The saved run config of ``--resume RUN_DIR``; only ``--rounds`` may change it."""
+    run_dir = Path(args.resume).expanduser().resolve()
+    try:
+        record = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        raise UsageError(f"--resume {run_dir}: not a fedloom results folder (no readable config.json)") from None
+    if not (run_dir / "checkpoint.pt").is_file():
+        raise UsageError(f"--resume {run_dir}: no checkpoint.pt (the run never finished a round)")
+    changed = [f"--{flag.replace('_', '-')}" for flag in FLAG_KEYS if flag != "rounds" and getattr(args, flag) is not None]
+    if changed or args.run_config:
+        raise UsageError(
+            f"{', '.join(changed) or '--run-config'} cannot be combined with --resume: "
+            "a resumed run keeps its config (only --rounds may change)"
+        )
+    saved_clients = record.get("num_clients")
+    if args.num_clients is not None and saved_clients and args.num_clients != saved_clients:
+        raise UsageError(f"--num-clients {args.num_clients} differs from the run's {saved_clients}")
+    args.num_clients = args.num_clients or saved_clients
+    raw = dict(record["run_config"])
+    raw.update(resume=True, **{"run-dir": str(run_dir)})
+    if args.rounds is not None:
+        raw["num-server-rounds"] = args.rounds
+    return raw
+
+
 def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     """Validate everything a run needs before any process starts; return the run config."""
     from server.config import parse_run_config
+    from server.privacy import check_privacy
     from strategies.registry import min_replies, resolve_strategy
     from tasks.registry import partitions
 
+    resumed = resume_config(args) if args.resume else None
+    if args.num_clients is None:
+        args.num_clients = 10
     if args.num_clients < 1:
         raise UsageError(f"invalid --num-clients {args.num_clients}; valid: >= 1")
     if args.client_cpus <= 0:
         raise UsageError(f"invalid --client-cpus {args.client_cpus}; valid: > 0")
-    raw: dict[str, Any] = parse_overrides(args.run_config)
-    raw.update({key: getattr(args, flag) for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None})
+    if resumed is not None:
+        raw: dict[str, Any] = resumed
+    else:
+        raw = parse_overrides(args.run_config)
+        raw.update({key: getattr(args, flag) for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None})
     raw.setdefault("min-train-nodes", min(2, args.num_clients))
     raw.setdefault("min-available-nodes", args.num_clients)
     if raw.get("data-dir"):
@@ -125,7 +212,11 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
             f"clients per round, but only {per_round} are sampled"
         )
     # Loads the data (cached for the server in this process) and checks the split.
-    partitions(cfg.task, cfg.data_dir, cfg.dataset, cfg.partition, args.num_clients, cfg.seed)
+    partitions(
+        cfg.task, cfg.data_dir, cfg.dataset, cfg.partition, args.num_clients, cfg.seed,
+        cfg.task_options(),
+    )
+    check_privacy(cfg, args.num_clients)
     resolved = cfg.to_run_config()
     if not cfg.run_dir:
         from server.app import default_run_dir

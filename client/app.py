@@ -8,16 +8,27 @@ also set ``data-dir`` in its node config to override the run config's.
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.attacks import attackers, poison
+from client.compress import encode_update, received_state
+from client.faults import inject_faults
+from client.privacy import dp_clipping_mod, sample_dp_round
+from client.state import load_state, save_state
+from compression.flat import flatten, unflatten
+from compression.spec import Chain, parse_down_spec, parse_spec
+from privacy.dp import make_dp_ready
 from server.config import RunConfig, parse_run_config
+from strategies.compressed import SEED_KEY
 from tasks.registry import client_split, client_test_split, get_task, load_task_data
 from tasks.training import evaluate, train_local
 
-app = ClientApp()
+app = ClientApp(mods=[dp_clipping_mod])  # the mod acts only for client-side DP clipping
 
 
 @lru_cache(maxsize=4)
@@ -29,6 +40,11 @@ def run_config(context: Context) -> RunConfig:
     """The run config, parsed once per process."""
     torch.set_num_threads(1)  # one core per Ray actor / SuperNode process
     return _parse(tuple(sorted(context.run_config.items())))
+
+
+@lru_cache(maxsize=8)
+def _chains(up: str, down: str) -> tuple[Chain, Chain]:
+    return parse_spec(up), parse_down_spec(down)
 
 
 def node_partition(context: Context) -> tuple[int, int]:
@@ -45,14 +61,23 @@ def data_dir(cfg: RunConfig, context: Context) -> str:
     return str(context.node_config.get("data-dir", cfg.data_dir))
 
 
+def client_state_dir(cfg: RunConfig, context: Context, partition_id: int) -> Path:
+    """Where this client's persistent state lives: node config ``state-dir``, else the run dir."""
+    root = context.node_config.get("state-dir") or str(Path(cfg.run_dir or "runs") / "client-state")
+    return Path(str(root)).expanduser() / str(partition_id)
+
+
 def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _model(cfg: RunConfig, directory: str, arrays: ArrayRecord) -> torch.nn.Module:
-    task = get_task(cfg.task)
-    model = task.build_model(load_task_data(cfg.task, directory, cfg.dataset))
-    model.load_state_dict(arrays.to_torch_state_dict())
+    task = get_task(cfg.task, cfg.task_options())
+    model = task.build_model(load_task_data(cfg.task, directory, cfg.dataset, cfg.task_options()))
+    if cfg.dp == "sample":
+        model = make_dp_ready(model)
+    down = _chains(cfg.compression, cfg.compression_down)[1]
+    model.load_state_dict(received_state(arrays, model.state_dict(), down))
     return model
 
 
@@ -61,28 +86,69 @@ def train(msg: Message, context: Context) -> Message:
     cfg = run_config(context)
     pid, nparts = node_partition(context)
     directory = data_dir(cfg, context)
-    task = get_task(cfg.task)
-    split = client_split(cfg.task, directory, cfg.dataset, cfg.partition, nparts, cfg.seed, pid)
+    task = get_task(cfg.task, cfg.task_options())
+    split = client_split(
+        cfg.task, directory, cfg.dataset, cfg.partition, nparts, cfg.seed, pid, cfg.task_options()
+    )
     config = msg.content["config"]
     server_round = int(config.get("server-round", 0))
+    state_dir = client_state_dir(cfg, context, pid)
+    load_state(context.state, state_dir, server_round)
+    inject_faults(
+        fail_rate=cfg.fail_rate, straggler_rate=cfg.straggler_rate,
+        straggler_delay=cfg.straggler_delay, seed=cfg.seed, server_round=server_round,
+        partition_id=pid,
+    )
     model = _model(cfg, directory, msg.content["arrays"])
+    up = _chains(cfg.compression, cfg.compression_down)[0]
+    attacking = cfg.attack != "none" and pid in attackers(nparts, cfg.attack_fraction, cfg.seed)
+    start: dict[str, np.ndarray] | None = None  # global weights as received
+    if not up.is_none or attacking:
+        start = {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
     metrics: dict[str, float] = {"num-examples": len(split)}
     if cfg.strategy == "qfedavg":  # q-FFL weights clients by the global model's loss
         metrics["train_loss_initial"] = evaluate(model, task, split, device=device())["loss"]
-    metrics["train_loss"] = train_local(
-        model,
-        task,
-        split,
-        epochs=cfg.local_epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        proximal_mu=float(config.get("proximal-mu", 0.0)),
-        seed=cfg.seed * 100_003 + server_round * 1_009 + pid,
-        device=device(),
-    )
+    seed = cfg.seed * 100_003 + server_round * 1_009 + pid
+    dp_settings = cfg.sample_dp()
+    if dp_settings is not None:  # DP-SGD; a client out of budget replies without an update
+        outcome, report = sample_dp_round(
+            model, task, split, settings=dp_settings, state=context.state, partition_id=pid,
+            epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+            momentum=cfg.momentum, seed=seed, device=device(),
+        )
+        metrics.update(report)
+        if not outcome.trained:
+            return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+        metrics["train_loss"] = outcome.loss
+    else:
+        metrics["train_loss"] = train_local(
+            model,
+            task,
+            split,
+            epochs=cfg.local_epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            proximal_mu=float(config.get("proximal-mu", 0.0)),
+            seed=seed,
+            device=device(),
+        )
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    content = RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord(metrics)})
+    if attacking and start is not None:
+        rng = np.random.default_rng([cfg.seed, server_round, pid, 0xBAD])
+        update = poison(flatten(state) - flatten(start), cfg.attack, scale=cfg.attack_scale, rng=rng)
+        state = {k: torch.from_numpy(v) for k, v in unflatten(flatten(start) + update, start).items()}
+    if up.is_none:
+        arrays = ArrayRecord(state)
+    else:
+        assert start is not None
+        arrays = encode_update(
+            up, start, {k: v.numpy() for k, v in state.items()}, state=context.state,
+            seed=int(config.get(SEED_KEY, 0)),
+            rng=np.random.default_rng([cfg.seed, server_round, pid]),
+        )
+    save_state(context.state, state_dir, server_round)
+    content = RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
 
 
@@ -91,8 +157,8 @@ def evaluate_(msg: Message, context: Context) -> Message:
     cfg = run_config(context)
     pid, nparts = node_partition(context)
     directory = data_dir(cfg, context)
-    split = client_test_split(cfg.task, directory, cfg.dataset, nparts, pid)
+    split = client_test_split(cfg.task, directory, cfg.dataset, nparts, pid, cfg.task_options())
     model = _model(cfg, directory, msg.content["arrays"])
-    metrics = evaluate(model, get_task(cfg.task), split, device=device())
+    metrics = evaluate(model, get_task(cfg.task, cfg.task_options()), split, device=device())
     content = RecordDict({"metrics": MetricRecord({**metrics, "num-examples": len(split)})})
     return Message(content=content, reply_to=msg)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import pickle
 import random
 import re
 import time
@@ -14,15 +16,23 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
 
+from compression.spec import parse_down_spec, parse_spec
+from strategies.compressed import DecodingStrategy
+from privacy.dp import make_dp_ready
 from strategies.instrumented import InstrumentedStrategy
+from strategies.private import PrivacyBudgetExhausted
+from strategies.validation import ValidatingStrategy
 from strategies.registry import StrategyParams, build_strategy
 from tasks.partition import label_counts
 from tasks.registry import get_task, load_task_data, partitions
 
+from .checkpoint import load_checkpoint, restore_rng_states
 from .config import RunConfig, parse_run_config
 from .monitor import RoundMonitor, connected_nodes
 from .plots import plot_metrics
+from .privacy import client_level, privacy_ledger, sample_level
 from .progress import RunProgress
 from .results import ResultsFolder
 
@@ -48,6 +58,14 @@ def strategy_params(cfg: RunConfig) -> StrategyParams:
     )
 
 
+def compressed(inner: Strategy, cfg: RunConfig) -> Strategy:
+    """``inner`` wrapped to decode compressed uploads, or as is when nothing is compressed."""
+    up, down = parse_spec(cfg.compression), parse_down_spec(cfg.compression_down)
+    if up.is_none and down.is_none:
+        return inner
+    return DecodingStrategy(inner, up=up, down=down, seed=cfg.seed)
+
+
 def default_run_dir(cfg: RunConfig) -> Path:
     strategy = re.sub(r"[^A-Za-z0-9_.-]+", "_", cfg.strategy.rsplit(":", 1)[-1])
     return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.task}-{strategy}"
@@ -65,9 +83,12 @@ def package_versions() -> dict[str, str]:
 
 def partitions_record(cfg: RunConfig, num_partitions: int) -> dict[str, Any]:
     """Sizes and label counts of every client's partition."""
-    data = load_task_data(cfg.task, cfg.data_dir, cfg.dataset)
-    labels = get_task(cfg.task).labels_for_partitioning(data)
-    parts = partitions(cfg.task, cfg.data_dir, cfg.dataset, cfg.partition, num_partitions, cfg.seed)
+    options = cfg.task_options()
+    data = load_task_data(cfg.task, cfg.data_dir, cfg.dataset, options)
+    labels = get_task(cfg.task, options).labels_for_partitioning(data)
+    parts = partitions(
+        cfg.task, cfg.data_dir, cfg.dataset, cfg.partition, num_partitions, cfg.seed, options
+    )
     counts = label_counts(labels, list(parts), data.num_classes)
     return {
         "partition": cfg.partition,
@@ -80,16 +101,35 @@ def partitions_record(cfg: RunConfig, num_partitions: int) -> dict[str, Any]:
     }
 
 
+def strategy_chain(cfg: RunConfig, max_examples: int) -> Strategy:
+    """The strategy with fedloom's wrappers: decode uploads -> validate -> aggregate."""
+    ledger = privacy_ledger(cfg)  # DP: client-level clips after validation, sample-level
+    inner = client_level(build_strategy(cfg.strategy, strategy_params(cfg)), cfg, ledger)
+    validated = ValidatingStrategy(inner, max_examples)
+    return sample_level(compressed(validated, cfg), cfg, ledger)  # drops spent clients first
+
+
 def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
-    """Run ``cfg.num_server_rounds`` rounds on ``grid``; return the metrics rows."""
+    """Run ``cfg.num_server_rounds`` rounds on ``grid``; return the metrics rows.
+
+    With ``resume`` set, continue from the checkpoint in ``run-dir`` instead of
+    starting over: model, strategy state, RNG states and metrics rows come back.
+    """
     random.seed(cfg.seed)  # Flower samples clients with the global `random`
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    task = get_task(cfg.task)
-    data = load_task_data(cfg.task, cfg.data_dir, cfg.dataset)
+    task = get_task(cfg.task, cfg.task_options())
+    data = load_task_data(cfg.task, cfg.data_dir, cfg.dataset, cfg.task_options())
     model = task.build_model(data)
-    strategy = InstrumentedStrategy(build_strategy(cfg.strategy, strategy_params(cfg)))
+    if cfg.dp == "sample":
+        model = make_dp_ready(model)
     results = ResultsFolder(Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg))
+    checkpoint = load_checkpoint(results.path) if cfg.resume else None
+    if checkpoint and checkpoint["strategy"] is not None:
+        chain = pickle.loads(checkpoint["strategy"])
+    else:
+        chain = strategy_chain(cfg, max_examples=len(data.train))
+    strategy = InstrumentedStrategy(chain)
     record: dict[str, Any] = {
         "run_config": cfg.to_run_config(),
         "seed": cfg.seed,
@@ -100,6 +140,14 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
         "strategy_params": asdict(strategy_params(cfg)),
         "packages": package_versions(),
     }
+    if checkpoint:
+        model.load_state_dict(checkpoint["model"])
+        results.restore_rows(checkpoint["rows"])
+        restore_rng_states(checkpoint["rng"])
+        strategy.round_offset = checkpoint["round"]
+        previous = json.loads((results.path / "config.json").read_text())
+        record["resumed_at_rounds"] = [*previous.get("resumed_at_rounds", []), checkpoint["round"]]
+        record["num_clients"] = previous.get("num_clients")
     results.write_json("config.json", record)
 
     def first_round_done() -> None:
@@ -108,20 +156,30 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
         results.write_json("partitions.json", partitions_record(cfg, record["num_clients"]))
 
     title = f"{cfg.task} · {cfg.strategy}"
+    remaining = cfg.num_server_rounds - strategy.round_offset
     with RunProgress(cfg.num_server_rounds, title) as progress:
+        progress.advance_to(strategy.round_offset)
         monitor = RoundMonitor(
             task=task, data=data, model=model, strategy=strategy, results=results,
             progress=progress, total_rounds=cfg.num_server_rounds, on_first_round=first_round_done,
         )
-        result = strategy.start(
-            grid=grid,
-            initial_arrays=ArrayRecord(model.state_dict()),
-            num_rounds=cfg.num_server_rounds,
-            timeout=cfg.round_timeout,
-            train_config=ConfigRecord(),
-            evaluate_fn=monitor.evaluate_fn,
-        )
-    final = result.arrays if len(result.arrays) else ArrayRecord(model.state_dict())
+        final = ArrayRecord(model.state_dict())
+        if remaining > 0:
+            try:
+                result = strategy.start(
+                    grid=grid,
+                    initial_arrays=final,
+                    num_rounds=remaining,
+                    timeout=cfg.round_timeout,
+                    train_config=ConfigRecord(),
+                    evaluate_fn=monitor.evaluate_fn,
+                )
+            except PrivacyBudgetExhausted as exc:  # a clean end: the last model stands
+                progress.console.print(f"run ended early, privacy budget exhausted: {exc}")
+                final = ArrayRecord(model.state_dict())
+            else:
+                if len(result.arrays):
+                    final = result.arrays
     results.save_torch("model.pt", final.to_torch_state_dict())
     plot_metrics(results.rows, results.path, title)
     progress.summary(results.rows, str(results.path))

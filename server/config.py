@@ -12,6 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from compression.spec import parse_down_spec, parse_spec
+from privacy.accounting import ACCOUNTANTS
+from privacy.dp import SampleDPSettings
+from client.attacks import ATTACKS
+from tasks.base import TaskOptions
 from tasks.partition import parse_partition
 from tasks.registry import get_task
 
@@ -40,7 +45,36 @@ DEFAULTS: dict[str, Any] = {
     "num-malicious": 0,
     "trimmed-beta": 0.2,
     "qfedavg-q": 0.1,
+    "image-size": 28,
+    "num-points": 1024,
+    "pointnet-transforms": "both",
+    "model-width": 1.0,
+    "compression": "none",
+    "compression-down": "none",
+    "dp": "none",
+    "dp-noise": 0.0,
+    "dp-target-epsilon": 0.0,
+    "dp-max-grad-norm": 1.0,
+    "dp-delta": 1e-5,
+    "dp-accountant": "rdp",
+    "dp-clipping": "fixed",
+    "dp-clipping-side": "server",
+    "dp-clipping-norm": 1.0,
+    "resume": False,
+    "fail-rate": 0.0,
+    "straggler-rate": 0.0,
+    "straggler-delay": 0.0,
+    "attack": "none",
+    "attack-fraction": 0.0,
+    "attack-scale": 4.0,
 }
+
+
+IMAGE_SIZES = (28, 64, 128, 224)
+POINTNET_TRANSFORMS = ("none", "input", "feature", "both")
+DP_MODES = ("none", "sample", "client")
+DP_CLIPPING = ("fixed", "adaptive")
+DP_CLIPPING_SIDES = ("server", "client")
 
 
 @dataclass(frozen=True)
@@ -71,6 +105,50 @@ class RunConfig:
     num_malicious: int
     trimmed_beta: float
     qfedavg_q: float
+    image_size: int
+    num_points: int
+    pointnet_transforms: str
+    model_width: float
+    compression: str
+    compression_down: str
+    dp: str
+    dp_noise: float
+    dp_target_epsilon: float
+    dp_max_grad_norm: float
+    dp_delta: float
+    dp_accountant: str
+    dp_clipping: str
+    dp_clipping_side: str
+    dp_clipping_norm: float
+    resume: bool
+    fail_rate: float
+    straggler_rate: float
+    straggler_delay: float
+    attack: str
+    attack_fraction: float
+    attack_scale: float
+
+    def task_options(self) -> TaskOptions:
+        """The task-specific settings, as the typed argument tasks receive."""
+        return TaskOptions(
+            image_size=self.image_size,
+            num_points=self.num_points,
+            pointnet_transforms=self.pointnet_transforms,
+            model_width=self.model_width,
+        )
+
+    def sample_dp(self) -> SampleDPSettings | None:
+        """DP-SGD settings for the clients (``dp=sample``), else None."""
+        if self.dp != "sample":
+            return None
+        return SampleDPSettings(
+            noise_multiplier=self.dp_noise,
+            max_grad_norm=self.dp_max_grad_norm,
+            delta=self.dp_delta,
+            accountant=self.dp_accountant,
+            target_epsilon=self.dp_target_epsilon,
+            planned_rounds=self.num_server_rounds,
+        )
 
     def to_run_config(self) -> dict[str, Any]:
         """Back to flat kebab-case keys (what ``config.json`` records)."""
@@ -98,6 +176,34 @@ def _check(cond: bool, key: str, value: Any, valid: str) -> None:
         raise ValueError(f"invalid {key}={value!r}; valid: {valid}")
 
 
+def _check_dp(raw: dict[str, Any]) -> None:
+    """Validate the ``dp-*`` keys (privacy-critical: fail at load, not mid-run)."""
+    _check(raw["dp"] in DP_MODES, "dp", raw["dp"], ", ".join(DP_MODES))
+    _check(raw["dp-noise"] >= 0, "dp-noise", raw["dp-noise"], ">= 0 (0: calibrate from dp-target-epsilon)")
+    _check(raw["dp-target-epsilon"] >= 0, "dp-target-epsilon", raw["dp-target-epsilon"], ">= 0 (0: no budget)")
+    _check(raw["dp-max-grad-norm"] > 0, "dp-max-grad-norm", raw["dp-max-grad-norm"], "> 0")
+    _check(0 < raw["dp-delta"] < 1, "dp-delta", raw["dp-delta"], "0 < delta < 1")
+    _check(raw["dp-accountant"] in ACCOUNTANTS, "dp-accountant", raw["dp-accountant"], ", ".join(ACCOUNTANTS))
+    _check(raw["dp-clipping"] in DP_CLIPPING, "dp-clipping", raw["dp-clipping"], ", ".join(DP_CLIPPING))
+    _check(
+        raw["dp-clipping-side"] in DP_CLIPPING_SIDES,
+        "dp-clipping-side", raw["dp-clipping-side"], ", ".join(DP_CLIPPING_SIDES),
+    )
+    _check(raw["dp-clipping-norm"] > 0, "dp-clipping-norm", raw["dp-clipping-norm"], "> 0")
+    if raw["dp"] != "none" and raw["dp-noise"] == 0 and raw["dp-target-epsilon"] == 0:
+        raise ValueError(f"dp={raw['dp']} needs dp-noise > 0 or dp-target-epsilon > 0")
+    if raw["dp"] == "client" and raw["dp-accountant"] != "rdp":
+        raise ValueError(
+            f"invalid dp-accountant={raw['dp-accountant']!r} with dp=client; valid: rdp"
+        )
+    compressed = raw["compression"] != "none" or raw["compression-down"] != "none"
+    if raw["dp"] == "client" and raw["dp-clipping-side"] == "client" and compressed:
+        raise ValueError(
+            "dp-clipping-side=client clips the plain update on the client and cannot be "
+            "combined with compression; use dp-clipping-side=server"
+        )
+
+
 def parse_run_config(mapping: Mapping[str, Any]) -> RunConfig:
     """Validate a run-config mapping (defaults filled in); ``ValueError`` names the key."""
     unknown = sorted(set(mapping) - set(DEFAULTS))
@@ -123,4 +229,19 @@ def parse_run_config(mapping: Mapping[str, Any]) -> RunConfig:
     _check(0 <= raw["trimmed-beta"] < 0.5, "trimmed-beta", raw["trimmed-beta"], "0 <= beta < 0.5")
     _check(raw["qfedavg-q"] >= 0, "qfedavg-q", raw["qfedavg-q"], ">= 0")
     _check(raw["seed"] >= 0, "seed", raw["seed"], ">= 0")
+    _check(raw["image-size"] in IMAGE_SIZES, "image-size", raw["image-size"], ", ".join(map(str, IMAGE_SIZES)))
+    _check(raw["num-points"] >= 1, "num-points", raw["num-points"], ">= 1")
+    _check(
+        raw["pointnet-transforms"] in POINTNET_TRANSFORMS,
+        "pointnet-transforms", raw["pointnet-transforms"], ", ".join(POINTNET_TRANSFORMS),
+    )
+    _check(raw["model-width"] > 0, "model-width", raw["model-width"], "> 0")
+    raw["compression"] = str(parse_spec(raw["compression"]))
+    raw["compression-down"] = str(parse_down_spec(raw["compression-down"]))
+    _check_dp(raw)
+    for key in ("fail-rate", "straggler-rate", "attack-fraction"):
+        _check(0 <= raw[key] <= 1, key, raw[key], "0 <= p <= 1")
+    _check(raw["straggler-delay"] >= 0, "straggler-delay", raw["straggler-delay"], ">= 0 seconds")
+    _check(raw["attack"] in ATTACKS, "attack", raw["attack"], ", ".join(ATTACKS))
+    _check(raw["attack-scale"] > 0, "attack-scale", raw["attack-scale"], "> 0")
     return RunConfig(**{k.replace("-", "_"): v for k, v in raw.items()})

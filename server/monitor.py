@@ -13,8 +13,10 @@ from strategies.instrumented import InstrumentedStrategy
 from tasks.base import Task, TaskData
 from tasks.training import evaluate
 
+from .checkpoint import CHECKPOINT, checkpoint_payload, pickle_strategy
+from .privacy import ledger_of, privacy_row
 from .progress import RunProgress
-from .results import ResultsFolder
+from .results import ResultsFolder, atomic_write_bytes
 
 
 def device() -> str:
@@ -41,6 +43,7 @@ class RoundMonitor:
         self.total_rounds = total_rounds
         self.on_first_round = on_first_round
         self.initial: dict[str, float] = {}
+        self.privacy = ledger_of(strategy)  # None unless the run is differentially private
 
     def central_metrics(self, arrays: ArrayRecord) -> dict[str, float]:
         self.model.load_state_dict(arrays.to_torch_state_dict())
@@ -48,6 +51,13 @@ class RoundMonitor:
 
     def evaluate_fn(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         metrics = self.central_metrics(arrays)
+        offset = self.strategy.round_offset
+        if server_round == 0 and offset:
+            self.progress.console.print(
+                f"resumed after round {offset}: accuracy {metrics['accuracy']:.4f}"
+            )
+            return MetricRecord(metrics)
+        server_round += offset
         if server_round == 0:
             self.initial = metrics
             self.progress.console.print(
@@ -61,18 +71,31 @@ class RoundMonitor:
         row.update(
             num_clients=stats.num_clients,
             failures=stats.failures,
+            rejected=stats.rejected,
             bytes_up=stats.bytes_up,
             bytes_down=stats.bytes_down,
             seconds=round(time.perf_counter() - stats.started, 3),
         )
+        if self.privacy is not None:
+            row.update(privacy_row(self.privacy, self.results.path))
         self.results.add_row(row)
-        self.results.save_torch(
-            "checkpoint.pt", {"round": server_round, "model": self.model.state_dict()}
-        )
+        self.checkpoint(server_round)
         if server_round == 1 and self.on_first_round is not None:
             self.on_first_round()
         self.progress.round_done(row, self.total_rounds)
         return MetricRecord(metrics)
+
+
+    def checkpoint(self, server_round: int) -> None:
+        """Atomically replace ``checkpoint.pt`` with the state after ``server_round``."""
+        payload = checkpoint_payload(
+            server_round=server_round,
+            model=self.model.state_dict(),
+            strategy=pickle_strategy(self.strategy.inner),
+            rows=self.results.rows,
+            extra={},
+        )
+        atomic_write_bytes(self.results.path / CHECKPOINT, payload)
 
 
 def connected_nodes(grid: Grid) -> int:

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-_SHOWN = ("accuracy", "loss", "train_loss", "fed_accuracy", "num_clients", "failures")
+_SHOWN = ("accuracy", "loss", "train_loss", "fed_accuracy", "num_clients", "failures", "rejected")
 
 
 def _fmt(value: Any) -> str:

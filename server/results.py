@@ -51,7 +51,11 @@ class ResultsFolder:
 
     def add_row(self, row: dict[str, Any]) -> None:
         """Record one round: rewrites metrics.jsonl and metrics.csv."""
-        self.rows.append(row)
+        self.restore_rows([*self.rows, row])
+
+    def restore_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Make ``rows`` the run's metrics (a resumed run drops rows past its checkpoint)."""
+        self.rows = list(rows)
         jsonl = "".join(json.dumps(r) + "\n" for r in self.rows)
         atomic_write_bytes(self.path / "metrics.jsonl", jsonl.encode())
         atomic_write_bytes(self.path / "metrics.csv", metrics_csv(self.rows).encode())

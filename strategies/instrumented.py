@@ -30,6 +30,7 @@ class RoundStats:
     sampled: int = 0
     num_clients: int = 0
     failures: int = 0
+    rejected: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
     train_metrics: dict[str, float] = field(default_factory=dict)
@@ -40,12 +41,25 @@ def _scalars(record: MetricRecord | None) -> dict[str, float]:
     return {k: float(v) for k, v in (record or {}).items() if isinstance(v, (int, float))}
 
 
+def chain_of(strategy: Strategy) -> list[Strategy]:
+    """``strategy`` and every strategy it wraps (through ``.inner``)."""
+    chain = [strategy]
+    while isinstance(getattr(chain[-1], "inner", None), Strategy):
+        chain.append(chain[-1].inner)
+    return chain
+
+
 class InstrumentedStrategy(Strategy):
-    """Delegates to ``inner``; ``stats`` holds the current round's measurements."""
+    """Delegates to ``inner``; ``stats`` holds the current round's measurements.
+
+    ``round_offset`` shifts the round numbers the inner chain sees, so a resumed run
+    continues at round ``offset + 1`` while Flower's loop counts from 1 again.
+    """
 
     def __init__(self, inner: Strategy) -> None:
         self.inner = inner
         self.stats = RoundStats()
+        self.round_offset = 0
 
     def summary(self) -> None:
         self.inner.summary()
@@ -54,6 +68,7 @@ class InstrumentedStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.stats = RoundStats()
+        server_round += self.round_offset
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
         self.stats.sampled = len(messages)
         self.stats.bytes_down += sum(payload_bytes(m.content) for m in messages)
@@ -66,14 +81,16 @@ class InstrumentedStrategy(Strategy):
         ok = [m for m in replies if not m.has_error()]
         self.stats.failures = self.stats.sampled - len(ok)
         self.stats.bytes_up += sum(payload_bytes(m.content) for m in ok)
-        arrays, metrics = self.inner.aggregate_train(server_round, replies)
-        self.stats.num_clients = len(ok) if arrays is not None else 0
+        arrays, metrics = self.inner.aggregate_train(server_round + self.round_offset, replies)
+        self.stats.rejected = sum(len(getattr(s, "rejected", ())) for s in chain_of(self.inner))
+        self.stats.num_clients = len(ok) - self.stats.rejected if arrays is not None else 0
         self.stats.train_metrics = _scalars(metrics)
         return arrays, metrics
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round += self.round_offset
         messages = list(self.inner.configure_evaluate(server_round, arrays, config, grid))
         self.stats.bytes_down += sum(payload_bytes(m.content) for m in messages)
         return messages
@@ -83,6 +100,6 @@ class InstrumentedStrategy(Strategy):
     ) -> MetricRecord | None:
         replies = list(replies)
         self.stats.bytes_up += sum(payload_bytes(m.content) for m in replies if not m.has_error())
-        metrics = self.inner.aggregate_evaluate(server_round, replies)
+        metrics = self.inner.aggregate_evaluate(server_round + self.round_offset, replies)
         self.stats.evaluate_metrics = _scalars(metrics)
         return metrics

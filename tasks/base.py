@@ -17,7 +17,11 @@ class DatasetNotFoundError(FileNotFoundError):
 
 @dataclass(frozen=True)
 class DataSplit:
-    """Model-ready inputs ``x`` (float32) and integer labels ``y``."""
+    """Model-ready inputs ``x`` (float32) and labels ``y``.
+
+    ``y`` is int64 class indices (N,), or float32 0/1 targets (N, L) for
+    multi-label tasks; :meth:`Task.labels_for_partitioning` maps it to one int each.
+    """
 
     x: np.ndarray
     y: np.ndarray
@@ -39,6 +43,22 @@ class TaskData:
     info: dict[str, object] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class TaskOptions:
+    """Task settings from the run config; each task reads the fields it uses.
+
+    ``image_size`` (medmnist): 28, 64, 128 or 224 px. ``num_points`` (pointcloud):
+    points per shape. ``pointnet_transforms`` (pointcloud): none, input, feature
+    or both. ``model_width`` (medmnist, pointcloud): channel multiplier, 1.0 is
+    the published architecture.
+    """
+
+    image_size: int = 28
+    num_points: int = 1024
+    pointnet_transforms: str = "both"
+    model_width: float = 1.0
+
+
 class Task(ABC):
     """One learning task. Subclasses are registered in :mod:`tasks.registry`.
 
@@ -48,6 +68,11 @@ class Task(ABC):
     name: str = ""
     #: Valid ``--dataset`` values; the first is the default.
     datasets: tuple[str, ...] = ()
+
+    def configure(self, options: TaskOptions) -> Task:
+        """This task with ``options`` applied (tasks without options return ``self``)."""
+        del options
+        return self
 
     def resolve_dataset(self, dataset: str) -> str:
         """Return the dataset name to use, or raise ``ValueError`` listing valid ones."""

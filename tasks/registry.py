@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import DataSplit, Task, TaskData
+from .base import DataSplit, Task, TaskData, TaskOptions
 from .digits import DigitsTask
+from .medmnist import MedMnistTask
 from .mnist import MnistTask
+from .pointcloud import PointCloudTask
 from .partition import parse_partition, partition_indices
 
 _TASKS: dict[str, Task] = {}
@@ -27,32 +29,44 @@ def task_names() -> list[str]:
     return sorted(_TASKS)
 
 
-def get_task(name: str) -> Task:
-    """The registered task called ``name``; ``ValueError`` lists the valid names."""
+def get_task(name: str, options: TaskOptions | None = None) -> Task:
+    """The registered task called ``name`` (configured with ``options`` when given).
+
+    ``ValueError`` lists the valid names.
+    """
     try:
-        return _TASKS[name]
+        task = _TASKS[name]
     except KeyError:
         raise ValueError(f"unknown task {name!r}; valid: {', '.join(task_names())}") from None
+    return task if options is None else task.configure(options)
 
 
-for _task in (DigitsTask(), MnistTask()):
+for _task in (DigitsTask(), MnistTask(), MedMnistTask(), PointCloudTask()):
     register_task(_task)
 
 
 @lru_cache(maxsize=4)
-def load_task_data(task_name: str, data_dir: str, dataset: str) -> TaskData:
-    """Load a task's data once per process (keyed by task, directory, dataset)."""
-    task = get_task(task_name)
+def load_task_data(
+    task_name: str, data_dir: str, dataset: str, options: TaskOptions = TaskOptions()
+) -> TaskData:
+    """Load a task's data once per process (keyed by task, directory, dataset, options)."""
+    task = get_task(task_name, options)
     return task.load(Path(data_dir).expanduser(), task.resolve_dataset(dataset))
 
 
 @lru_cache(maxsize=4)
 def partitions(
-    task_name: str, data_dir: str, dataset: str, partition: str, num_partitions: int, seed: int
+    task_name: str,
+    data_dir: str,
+    dataset: str,
+    partition: str,
+    num_partitions: int,
+    seed: int,
+    options: TaskOptions = TaskOptions(),
 ) -> tuple[np.ndarray, ...]:
     """All clients' training indices (deterministic from ``seed``), cached per process."""
-    data = load_task_data(task_name, data_dir, dataset)
-    labels = get_task(task_name).labels_for_partitioning(data)
+    data = load_task_data(task_name, data_dir, dataset, options)
+    labels = get_task(task_name, options).labels_for_partitioning(data)
     spec = parse_partition(partition)
     return tuple(partition_indices(spec, labels, num_partitions, seed))
 
@@ -66,24 +80,31 @@ def client_split(
     num_partitions: int,
     seed: int,
     partition_id: int,
+    options: TaskOptions = TaskOptions(),
 ) -> DataSplit:
     """One client's training split."""
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition-id {partition_id} outside [0, {num_partitions})")
-    data = load_task_data(task_name, data_dir, dataset)
-    parts = partitions(task_name, data_dir, dataset, partition, num_partitions, seed)
+    data = load_task_data(task_name, data_dir, dataset, options)
+    parts = partitions(task_name, data_dir, dataset, partition, num_partitions, seed, options)
     return data.train.subset(parts[partition_id])
 
 
 @lru_cache(maxsize=2)
 def client_test_split(
-    task_name: str, data_dir: str, dataset: str, num_partitions: int, partition_id: int
+    task_name: str,
+    data_dir: str,
+    dataset: str,
+    num_partitions: int,
+    partition_id: int,
+    options: TaskOptions = TaskOptions(),
 ) -> DataSplit:
     """A client's share of the test set (for federated evaluation).
 
     The test set is cut into ``num_partitions`` contiguous parts, so the
-    example-weighted mean over all clients equals the centralized test metric.
+    example-weighted mean over all clients equals the centralized test metric
+    (for metrics that are means over examples, such as accuracy).
     """
-    data = load_task_data(task_name, data_dir, dataset)
+    data = load_task_data(task_name, data_dir, dataset, options)
     part = np.array_split(np.arange(len(data.test)), num_partitions)[partition_id]
     return data.test.subset(part)

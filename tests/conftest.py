@@ -24,3 +24,12 @@ def require_data(relative: str) -> Path:
 def shared_data() -> Path:
     require_data("mnist.npz")
     return SHARED_DATA
+
+
+@pytest.fixture()
+def task_identity():
+    """Flower needs a run/task identity to build Messages outside a running app."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
+    yield

@@ -1,0 +1,203 @@
+"""Sample-level DP: Opacus DP-SGD on a client, one round at a time (Abadi et al. 2016).
+
+Every round wraps a *fresh copy* of the plain model with ``make_private`` (so
+hooks never pile up on a reused module), trains it with Poisson sampling, and
+copies the unwrapped weights back into the plain model: no ``_module.`` key
+ever leaves this module. The accountant's history comes in and goes out as a
+:class:`~privacy.accounting.ClientAccount`, so the epsilon is cumulative over
+every round the client took part in. Opacus is imported lazily.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from torch import nn
+
+from tasks.base import DataSplit, Task
+
+from .accounting import (
+    ClientAccount,
+    calibrate_noise,
+    check_accountant,
+    check_delta,
+    poisson_plan,
+)
+
+
+class DPModelError(ValueError):
+    """The task's model has layers Opacus can neither handle nor replace."""
+
+
+def make_dp_ready(model: nn.Module) -> nn.Module:
+    """``model`` if Opacus can compute its per-sample gradients, else a fixed copy.
+
+    Fixable layers (BatchNorm -> GroupNorm) are replaced with a warning; anything
+    else raises :class:`DPModelError` naming the offending layers. Server and
+    clients call this on the same freshly built model, so both hold the same
+    architecture.
+    """
+    from opacus import GradSampleModule
+    from opacus.validators import ModuleValidator
+
+    def problems(module: nn.Module) -> list[Exception]:
+        return [
+            *ModuleValidator.validate(module, strict=False),
+            *GradSampleModule.validate(module, strict=False),
+        ]
+
+    model.train()
+    if not problems(model):
+        return model
+    fixed = ModuleValidator.fix(model)
+    remaining = problems(fixed)
+    if remaining:
+        raise DPModelError(
+            f"model {type(model).__name__} cannot be trained with Opacus DP-SGD and has no "
+            f"automatic fix: {'; '.join(str(e).split('. ')[0] for e in remaining)}"
+        )
+    after = dict(fixed.named_modules())
+    replaced = [
+        f"{name} ({type(old).__name__} -> {type(after[name]).__name__})"
+        for name, old in model.named_modules()
+        if name in after and type(after[name]) is not type(old) and name
+    ]
+    warnings.warn(
+        f"DP-SGD: replaced layers of {type(model).__name__} Opacus can not train: "
+        + ", ".join(replaced),
+        stacklevel=2,
+    )
+    return fixed
+
+
+@dataclass(frozen=True, kw_only=True)
+class SampleDPSettings:
+    """DP-SGD settings of a run.
+
+    ``noise_multiplier`` 0 means: calibrate it so that ``planned_rounds`` rounds
+    (a client taking part in every one) reach ``target_epsilon``. A positive
+    ``target_epsilon`` is also a budget: a round that would exceed it is refused.
+    """
+
+    noise_multiplier: float
+    max_grad_norm: float
+    delta: float
+    accountant: str
+    target_epsilon: float
+    planned_rounds: int
+
+    def __post_init__(self) -> None:
+        if self.noise_multiplier < 0:
+            raise ValueError(f"invalid noise multiplier={self.noise_multiplier!r}; valid: >= 0")
+        if self.max_grad_norm <= 0:
+            raise ValueError(f"invalid max grad norm={self.max_grad_norm!r}; valid: > 0")
+        if self.target_epsilon < 0:
+            raise ValueError(f"invalid target epsilon={self.target_epsilon!r}; valid: >= 0")
+        if self.noise_multiplier == 0 and self.target_epsilon == 0:
+            raise ValueError("DP-SGD needs a noise multiplier > 0 or a target epsilon > 0")
+        if self.planned_rounds < 1:
+            raise ValueError(f"invalid planned rounds={self.planned_rounds!r}; valid: >= 1")
+        check_delta(self.delta)
+        check_accountant(self.accountant)
+
+    def noise_for(self, *, sample_rate: float, steps_per_round: int) -> float:
+        """The noise multiplier a client with this sample rate and round length uses."""
+        if self.noise_multiplier > 0:
+            return self.noise_multiplier
+        return _calibrated(
+            self.target_epsilon, self.delta, sample_rate,
+            self.planned_rounds * steps_per_round, self.accountant,
+        )
+
+
+@lru_cache(maxsize=64)
+def _calibrated(target: float, delta: float, rate: float, steps: int, accountant: str) -> float:
+    return calibrate_noise(
+        target_epsilon=target, delta=delta, sample_rate=rate, steps=steps, accountant=accountant
+    )
+
+
+@dataclass(frozen=True)
+class DPRound:
+    """What one client round of DP-SGD did."""
+
+    trained: bool
+    epsilon: float
+    loss: float
+    noise_multiplier: float
+    steps: int
+
+
+def train_private(
+    model: nn.Module,
+    task: Task,
+    split: DataSplit,
+    *,
+    settings: SampleDPSettings,
+    account: ClientAccount,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    momentum: float,
+    seed: int,
+    device: str = "cpu",
+) -> DPRound:
+    """One round of DP-SGD on ``split``; ``model`` and ``account`` are updated in place.
+
+    With a budget (``settings.target_epsilon``), a round that would take the
+    account past it does not train: ``DPRound.trained`` is False and nothing
+    changes. Empty Poisson batches still take a (noise-only) step, as the
+    analysis assumes.
+    """
+    from opacus import PrivacyEngine
+
+    sample_rate, steps = poisson_plan(len(split), batch_size, epochs)
+    noise = settings.noise_for(sample_rate=sample_rate, steps_per_round=steps // epochs)
+    if settings.target_epsilon > 0:
+        projected = account.projected(noise_multiplier=noise, sample_rate=sample_rate, steps=steps)
+        if projected > settings.target_epsilon:
+            return DPRound(False, account.epsilon(), math.nan, noise, 0)
+    generator = torch.Generator().manual_seed(seed)
+    work = copy.deepcopy(model).to(device).train()
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.from_numpy(split.x), torch.from_numpy(split.y)),
+        batch_size=batch_size, generator=generator,
+    )
+    engine = PrivacyEngine(accountant=account.accountant)
+    engine.accountant.history = list(account.history)
+    # Ghost clipping (Li et al. 2022) computes per-sample gradient norms without
+    # materialising per-sample gradients: same clipping and noise, ~5x faster on CPU.
+    private, optimizer, criterion, dp_loader = engine.make_private(
+        module=work,
+        optimizer=torch.optim.SGD(work.parameters(), lr=lr, momentum=momentum),
+        criterion=task.loss_fn(),
+        data_loader=loader,
+        noise_multiplier=noise,
+        max_grad_norm=settings.max_grad_norm,
+        poisson_sampling=True,
+        noise_generator=torch.Generator().manual_seed(seed + 1),
+        grad_sample_mode="ghost",
+    )
+    total, count = 0.0, 0
+    for _ in range(epochs):
+        for xb, yb in dp_loader:
+            optimizer.zero_grad()
+            if len(yb):  # an empty Poisson batch still steps: Opacus adds the noise
+                xb = task.augment(xb, generator)
+            loss = criterion(private(xb.to(device)), yb.to(device))
+            loss.backward()
+            optimizer.step()
+            if len(yb):
+                total += float(loss.detach()) * len(yb)
+                count += len(yb)
+    model.load_state_dict(private._module.state_dict())
+    taken = sum(s for *_, s in engine.accountant.history) - sum(s for *_, s in account.history)
+    if taken != steps:
+        raise RuntimeError(f"DP-SGD took {taken} accounted steps, planned {steps}")
+    account.history = [(float(z), float(q), int(s)) for z, q, s in engine.accountant.history]
+    return DPRound(True, account.epsilon(), total / max(count, 1), noise, steps)

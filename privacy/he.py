@@ -1,0 +1,169 @@
+"""Every TenSEAL call in fedloom: contexts, keys, packing, serialization.
+
+Scheme: BFV with batching (exact integer slots). Aggregation only adds, so a
+single 56-bit data prime suffices; N=4096 with coefficient moduli [56, 53] (109
+bits) is within the HE standard's 128-bit security bound for N=4096, which SEAL
+enforces. One int64 fixed-point value per slot, 4,096 slots per ciphertext:
+about 15 bytes per parameter on the wire (see README). The plain modulus is a
+40-bit prime p = 1 (mod 2N), the largest below 2**40 (sums of 200 clients tested exact), so batching works.
+
+Key custody: :func:`provision` writes ``secret.ctx`` (with the secret key, for
+clients only) and ``public.ctx`` (``make_context_public()``: encryption and
+addition, no decryption) for the server. Contexts load once per process; TenSEAL
+objects cross process boundaries only as bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import tenseal as ts
+
+SECRET_FILE = "secret.ctx"
+PUBLIC_FILE = "public.ctx"
+PARAMS_FILE = "params.json"
+
+
+def _is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    small = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)
+    if n in small:
+        return True
+    if any(n % p == 0 for p in small):
+        return False
+    d, r = n - 1, 0
+    while d % 2 == 0:
+        d, r = d // 2, r + 1
+    for a in small:  # deterministic Miller-Rabin for n < 3.3e24
+        x = pow(a, d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(r - 1):
+            x = pow(x, 2, n)
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
+
+
+def batching_prime(bits: int, poly_modulus_degree: int) -> int:
+    """The largest prime below ``2**bits`` that is 1 mod ``2 * poly_modulus_degree``."""
+    step = 2 * poly_modulus_degree
+    candidate = ((2**bits - 1) // step) * step + 1
+    while not _is_prime(candidate):
+        candidate -= step
+    return candidate
+
+
+@dataclass(frozen=True)
+class HEParams:
+    """What both sides must agree on; stored in ``params.json`` beside the contexts."""
+
+    poly_modulus_degree: int = 4096
+    coeff_mod_bit_sizes: tuple[int, ...] = (56, 53)
+    plain_modulus_bits: int = 40
+    plain_modulus: int = 0
+    security_bits: int = 128
+    clip: float = 8.0
+    max_weight: int = 1
+    scale: float = 0.0
+
+    @property
+    def slots(self) -> int:
+        return self.poly_modulus_degree
+
+
+def provision(folder: Path, *, clip: float, max_weight: int) -> HEParams:
+    """Generate this run's keys: ``secret.ctx`` (clients), ``public.ctx`` (server)."""
+    from .fixed_point import fixed_point_scale
+
+    base = HEParams(clip=clip, max_weight=max_weight)
+    plain = batching_prime(base.plain_modulus_bits, base.poly_modulus_degree)
+    params = HEParams(
+        clip=clip, max_weight=max_weight, plain_modulus=plain,
+        scale=fixed_point_scale(plain_modulus=plain, max_weight=max_weight, clip=clip),
+    )
+    ctx = ts.context(
+        ts.SCHEME_TYPE.BFV, poly_modulus_degree=params.poly_modulus_degree,
+        plain_modulus=params.plain_modulus, coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes),
+        n_threads=1,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    secret = folder / SECRET_FILE
+    fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(ctx.serialize(save_secret_key=True))
+    public = ctx.copy()
+    public.make_context_public()
+    (folder / PUBLIC_FILE).write_bytes(public.serialize())
+    (folder / PARAMS_FILE).write_text(json.dumps(asdict(params), indent=2) + "\n")
+    return params
+
+
+def load_params(folder: Path) -> HEParams:
+    raw = json.loads((Path(folder) / PARAMS_FILE).read_text())
+    raw["coeff_mod_bit_sizes"] = tuple(raw["coeff_mod_bit_sizes"])
+    return HEParams(**raw)
+
+
+@lru_cache(maxsize=4)
+def _context(path: str) -> ts.Context:
+    return ts.context_from(Path(path).read_bytes(), n_threads=1)
+
+
+def public_context(folder: Path) -> ts.Context:
+    """The server's context: encrypt and add, never decrypt. Reads only ``public.ctx``."""
+    ctx = _context(str(Path(folder) / PUBLIC_FILE))
+    if ctx.is_private():
+        raise ValueError(f"{Path(folder) / PUBLIC_FILE} holds a secret key; the server must not")
+    return ctx
+
+
+def secret_context(path: Path) -> ts.Context:
+    """A client's context with the secret key (``secret.ctx``)."""
+    ctx = _context(str(path))
+    if not ctx.is_private():
+        raise ValueError(f"{path} holds no secret key; clients need secret.ctx")
+    return ctx
+
+
+def encrypt(ctx: ts.Context, values: np.ndarray, slots: int) -> list[bytes]:
+    """int64 values -> serialized ciphertexts of ``slots`` values each (last one shorter)."""
+    return [
+        ts.bfv_vector(ctx, values[i : i + slots].tolist()).serialize()
+        for i in range(0, len(values), slots)
+    ]
+
+
+def add_all(ctx: ts.Context, uploads: list[list[bytes]]) -> list[bytes]:
+    """Slot-wise sum of several clients' ciphertext lists, serialized."""
+    if not uploads:
+        raise ValueError("nothing to add")
+    sums = [ts.bfv_vector_from(ctx, c) for c in uploads[0]]
+    for upload in uploads[1:]:
+        if len(upload) != len(sums):
+            raise ValueError(f"upload has {len(upload)} ciphertexts, expected {len(sums)}")
+        for acc, c in zip(sums, upload, strict=True):
+            acc += ts.bfv_vector_from(ctx, c)
+    return [s.serialize() for s in sums]
+
+
+def decrypt(ctx: ts.Context, ciphertexts: list[bytes], length: int) -> np.ndarray:
+    """The first ``length`` int64 slot values of ``ciphertexts``."""
+    parts = [np.asarray(ts.bfv_vector_from(ctx, c).decrypt(), dtype=np.int64) for c in ciphertexts]
+    return np.concatenate(parts)[:length] if parts else np.zeros(0, np.int64)
+
+
+def check_ciphertext(ctx: ts.Context, data: bytes) -> None:
+    """``ValueError`` unless ``data`` deserializes as a BFV vector under ``ctx``."""
+    try:
+        ts.bfv_vector_from(ctx, data)
+    except Exception as exc:  # TenSEAL raises several types for malformed input
+        raise ValueError(f"not a valid ciphertext: {exc}") from None

@@ -1,0 +1,104 @@
+"""Server side of differential privacy: wrap the strategy, write epsilon per round.
+
+``dp=client`` puts :class:`~strategies.private.ClientDPStrategy` directly
+around the aggregation strategy (inside decompression, so clipping sees full
+weights); ``dp=sample`` puts :class:`~strategies.private.SampleDPStrategy`
+outside decompression (a client without budget sends no update to decode).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from flwr.serverapp.strategy import Strategy
+
+from privacy.accounting import EpsilonLedger, poisson_plan
+from privacy.dp import make_dp_ready
+from strategies.instrumented import chain_of
+from strategies.private import (
+    ClientDPStrategy,
+    SampleDPStrategy,
+    client_dp_noise,
+    clients_per_round,
+)
+from tasks.registry import get_task, load_task_data, partitions
+
+from .config import RunConfig
+
+EPSILON_FILE = "epsilon.jsonl"
+
+
+def check_privacy(cfg: RunConfig, num_clients: int) -> None:
+    """Fail at start-up, with a ``ValueError``, on DP settings that cannot work:
+    a model Opacus cannot train, or a target epsilon no noise level reaches."""
+    if cfg.dp == "sample":
+        options = cfg.task_options()
+        data = load_task_data(cfg.task, cfg.data_dir, cfg.dataset, options)
+        make_dp_ready(get_task(cfg.task, options).build_model(data))
+        settings = cfg.sample_dp()
+        assert settings is not None
+        parts = partitions(
+            cfg.task, cfg.data_dir, cfg.dataset, cfg.partition, num_clients, cfg.seed, options
+        )
+        for part in parts:
+            rate, steps = poisson_plan(len(part), cfg.batch_size, cfg.local_epochs)
+            settings.noise_for(sample_rate=rate, steps_per_round=steps // cfg.local_epochs)
+    elif cfg.dp == "client":
+        per_round = min(
+            clients_per_round(num_clients, cfg.fraction_train, cfg.min_train_nodes), num_clients
+        )
+        client_dp_noise(
+            noise_multiplier=cfg.dp_noise, target_epsilon=cfg.dp_target_epsilon,
+            delta=cfg.dp_delta, sample_rate=per_round / num_clients, rounds=cfg.num_server_rounds,
+        )
+
+
+def privacy_ledger(cfg: RunConfig) -> EpsilonLedger | None:
+    return None if cfg.dp == "none" else EpsilonLedger()
+
+
+def client_level(inner: Strategy, cfg: RunConfig, ledger: EpsilonLedger | None) -> Strategy:
+    """``inner`` with client-level DP when ``dp=client``."""
+    if cfg.dp != "client" or ledger is None:
+        return inner
+    return ClientDPStrategy(
+        inner,
+        ledger=ledger,
+        clipping=cfg.dp_clipping,
+        side=cfg.dp_clipping_side,
+        noise_multiplier=cfg.dp_noise,
+        clipping_norm=cfg.dp_clipping_norm,
+        target_epsilon=cfg.dp_target_epsilon,
+        delta=cfg.dp_delta,
+        num_rounds=cfg.num_server_rounds,
+        fraction_train=cfg.fraction_train,
+        min_train_nodes=cfg.min_train_nodes,
+        min_available_nodes=cfg.min_available_nodes,
+    )
+
+
+def sample_level(inner: Strategy, cfg: RunConfig, ledger: EpsilonLedger | None) -> Strategy:
+    """``inner`` reading DP-SGD clients' privacy reports when ``dp=sample``."""
+    if cfg.dp != "sample" or ledger is None:
+        return inner
+    return SampleDPStrategy(inner, ledger=ledger, target_epsilon=cfg.dp_target_epsilon)
+
+
+def ledger_of(strategy: Strategy) -> EpsilonLedger | None:
+    """The epsilon ledger of the DP wrapper in ``strategy``'s chain (survives resume)."""
+    for wrapper in chain_of(strategy):
+        if isinstance(wrapper, (SampleDPStrategy, ClientDPStrategy)):
+            return wrapper.ledger
+    return None
+
+
+def privacy_row(ledger: EpsilonLedger, run_dir: Path) -> dict[str, Any]:
+    """``epsilon`` and ``epsilon_mean`` for the metrics row; appends the round's
+    per-client epsilons to ``epsilon.jsonl`` in ``run_dir``."""
+    rows = ledger.take_rows()
+    if rows:
+        with open(run_dir / EPSILON_FILE, "a") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in rows)
+    return dict(ledger.summary())

@@ -1,0 +1,146 @@
+"""A wrapper strategy that decodes compressed client updates before aggregation.
+
+Compose as ``InstrumentedStrategy(DecodingStrategy(inner, ...))``: the outer
+wrapper measures the compressed bytes on the wire, this one turns each reply's
+payload back into full weights (global + decoded update, same keys, shapes and
+dtypes as the global model) so any Flower strategy aggregates it unchanged.
+
+It also puts the round's shared seed (``compression-seed``, randk's mask) in the
+train config, and with download compression replaces the global arrays sent to
+clients by an encoded payload. Updates are decoded against the exact global
+model the server holds, so a lossy download only moves the point where clients
+start training, never the server's copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from logging import WARNING
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from compression.flat import flatten, layout_of, unflatten
+from compression.pipeline import decode, encode
+from compression.spec import Chain, CodecContext
+
+PAYLOAD_KEY = "payload"
+SEED_KEY = "compression-seed"
+ARRAYS_KEY = "arrays"
+
+
+def payload_record(payload: bytes) -> ArrayRecord:
+    """The wire form of an encoded payload: one uint8 array."""
+    return ArrayRecord({PAYLOAD_KEY: Array(np.frombuffer(payload, dtype=np.uint8))})
+
+
+def record_payload(record: ArrayRecord) -> bytes:
+    """Inverse of :func:`payload_record`; ``ValueError`` if the record is not one."""
+    if list(record.keys()) != [PAYLOAD_KEY]:
+        raise ValueError(f"expected one array {PAYLOAD_KEY!r}, got keys {list(record.keys())}")
+    arr = record[PAYLOAD_KEY].numpy()
+    if arr.dtype != np.uint8 or arr.ndim != 1:
+        raise ValueError(f"payload must be a 1-d uint8 array, got {arr.dtype} {arr.shape}")
+    return arr.tobytes()
+
+
+def numpy_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def round_seed(seed: int, server_round: int) -> int:
+    """The seed every client of ``server_round`` shares (randk's mask)."""
+    return int(np.random.default_rng([seed, server_round]).integers(2**31 - 1))
+
+
+class DecodingStrategy(Strategy):
+    """Delegates to ``inner``; decodes uploads with ``up``, encodes downloads with ``down``."""
+
+    def __init__(self, inner: Strategy, *, up: Chain, down: Chain, seed: int) -> None:
+        if down.transform is not None:
+            raise ValueError(f"download compression {down} must be none, fp16 or qsgd:BITS")
+        self.inner, self.up, self.down, self.seed = inner, up, down, seed
+        self.sent: dict[int, dict[str, np.ndarray]] = {}  # node id -> global arrays it got
+        self.seed_of_round = 0
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    def _encode_down(self, messages: list[Message], server_round: int) -> list[Message]:
+        """Replace each distinct content's global arrays by one encoded payload."""
+        if self.down.is_none:
+            return messages
+        rng = np.random.default_rng([self.seed, server_round, 1])
+        encoded: dict[int, RecordDict] = {}
+        for msg in messages:
+            key = id(msg.content)
+            if key not in encoded:
+                content = RecordDict(dict(msg.content.items()))
+                arrays = numpy_arrays(content[ARRAYS_KEY])
+                ctx = CodecContext(layout_of(arrays), rng=rng)
+                content[ARRAYS_KEY] = payload_record(encode(self.down, flatten(arrays), ctx))
+                encoded[key] = content
+            msg.content = encoded[key]
+        return messages
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self.seed_of_round = round_seed(self.seed, server_round)
+        config = ConfigRecord({**config, SEED_KEY: self.seed_of_round})
+        messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+        base: dict[int, dict[str, np.ndarray]] = {}
+        self.sent = {
+            m.metadata.dst_node_id: base.setdefault(
+                id(m.content), numpy_arrays(m.content[ARRAYS_KEY])
+            )
+            for m in messages
+        }
+        return self._encode_down(messages, server_round)
+
+    def decode_reply(self, msg: Message) -> RecordDict:
+        """Full-weights content for ``msg``; ``ValueError`` if its payload is malformed."""
+        base = self.sent.get(msg.metadata.src_node_id)
+        if base is None:
+            raise ValueError("reply from a node that was not sent this round's model")
+        payload = record_payload(msg.content[ARRAYS_KEY])
+        ctx = CodecContext(layout_of(base), seed=self.seed_of_round)
+        update = decode(self.up, payload, ctx)
+        if not np.all(np.isfinite(update)):
+            raise ValueError("decoded update has non-finite values")
+        weights = unflatten(flatten(base) + update, base)
+        content = RecordDict(dict(msg.content.items()))
+        content[ARRAYS_KEY] = ArrayRecord(
+            {k: Array(np.ascontiguousarray(v)) for k, v in weights.items()}
+        )
+        return content
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        if self.up.is_none:  # plain full weights already
+            return self.inner.aggregate_train(server_round, replies)
+        kept = []
+        for msg in replies:
+            if not msg.has_error():
+                try:
+                    msg.content = self.decode_reply(msg)
+                except (KeyError, ValueError) as exc:
+                    log(WARNING, "dropping reply from node %s: %s", msg.metadata.src_node_id, exc)
+                    continue
+            kept.append(msg)
+        return self.inner.aggregate_train(server_round, kept)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        messages = list(self.inner.configure_evaluate(server_round, arrays, config, grid))
+        return self._encode_down(messages, server_round)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round, replies)

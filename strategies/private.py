@@ -1,0 +1,297 @@
+"""Wrapper strategies for differential privacy; they account, the inner strategy aggregates.
+
+* :class:`SampleDPStrategy` (``dp=sample``, clients run DP-SGD): reads every
+  reply's privacy report (``partition-id``, cumulative ``dp-epsilon``,
+  ``dp-exhausted``) into an :class:`~privacy.accounting.EpsilonLedger`, removes
+  those per-client keys so Flower never averages them, and leaves out clients
+  whose budget is spent (they reply without arrays). When every client is out
+  of budget it raises :class:`PrivacyBudgetExhausted`, which ends the run.
+* :class:`ClientDPStrategy` (``dp=client``, DP-FedAvg, McMahan et al. 2018):
+  wraps the inner strategy with Flower's DP wrapper (fixed or adaptive
+  clipping, on the server or the clients) once the population is known, and
+  accounts the client-level epsilon of the subsampled Gaussian mechanism with
+  Opacus's RDP analysis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from logging import INFO, WARNING
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideAdaptiveClipping,
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideAdaptiveClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    Strategy,
+)
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
+
+from privacy.accounting import EpsilonLedger, calibrate_noise, client_level_epsilon
+
+EPSILON_KEY = "dp-epsilon"
+EXHAUSTED_KEY = "dp-exhausted"
+PARTITION_KEY = "partition-id"
+REPORT_KEYS = (EPSILON_KEY, EXHAUSTED_KEY, PARTITION_KEY)
+#: Slack for float noise in a client's reported epsilon against the target.
+EPSILON_TOLERANCE = 1e-9
+
+
+class PrivacyBudgetExhausted(RuntimeError):
+    """No client, or the run as a whole, has privacy budget left for another round."""
+
+
+def _metrics(msg: Message) -> MetricRecord:
+    records = list(msg.content.metric_records.values())
+    if len(records) != 1:
+        raise ValueError(f"expected one MetricRecord, got {len(records)}")
+    return records[0]
+
+
+class _Delegating(Strategy):
+    """Forwards evaluation and the summary to ``inner``."""
+
+    inner: Strategy
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round, replies)
+
+
+class SampleDPStrategy(_Delegating):
+    """Collects DP-SGD clients' epsilons and leaves out clients without budget."""
+
+    def __init__(self, inner: Strategy, *, ledger: EpsilonLedger, target_epsilon: float) -> None:
+        if target_epsilon < 0:
+            raise ValueError(f"invalid target epsilon={target_epsilon!r}; valid: >= 0 (0: none)")
+        self.inner, self.ledger, self.target_epsilon = inner, ledger, target_epsilon
+        self.exhausted: set[int] = set()
+        #: This round's replies left out (budget spent or no valid privacy report);
+        #: InstrumentedStrategy subtracts them from the clients aggregated.
+        self.rejected: list[str] = []
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self.ledger.population = len(list(grid.get_node_ids()))
+        self.rejected = []
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def _read_report(self, server_round: int, msg: Message) -> bool:
+        """Record ``msg``'s privacy report (removing it from its metrics); True if it trained."""
+        metrics = _metrics(msg)
+        missing = [k for k in REPORT_KEYS if k not in metrics]
+        if missing:
+            raise ValueError(f"reply lacks the privacy report keys {missing}")
+        client = int(metrics.pop(PARTITION_KEY))  # type: ignore[arg-type]
+        value = float(metrics.pop(EPSILON_KEY))  # type: ignore[arg-type]
+        exhausted = bool(metrics.pop(EXHAUSTED_KEY))
+        if self.target_epsilon and value > self.target_epsilon + EPSILON_TOLERANCE:
+            raise ValueError(
+                f"client {client} reports epsilon {value:.4f} above the target "
+                f"{self.target_epsilon}"
+            )
+        self.ledger.record_client(server_round, client, value, trained=not exhausted)
+        if exhausted:
+            self.exhausted.add(client)
+            log(
+                WARNING,
+                "client %d has no privacy budget left (epsilon %.4f, target %g): left out",
+                client, value, self.target_epsilon,
+            )
+        return not exhausted
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        kept: list[Message] = []
+        for msg in replies:
+            if msg.has_error():
+                kept.append(msg)
+                continue
+            try:
+                if self._read_report(server_round, msg):
+                    kept.append(msg)
+                else:
+                    self.rejected.append(f"node {msg.metadata.src_node_id}: budget spent")
+            except (ValueError, TypeError) as exc:
+                self.rejected.append(f"node {msg.metadata.src_node_id}: {exc}")
+                log(WARNING, "dropping reply from node %s: %s", msg.metadata.src_node_id, exc)
+        population = max(self.ledger.population, 1)
+        if len(self.exhausted) >= population:
+            raise PrivacyBudgetExhausted(
+                f"all {population} clients have spent their privacy budget "
+                f"(target epsilon {self.target_epsilon:g}); stopping before round {server_round}"
+            )
+        if not any(not m.has_error() for m in kept):
+            return None, None
+        return self.inner.aggregate_train(server_round, kept)
+
+
+def clients_per_round(population: int, fraction_train: float, min_train_nodes: int) -> int:
+    """How many clients Flower's FedAvg samples per round (its own formula)."""
+    return max(int(population * fraction_train), min_train_nodes)
+
+
+def client_dp_noise(
+    *, noise_multiplier: float, target_epsilon: float, delta: float, sample_rate: float, rounds: int
+) -> float:
+    """``noise_multiplier``, or the one that spends ``target_epsilon`` over ``rounds`` rounds."""
+    if noise_multiplier > 0:
+        return noise_multiplier
+    return calibrate_noise(
+        target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate, steps=rounds,
+        accountant="rdp",
+    )
+
+
+class ClientDPStrategy(_Delegating):
+    """Client-level DP: Flower's DP wrapper around ``inner`` plus RDP accounting.
+
+    Updates are averaged with equal weights (the sensitivity of the mean of ``m``
+    clipped updates is ``clipping_norm / m`` only then), so each reply's weight
+    is set to 1 before aggregation. The sampling rate is clients per round /
+    clients; Flower samples without replacement, the accountant assumes Poisson
+    subsampling, the usual approximation of DP-FedAvg.
+    """
+
+    def __init__(
+        self,
+        inner: Strategy,
+        *,
+        ledger: EpsilonLedger,
+        clipping: str,
+        side: str,
+        noise_multiplier: float,
+        clipping_norm: float,
+        target_epsilon: float,
+        delta: float,
+        num_rounds: int,
+        fraction_train: float,
+        min_train_nodes: int,
+        min_available_nodes: int,
+        weight_key: str = "num-examples",
+    ) -> None:
+        if clipping not in ("fixed", "adaptive"):
+            raise ValueError(f"invalid clipping {clipping!r}; valid: fixed, adaptive")
+        if side not in ("server", "client"):
+            raise ValueError(f"invalid clipping side {side!r}; valid: server, client")
+        if noise_multiplier < 0 or target_epsilon < 0 or (noise_multiplier == target_epsilon == 0):
+            raise ValueError(
+                f"invalid noise multiplier={noise_multiplier!r} / target epsilon="
+                f"{target_epsilon!r}; valid: one of them > 0, neither < 0"
+            )
+        if clipping_norm <= 0:
+            raise ValueError(f"invalid clipping norm={clipping_norm!r}; valid: > 0")
+        if not 0 < delta < 1:
+            raise ValueError(f"invalid delta={delta!r}; valid: 0 < delta < 1")
+        self.inner, self.ledger = inner, ledger
+        self.clipping, self.side = clipping, side
+        self.noise, self.clipping_norm = noise_multiplier, clipping_norm
+        self.target_epsilon, self.delta, self.num_rounds = target_epsilon, delta, num_rounds
+        self.fraction_train, self.min_train_nodes = fraction_train, min_train_nodes
+        self.min_available_nodes, self.weight_key = min_available_nodes, weight_key
+        self.dp: Strategy | None = None
+        self.sample_rate = 0.0
+        self.releases = 0
+
+    def summary(self) -> None:
+        (self.dp or self.inner).summary()
+
+    def _setup(self, grid: Grid) -> Strategy:
+        """Build Flower's DP wrapper once the population is known."""
+        _, nodes = sample_nodes(grid, self.min_available_nodes, 0)
+        population = len(nodes)
+        per_round = min(
+            clients_per_round(population, self.fraction_train, self.min_train_nodes), population
+        )
+        self.sample_rate = per_round / population
+        self.noise = client_dp_noise(
+            noise_multiplier=self.noise, target_epsilon=self.target_epsilon, delta=self.delta,
+            sample_rate=self.sample_rate, rounds=self.num_rounds,
+        )
+        self.ledger.population = population
+        log(INFO, "client-level DP: noise multiplier %.4f, sampling rate %.3f",
+            self.noise, self.sample_rate)
+        return flower_dp_wrapper(
+            self.inner, clipping=self.clipping, side=self.side, noise_multiplier=self.noise,
+            clipping_norm=self.clipping_norm, clients_per_round=per_round,
+        )
+
+    def epsilon_after(self, releases: int) -> float:
+        return client_level_epsilon(
+            noise_multiplier=self.noise, sample_rate=self.sample_rate, rounds=releases,
+            delta=self.delta,
+        )
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        if self.dp is None:
+            self.dp = self._setup(grid)
+        if self.target_epsilon and self.epsilon_after(self.releases + 1) > self.target_epsilon:
+            raise PrivacyBudgetExhausted(
+                f"another round would raise the client-level epsilon from "
+                f"{self.epsilon_after(self.releases):.4f} past the target "
+                f"{self.target_epsilon:g}; stopping before round {server_round}"
+            )
+        return self.dp.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        assert self.dp is not None, "configure_train runs first"
+        replies = list(replies)
+        for msg in replies:
+            if not msg.has_error():
+                _metrics(msg)[self.weight_key] = 1
+        arrays, metrics = self.dp.aggregate_train(server_round, replies)
+        if arrays is not None:
+            self.releases += 1
+            self.ledger.record_population(server_round, self.epsilon_after(self.releases))
+        return arrays, metrics
+
+
+def flower_dp_wrapper(
+    inner: Strategy,
+    *,
+    clipping: str,
+    side: str,
+    noise_multiplier: float,
+    clipping_norm: float,
+    clients_per_round: int,
+) -> Strategy:
+    """The Flower DP strategy wrapper for ``clipping`` (fixed|adaptive) on ``side``.
+
+    Adaptive clipping (Andrew et al. 2021) spends part of the noise on the
+    clipped-count query; its standard deviation is max(m/20, z) so that the
+    total noise still equals ``noise_multiplier`` z.
+    """
+    if clipping == "fixed":
+        cls = (
+            DifferentialPrivacyServerSideFixedClipping
+            if side == "server"
+            else DifferentialPrivacyClientSideFixedClipping
+        )
+        return cls(inner, noise_multiplier, clipping_norm, clients_per_round)
+    adaptive = (
+        DifferentialPrivacyServerSideAdaptiveClipping
+        if side == "server"
+        else DifferentialPrivacyClientSideAdaptiveClipping
+    )
+    return adaptive(
+        inner, noise_multiplier, clients_per_round, initial_clipping_norm=clipping_norm,
+        clipped_count_stddev=max(clients_per_round / 20, noise_multiplier),
+    )

@@ -1,0 +1,112 @@
+"""Reply validation, split from aggregation: bad replies never reach the average.
+
+:func:`check_train_reply` is a pure check of one reply's content against the
+global model's layout; :class:`ValidatingStrategy` applies it to every train reply
+and hands only the good ones to the inner strategy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from logging import WARNING
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+Layout = dict[str, tuple[tuple[int, ...], str]]
+WEIGHT_KEY = "num-examples"
+
+
+def layout_of(arrays: ArrayRecord) -> Layout:
+    """Name -> (shape, dtype) of every array in ``arrays``."""
+    return {k: (tuple(v.shape), str(v.dtype)) for k, v in arrays.items()}
+
+
+def check_train_reply(content: RecordDict, layout: Layout, *, max_examples: int) -> str | None:
+    """Why ``content`` must not be aggregated, or ``None`` when it is sound."""
+    if len(content.array_records) != 1:
+        return f"expected 1 ArrayRecord, got {len(content.array_records)}"
+    arrays = next(iter(content.array_records.values()))
+    missing = sorted(set(layout) - set(arrays.keys()))
+    extra = sorted(set(arrays.keys()) - set(layout))
+    if missing or extra:
+        return f"array names differ from the global model (missing {missing}, unexpected {extra})"
+    for name, (shape, dtype) in layout.items():
+        got = arrays[name]
+        if tuple(got.shape) != shape or str(got.dtype) != dtype:
+            return f"{name}: got {got.dtype}{list(got.shape)}, expected {dtype}{list(shape)}"
+        values = got.numpy()
+        if values.dtype.kind in "fc" and not np.isfinite(values).all():
+            return f"{name}: non-finite values"
+    if len(content.metric_records) != 1:
+        return f"expected 1 MetricRecord, got {len(content.metric_records)}"
+    metrics = next(iter(content.metric_records.values()))
+    n = metrics.get(WEIGHT_KEY)
+    if isinstance(n, bool) or not isinstance(n, (int, float)) or not float(n).is_integer():
+        return f"{WEIGHT_KEY} must be an integer, got {n!r}"
+    if not 1 <= n <= max_examples:
+        return f"{WEIGHT_KEY}={n} outside [1, {max_examples}]"
+    for key, value in metrics.items():
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            return f"metric {key} is not finite"
+    return None
+
+
+@dataclass
+class Rejection:
+    node_id: int
+    reason: str
+
+
+@dataclass
+class ValidatingStrategy(Strategy):
+    """Delegates to ``inner`` after dropping train replies that fail validation."""
+
+    inner: Strategy
+    max_examples: int
+    layout: Layout = field(default_factory=dict)
+    rejected: list[Rejection] = field(default_factory=list)
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self.layout = layout_of(arrays)
+        self.rejected = []
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        keep = []
+        for msg in replies:
+            reason = None if msg.has_error() else check_train_reply(
+                msg.content, self.layout, max_examples=self.max_examples
+            )
+            if reason is None:
+                keep.append(msg)
+                continue
+            self.rejected.append(Rejection(msg.metadata.src_node_id, reason))
+            log(WARNING, "round %d: rejected reply from node %d: %s",
+                server_round, msg.metadata.src_node_id, reason)
+        if not any(not m.has_error() for m in keep):
+            return None, None
+        return self.inner.aggregate_train(server_round, keep)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round, replies)

@@ -1,0 +1,96 @@
+"""``pointcloud``: PointNet on ModelNet10 / ModelNet40 (loaders in :mod:`tasks.modelnet`).
+
+Clouds are (N, P, 3), z-up, each centred in the unit sphere. Train batches are
+augmented as in PointNet's training script: a random rotation about the up
+axis, a random isotropic scale, and clipped Gaussian jitter per point.
+Metrics: overall ``accuracy`` and ``mean_class_accuracy``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .base import DataSplit, Task, TaskData, TaskOptions
+from .metrics import mean_class_accuracy, overall_accuracy
+from .modelnet import DATASETS, load_modelnet
+from .pointnet import TRANSFORMS, PointNet
+
+SCALE_RANGE = (0.8, 1.25)
+JITTER_SIGMA = 0.01
+JITTER_CLIP = 0.05
+
+
+def rotate_about_z(points: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Rotate each cloud (B, P, 3) by its angle (B,) (radians) about the z (up) axis."""
+    c, s = torch.cos(angles), torch.sin(angles)
+    zero, one = torch.zeros_like(c), torch.ones_like(c)
+    rot = torch.stack([c, -s, zero, s, c, zero, zero, zero, one], dim=1).view(-1, 3, 3)
+    return points @ rot.transpose(1, 2).to(points.dtype)
+
+
+def augment_batch(
+    points: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    scale_range: tuple[float, float] = SCALE_RANGE,
+    jitter_sigma: float = JITTER_SIGMA,
+    jitter_clip: float = JITTER_CLIP,
+) -> torch.Tensor:
+    """Random up-axis rotation, uniform scale in ``scale_range``, clipped Gaussian jitter."""
+    b = points.shape[0]
+    angles = torch.rand(b, generator=generator) * (2 * math.pi)
+    low, high = scale_range
+    scales = low + (high - low) * torch.rand(b, 1, 1, generator=generator)
+    noise = torch.randn(points.shape, generator=generator) * jitter_sigma
+    jitter = noise.clamp(-jitter_clip, jitter_clip).to(points.dtype)
+    return rotate_about_z(points, angles) * scales.to(points.dtype) + jitter
+
+
+class PointCloudTask(Task):
+    """PointNet classification of ModelNet shapes."""
+
+    name = "pointcloud"
+    datasets = DATASETS
+
+    def __init__(self, *, num_points: int = 1024, transforms: str = "both", width: float = 1.0) -> None:
+        if num_points < 1:
+            raise ValueError(f"invalid num-points {num_points}; valid: >= 1")
+        if transforms not in TRANSFORMS:
+            raise ValueError(f"invalid pointnet-transforms {transforms!r}; valid: {', '.join(TRANSFORMS)}")
+        if width <= 0:
+            raise ValueError(f"invalid model-width {width}; valid: > 0")
+        self.num_points, self.transforms, self.width = num_points, transforms, width
+
+    def configure(self, options: TaskOptions) -> PointCloudTask:
+        return PointCloudTask(
+            num_points=options.num_points,
+            transforms=options.pointnet_transforms,
+            width=options.model_width,
+        )
+
+    def load(self, data_dir: Path, dataset: str) -> TaskData:
+        clouds = load_modelnet(data_dir, dataset, self.num_points)
+        return TaskData(
+            DataSplit(clouds.x_train, clouds.y_train),
+            DataSplit(clouds.x_test, clouds.y_test),
+            num_classes=len(clouds.class_names),
+            info={"class_names": list(clouds.class_names), "num_points": self.num_points},
+        )
+
+    def build_model(self, data: TaskData) -> nn.Module:
+        return PointNet(data.num_classes, transforms=self.transforms, width=self.width)
+
+    def augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return augment_batch(x, generator)
+
+    def metrics(self, logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        pred, truth = logits.argmax(dim=1).numpy(), y.numpy()
+        num_classes = int(logits.shape[1]) if logits.ndim == 2 else 0
+        return {
+            "accuracy": overall_accuracy(pred, truth),
+            "mean_class_accuracy": mean_class_accuracy(pred, truth, num_classes),
+        }

@@ -1,0 +1,109 @@
+"""DecodingStrategy under InstrumentedStrategy: decoded aggregation and wire bytes."""
+
+from __future__ import annotations
+
+from unittest.mock import Mock
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore.task_identity import TaskIdentity
+
+from compression.flat import flatten, layout_of
+from compression.pipeline import encode
+from compression.spec import CodecContext, parse_spec
+from strategies.compressed import DecodingStrategy, payload_record, record_payload
+from strategies.instrumented import InstrumentedStrategy
+
+NPY_HEADER = 128  # np.save header of a 1-d uint8 array
+
+
+@pytest.fixture(autouse=True)
+def task_identity() -> None:
+    """Messages need a run and task id, as inside a ServerApp."""
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
+
+
+def global_arrays() -> ArrayRecord:
+    return ArrayRecord({
+        "w": Array(np.arange(6, dtype=np.float32).reshape(2, 3)),
+        "b": Array(np.zeros(2, dtype=np.float32)),
+    })
+
+
+def grid(nodes: list[int]) -> Grid:
+    g = Mock(spec=Grid)
+    g.get_node_ids.return_value = nodes
+    return g
+
+
+def reply(instruction: Message, arrays: ArrayRecord, examples: int) -> Message:
+    content = RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": examples})})
+    return Message(content=content, reply_to=instruction)  # src = the instruction's dst
+
+
+def build(up: str, down: str = "none") -> InstrumentedStrategy:
+    inner = FedAvg(min_train_nodes=2, min_available_nodes=2, fraction_evaluate=0.0)
+    wrapper = DecodingStrategy(inner, up=parse_spec(up), down=parse_spec(down), seed=1)
+    return InstrumentedStrategy(wrapper)
+
+
+def test_fp16_updates_are_decoded_against_the_global_model_and_bytes_are_exact():
+    # Prepare
+    strategy = build("fp16")
+    sent = list(strategy.configure_train(1, global_arrays(), ConfigRecord(), grid([11, 12])))
+    base = {k: v.numpy() for k, v in global_arrays().items()}
+    updates = [np.full(8, 1.0, np.float32), np.full(8, 3.0, np.float32)]
+    ctx = CodecContext(layout_of(base))
+    replies = [
+        reply(m, payload_record(encode(parse_spec("fp16"), u, ctx)), 10)
+        for m, u in zip(sent, updates, strict=True)
+    ]
+    # Execute
+    arrays, _ = strategy.aggregate_train(1, replies)
+    # Assert: equal weights -> global + mean update (2.0); keys, shapes, dtypes kept
+    assert arrays is not None and list(arrays.keys()) == ["w", "b"]
+    np.testing.assert_allclose(arrays["w"].numpy(), base["w"] + 2.0)
+    assert arrays["b"].numpy().dtype == np.float32 and arrays["b"].numpy().shape == (2,)
+    # 8 values * 2 bytes, one npy header, key "payload", per client
+    assert strategy.stats.bytes_up == 2 * (16 + NPY_HEADER + len("payload"))
+    assert strategy.stats.num_clients == 2
+    # the seed for randk's shared mask rides in the train config
+    assert isinstance(sent[0].content["config"]["compression-seed"], int)
+
+
+def test_bytes_up_equal_the_replies_serialized_arrays():
+    strategy = build("topk:0.25+qsgd:8")
+    sent = list(strategy.configure_train(1, global_arrays(), ConfigRecord(), grid([1, 2])))
+    ctx = CodecContext(((2, 3), (2,)), rng=np.random.default_rng(0))
+    vec = np.arange(8, dtype=np.float32)
+    records = [payload_record(encode(parse_spec("topk:0.25+qsgd:8"), vec * s, ctx)) for s in (1, -1)]
+    expected = sum(r.count_bytes() for r in records)
+    # k = 2 of 8: tag + 2 varints (bitmap: 1 byte + tag is smaller: 2 bytes) + norm + 2 levels
+    assert [len(record_payload(r)) for r in records] == [2 + 4 + 2, 2 + 4 + 2]
+    strategy.aggregate_train(1, [reply(m, r, 5) for m, r in zip(sent, records, strict=True)])
+    assert strategy.stats.bytes_up == expected == 2 * (8 + NPY_HEADER + 7)
+
+
+def test_malformed_payload_is_dropped_not_averaged():
+    strategy = build("fp16")
+    sent = list(strategy.configure_train(1, global_arrays(), ConfigRecord(), grid([1, 2])))
+    ones = np.ones(8, np.float32)
+    good = payload_record(encode(parse_spec("fp16"), ones, CodecContext(((6,), (2,)))))
+    bad = payload_record(b"\x00" * 5)  # wrong size for 8 fp16 values
+    arrays, _ = strategy.aggregate_train(1, [reply(sent[0], good, 1), reply(sent[1], bad, 1)])
+    assert arrays is not None
+    np.testing.assert_allclose(arrays["w"].numpy(), np.arange(6).reshape(2, 3) + 1.0, rtol=1e-3)
+
+
+def test_download_compression_sends_one_fp16_payload_per_client():
+    strategy = build("none", down="fp16")
+    sent = list(strategy.configure_train(1, global_arrays(), ConfigRecord(), grid([1, 2, 3])))
+    payload = record_payload(sent[0].content["arrays"])
+    assert len(payload) == 8 * 2
+    assert strategy.stats.bytes_down == 3 * (16 + NPY_HEADER + 7)
+    decoded = np.frombuffer(payload, dtype="<f2").astype(np.float32)
+    expected = flatten({k: v.numpy() for k, v in global_arrays().items()})
+    np.testing.assert_array_equal(decoded, expected)

@@ -1,0 +1,263 @@
+"""Differential privacy units: accounting, DP-SGD rounds, model checks, server wrapper."""
+
+from __future__ import annotations
+
+import math
+from unittest.mock import Mock
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from opacus.accountants.analysis import rdp as rdp_analysis
+from torch import nn
+
+import run_sim
+from privacy.accounting import (
+    ClientAccount,
+    EpsilonLedger,
+    calibrate_noise,
+    client_level_epsilon,
+    epsilon,
+    poisson_plan,
+)
+from privacy.dp import DPModelError, SampleDPSettings, make_dp_ready, train_private
+from strategies.private import (
+    EPSILON_KEY,
+    EXHAUSTED_KEY,
+    PARTITION_KEY,
+    PrivacyBudgetExhausted,
+    SampleDPStrategy,
+)
+from tasks.registry import get_task, load_task_data
+
+DELTA = 1e-5
+
+
+def independent_epsilon(noise: float, rate: float, steps: int, delta: float = DELTA) -> float:
+    """Opacus's RDP analysis called directly (not through fedloom's code)."""
+    orders = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
+    rdp = rdp_analysis.compute_rdp(q=rate, noise_multiplier=noise, steps=steps, orders=orders)
+    return float(rdp_analysis.get_privacy_spent(orders=orders, rdp=rdp, delta=delta)[0])
+
+
+def settings(**overrides) -> SampleDPSettings:
+    values = dict(noise_multiplier=1.0, max_grad_norm=1.0, delta=DELTA, accountant="rdp",
+                  target_epsilon=0.0, planned_rounds=2)
+    return SampleDPSettings(**{**values, **overrides})
+
+
+@pytest.fixture(scope="module")
+def digits():
+    task = get_task("digits")
+    return task, load_task_data("digits", "", "digits")
+
+
+def test_poisson_plan_matches_opacus_make_private():
+    # 100 examples in batches of 16: 7 batches, so q = 1/7 and 7 steps per epoch.
+    assert poisson_plan(100, 16, 2) == (pytest.approx(1 / 7), 14)
+
+
+def test_epsilon_of_a_history_matches_opacus_analysis():
+    history = [(1.1, 0.01, 300), (1.1, 0.01, 200)]
+    assert epsilon(history, delta=DELTA, accountant="rdp") == pytest.approx(
+        independent_epsilon(1.1, 0.01, 500), rel=0.01
+    )
+    assert epsilon([], delta=DELTA, accountant="rdp") == 0.0
+    assert client_level_epsilon(noise_multiplier=1.0, sample_rate=0.3, rounds=20, delta=DELTA) == (
+        pytest.approx(independent_epsilon(1.0, 0.3, 20), rel=0.01)
+    )
+
+
+def test_calibrated_noise_spends_at_most_the_target():
+    noise = calibrate_noise(target_epsilon=3.0, delta=DELTA, sample_rate=0.02, steps=500,
+                            accountant="rdp")
+    spent = independent_epsilon(noise, 0.02, 500)
+    assert 2.9 < spent <= 3.0
+
+
+def test_account_round_trips_through_its_state_dict():
+    account = ClientAccount("rdp", DELTA, [(1.0, 0.1, 30)])
+    restored = ClientAccount("rdp", DELTA)
+    restored.load_state_dict(account.state_dict())
+    assert restored.history == [(1.0, 0.1, 30)] and restored.epsilon() == account.epsilon()
+    with pytest.raises(ValueError, match="accountant 'rdp'"):
+        ClientAccount("prv", DELTA).load_state_dict(account.state_dict())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"noise_multiplier": -1.0}, "invalid noise multiplier=-1.0; valid: >= 0"),
+        ({"max_grad_norm": 0.0}, "invalid max grad norm=0.0; valid: > 0"),
+        ({"delta": 1.0}, "invalid delta=1.0; valid: 0 < delta < 1"),
+        ({"accountant": "gdp"}, "invalid accountant 'gdp'; valid: rdp, prv"),
+        ({"noise_multiplier": 0.0}, "needs a noise multiplier > 0 or a target epsilon > 0"),
+    ],
+)
+def test_settings_reject_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        settings(**kwargs)
+
+
+def test_two_rounds_are_cumulative_and_equal_opacus_accounting(digits):
+    task, data = digits
+    model = task.build_model(data)
+    split = data.train.subset(np.arange(40))
+    account = ClientAccount("rdp", DELTA)
+    for seed in (1, 2):
+        outcome = train_private(model, task, split, settings=settings(), account=account,
+                                epochs=1, batch_size=8, lr=0.05, momentum=0.9, seed=seed)
+        assert outcome.trained and outcome.steps == 5
+    # Two rounds of 5 steps at q = 1/5.
+    assert outcome.epsilon == pytest.approx(independent_epsilon(1.0, 0.2, 10), rel=0.01)
+    assert sum(s for *_, s in account.history) == 10
+    keys = list(model.state_dict())
+    assert keys == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert not any("_module" in k for k in keys)
+
+
+def test_tiny_client_survives_empty_poisson_batches(digits):
+    task, data = digits
+    model = task.build_model(data)
+    split = data.train.subset(np.arange(3))  # batch 1: q = 1/3, P(empty batch) = 8/27
+    account = ClientAccount("rdp", DELTA)
+    before = [p.detach().clone() for p in model.parameters()]
+    outcome = train_private(model, task, split, settings=settings(), account=account,
+                            epochs=10, batch_size=1, lr=0.05, momentum=0.0, seed=0)
+    assert outcome.trained and outcome.steps == 30 and sum(s for *_, s in account.history) == 30
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_a_round_past_the_budget_is_refused(digits):
+    task, data = digits
+    model = task.build_model(data)
+    split = data.train.subset(np.arange(40))
+    one_round = independent_epsilon(1.0, 0.2, 5)
+    budget = settings(target_epsilon=(one_round + independent_epsilon(1.0, 0.2, 10)) / 2)
+    account = ClientAccount("rdp", DELTA)
+    first = train_private(model, task, split, settings=budget, account=account, epochs=1,
+                          batch_size=8, lr=0.05, momentum=0.9, seed=0)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    second = train_private(model, task, split, settings=budget, account=account, epochs=1,
+                           batch_size=8, lr=0.05, momentum=0.9, seed=1)
+    assert first.trained and not second.trained
+    assert second.epsilon == first.epsilon <= budget.target_epsilon
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+
+
+def test_calibrated_rounds_end_at_or_below_the_target(digits):
+    task, data = digits
+    model = task.build_model(data)
+    split = data.train.subset(np.arange(40))
+    budget = settings(noise_multiplier=0.0, target_epsilon=2.0, planned_rounds=3)
+    account = ClientAccount("rdp", DELTA)
+    outcomes = [
+        train_private(model, task, split, settings=budget, account=account, epochs=1,
+                      batch_size=8, lr=0.05, momentum=0.9, seed=s)
+        for s in range(4)
+    ]
+    assert [o.trained for o in outcomes] == [True, True, True, False]
+    assert 1.9 < outcomes[2].epsilon <= 2.0
+
+
+class ScaleWithBuffer(nn.Module):
+    """A trainable layer with a buffer: Opacus has neither a grad sampler nor a fix."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(2))
+        self.register_buffer("running", torch.zeros(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
+def test_batchnorm_is_replaced_with_a_warning_and_unfixable_layers_fail():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(16, 2))
+    with pytest.warns(UserWarning, match=r"1 \(BatchNorm2d -> GroupNorm\)"):
+        fixed = make_dp_ready(model)
+    assert isinstance(fixed[1], nn.GroupNorm)
+    with pytest.raises(DPModelError, match="trainable layer with buffers"):
+        make_dp_ready(nn.Sequential(nn.Linear(2, 2), ScaleWithBuffer()))
+
+
+def reply(node: int, metrics: dict, arrays: bool = True) -> Message:
+    content = RecordDict({"metrics": MetricRecord(metrics)})
+    if arrays:
+        content["arrays"] = ArrayRecord([np.ones(2, dtype=np.float32)])
+    msg = Mock(spec=Message)
+    msg.has_error.return_value = False
+    msg.content = content
+    msg.metadata.src_node_id = node
+    return msg
+
+
+def test_server_wrapper_records_epsilons_and_leaves_spent_clients_out():
+    inner = Mock()
+    inner.aggregate_train.return_value = (ArrayRecord(), MetricRecord())
+    ledger = EpsilonLedger(population=3)
+    strategy = SampleDPStrategy(inner, ledger=ledger, target_epsilon=2.0)
+    replies = [
+        reply(10, {"num-examples": 5, "train_loss": 1.0, PARTITION_KEY: 0, EPSILON_KEY: 1.5,
+                   EXHAUSTED_KEY: 0}),
+        reply(11, {"num-examples": 5, PARTITION_KEY: 1, EPSILON_KEY: 1.9, EXHAUSTED_KEY: 1},
+              arrays=False),
+    ]
+    strategy.aggregate_train(1, replies)
+    (_, passed), _ = inner.aggregate_train.call_args
+    assert len(passed) == 1
+    assert dict(passed[0].content["metrics"]) == {"num-examples": 5, "train_loss": 1.0}
+    assert strategy.exhausted == {1} and len(strategy.rejected) == 1
+    # Client 2 never took part: it counts as epsilon 0 in the mean.
+    assert ledger.summary() == {"epsilon": 1.9, "epsilon_mean": pytest.approx(3.4 / 3)}
+    assert [r["partition_id"] for r in ledger.take_rows()] == [0, 1]
+
+
+def test_server_wrapper_drops_a_report_above_the_target_and_stops_when_all_are_spent():
+    inner = Mock()
+    inner.aggregate_train.return_value = (None, None)
+    strategy = SampleDPStrategy(inner, ledger=EpsilonLedger(population=2), target_epsilon=2.0)
+    over = reply(1, {"num-examples": 5, PARTITION_KEY: 0, EPSILON_KEY: 2.5, EXHAUSTED_KEY: 0})
+    assert strategy.aggregate_train(1, [over]) == (None, None)
+    assert len(strategy.rejected) == 1 and not inner.aggregate_train.called
+    spent = [
+        reply(n, {"num-examples": 5, PARTITION_KEY: n, EPSILON_KEY: 1.9, EXHAUSTED_KEY: 1},
+              arrays=False)
+        for n in (0, 1)
+    ]
+    with pytest.raises(PrivacyBudgetExhausted, match="all 2 clients have spent"):
+        strategy.aggregate_train(2, spent)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--dp", "local"], "invalid dp='local'; valid: none, sample, client"),
+        (["--dp", "sample"], "dp=sample needs dp-noise > 0 or dp-target-epsilon > 0"),
+        (["--dp", "sample", "--dp-noise", "-1"], "invalid dp-noise=-1.0"),
+        (["--dp", "sample", "--dp-noise", "1", "--dp-delta", "0"], "invalid dp-delta=0.0; valid: 0 < delta < 1"),
+        (["--dp", "sample", "--dp-noise", "1", "--dp-max-grad-norm", "0"], "invalid dp-max-grad-norm=0.0; valid: > 0"),
+        (["--dp", "sample", "--dp-noise", "1", "--dp-accountant", "gdp"], "invalid dp-accountant='gdp'; valid: rdp, prv"),
+        (["--dp", "client", "--dp-noise", "1", "--dp-clipping", "median"], "invalid dp-clipping='median'; valid: fixed, adaptive"),
+        (["--dp", "client", "--dp-noise", "1", "--dp-clipping-side", "both"], "invalid dp-clipping-side='both'"),
+        (["--dp", "client", "--dp-noise", "1", "--dp-clipping-side", "client", "--compression", "fp16"],
+         "dp-clipping-side=client clips the plain update on the client and cannot be combined with compression"),
+        (["--dp", "sample", "--dp-target-epsilon", "1e-9"], "target epsilon 1e-09 at delta 1e-05 is out of reach"),
+        (["--dp", "client", "--dp-target-epsilon", "1e-9"], "target epsilon 1e-09 at delta 1e-05 is out of reach"),
+    ],
+)
+def test_bad_dp_options_exit_2_with_one_line(argv, message, capsys):
+    assert run_sim.main(["--num-clients", "3", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_default_run_has_no_privacy():
+    assert math.isclose(DELTA, 1e-5)
+    from server.config import parse_run_config
+
+    cfg = parse_run_config({})
+    assert cfg.dp == "none" and cfg.sample_dp() is None and cfg.dp_delta == DELTA

@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+from client.attacks import attackers, poison
+from client.faults import InjectedFailure, inject_faults
+from client.state import load_state, save_state
+
+
+def test_poison_by_hand():
+    u = np.array([1.0, -2.0, 0.5], np.float32)
+    rng = np.random.default_rng(0)
+    assert poison(u, "sign-flip", scale=4, rng=rng).tolist() == [-4.0, 8.0, -2.0]
+    assert poison(u, "scaled", scale=10, rng=rng).tolist() == [10.0, -20.0, 5.0]
+    noise = poison(np.ones(100_000, np.float32), "gaussian", scale=3, rng=rng)
+    assert abs(noise.std() - 3.0) < 0.05 and abs(noise.mean()) < 0.05  # rms(u) = 1
+    with pytest.raises(ValueError, match="valid: none, sign-flip, gaussian, scaled"):
+        poison(u, "label-flip", scale=1, rng=rng)
+
+
+def test_attackers_are_a_seeded_share():
+    chosen = attackers(10, 0.2, seed=1)
+    assert len(chosen) == 2 and chosen == attackers(10, 0.2, seed=1)
+    assert len(attackers(10, 0.25, seed=1)) == 3 and attackers(10, 0.0, seed=1) == frozenset()
+
+
+def test_fault_injection_rates():
+    def fails(rate, round_):
+        try:
+            inject_faults(fail_rate=rate, straggler_rate=0, straggler_delay=0, seed=0,
+                          server_round=round_, partition_id=3)
+        except InjectedFailure:
+            return True
+        return False
+
+    outcomes = [fails(0.3, r) for r in range(1000)]
+    assert 0.25 < np.mean(outcomes) < 0.35
+    assert outcomes == [fails(0.3, r) for r in range(1000)]  # deterministic
+    assert not any(fails(0.0, r) for r in range(100))
+
+
+def test_client_state_survives_a_new_process_and_rewinds_for_a_rerun(tmp_path):
+    state = RecordDict({"residual": ArrayRecord({"r": Array(np.array([1.0, 2.0]))}),
+                        "dp": ConfigRecord({"steps": 7})})
+    save_state(state, tmp_path, server_round=3)
+    state["dp"] = ConfigRecord({"steps": 9})
+    save_state(state, tmp_path, server_round=4)
+    save_state(state, tmp_path, server_round=5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["round-4.pkl", "round-5.pkl"]
+    # A fresh process re-running round 5 after a resume starts from round 4's state.
+    fresh = RecordDict()
+    assert load_state(fresh, tmp_path, server_round=5) == 4
+    assert fresh["dp"]["steps"] == 9 and fresh["residual"]["r"].numpy().tolist() == [1.0, 2.0]
+    # A process that already holds state keeps it.
+    assert load_state(state, tmp_path, server_round=6) is None
+    assert load_state(RecordDict(), tmp_path / "none", server_round=2) is None

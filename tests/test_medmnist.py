@@ -1,0 +1,233 @@
+"""MedMNIST task: npz loading, metrics as MedMNIST computes them, model, e2e run."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tasks.base import DatasetNotFoundError, TaskOptions
+from tasks.medmnist import (
+    MedMnistLoss,
+    MedMnistTask,
+    find_or_download_npz,
+    load_medmnist_npz,
+    medmnist_info,
+    npz_name,
+    partition_labels,
+)
+from tasks.medmnist_info import builtin_info
+from tasks.metrics import BINARY, MULTI_CLASS, MULTI_LABEL, medmnist_accuracy, medmnist_auc
+from tasks.resnet import ResNetGN
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+BREAST = DATA / "medmnist" / "breastmnist.npz"
+
+
+def needs_breast() -> None:
+    if not BREAST.is_file() and os.environ.get("CI") != "true":
+        pytest.skip(f"{BREAST} not present")
+
+
+# -- metrics (hand-computed) -------------------------------------------------------
+
+
+def test_binary_auc_and_accuracy_use_positive_class_score() -> None:
+    y = np.array([0, 0, 1, 1])
+    p1 = np.array([0.1, 0.6, 0.4, 0.8])  # pairs (pos, neg): (0.4>0.1), (0.4<0.6), (0.8>0.1), (0.8>0.6)
+    scores = np.stack([1 - p1, p1], axis=1)
+    assert medmnist_auc(y, scores, BINARY) == pytest.approx(3 / 4)
+    assert medmnist_accuracy(y, scores, BINARY) == pytest.approx(2 / 4)  # 0.1->0 ok, 0.6->1, 0.4->0, 0.8->1 ok
+
+
+def test_multiclass_auc_is_one_vs_rest_macro() -> None:
+    y = np.array([0, 1, 2, 2])
+    scores = np.array([[0.7, 0.2, 0.1], [0.2, 0.5, 0.3], [0.1, 0.6, 0.3], [0.3, 0.1, 0.6]])
+    # class 0: pos 0.7 vs negs .2 .1 .3 -> 1; class 1: pos .5 vs .2 .6 .1 -> 2/3;
+    # class 2: pos .3 .6 vs negs .1 .3 -> (0.5+1 + 1+1)/4 = 0.875
+    assert medmnist_auc(y, scores, MULTI_CLASS) == pytest.approx((1 + 2 / 3 + 0.875) / 3)
+    assert medmnist_accuracy(y, scores, MULTI_CLASS) == pytest.approx(3 / 4)
+
+
+def test_multilabel_metrics_average_over_labels() -> None:
+    y = np.array([[1, 0], [0, 1], [1, 1]], dtype=np.float32)
+    scores = np.array([[0.9, 0.2], [0.3, 0.4], [0.6, 0.7]])
+    # label 0: pos .9 .6 vs neg .3 -> 1; label 1: pos .4 .7 vs neg .2 -> 1
+    assert medmnist_auc(y, scores, MULTI_LABEL) == pytest.approx(1.0)
+    # thresholds at 0.5: label 0 all right (3/3); label 1: .2->0 ok, .4->0 wrong, .7->1 ok
+    assert medmnist_accuracy(y, scores, MULTI_LABEL) == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_auc_undefined_for_a_single_class_is_nan() -> None:
+    scores = np.array([[0.4, 0.6], [0.3, 0.7]])
+    assert np.isnan(medmnist_auc(np.array([1, 1]), scores, BINARY))
+
+
+def test_unknown_task_type_names_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="multi-label, binary-class"):
+        medmnist_auc(np.zeros(2), np.zeros((2, 2)), "regression")
+
+
+def test_task_metrics_from_logits() -> None:
+    task = MedMnistTask()
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 3.0]])
+    out = task.metrics(logits, torch.tensor([0, 1, 1, 1]))
+    assert out["accuracy"] == pytest.approx(3 / 4)
+    # positive scores: .12, .73, .27, .95 ; positives .73 .27 .95 vs negative .12 -> AUC 1
+    assert out["auc"] == pytest.approx(1.0)
+
+
+# -- multi-label handling -------------------------------------------------------------
+
+
+def test_multilabel_loss_is_bce_and_partition_labels_are_ints() -> None:
+    y = np.array([[0, 0, 0], [0, 1, 1], [1, 0, 0]], dtype=np.float32)
+    assert partition_labels(y, MULTI_LABEL).tolist() == [0, 2, 1]
+    logits = torch.zeros(3, 3)
+    loss = MedMnistLoss()(logits, torch.from_numpy(y))
+    assert float(loss) == pytest.approx(np.log(2), rel=1e-6)
+    assert float(MedMnistLoss()(torch.zeros(2, 4), torch.tensor([0, 3]))) == pytest.approx(np.log(4))
+
+
+def test_chestmnist_style_npz_loads_float_targets(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 6), ("val", 2), ("test", 3)):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        arrays[f"{split}_labels"] = rng.integers(0, 2, (n, 14), dtype=np.uint8)
+    np.savez(tmp_path / "chestmnist.npz", **arrays)
+    data = MedMnistTask().load(tmp_path, "chestmnist")
+    assert data.train.y.dtype == np.float32 and data.train.y.shape == (6, 14)
+    assert data.num_classes == 14 and data.info["task_type"] == MULTI_LABEL
+    out = MedMnistTask().metrics(torch.zeros(3, 14), torch.from_numpy(data.test.y))
+    assert set(out) == {"accuracy", "auc"}
+
+
+# -- metadata ---------------------------------------------------------------------------
+
+
+def test_builtin_table_agrees_with_the_package() -> None:
+    from tasks.medmnist import package_info
+
+    info = package_info()
+    if info is None:
+        pytest.skip("medmnist package not installed")
+    table = builtin_info()
+    assert sorted(table) == sorted(n for n in info if not n.endswith("3d"))
+    for name, meta in table.items():
+        for key in ("task", "n_channels", "n_samples", "label", "url", "url_64", "url_128", "url_224"):
+            assert meta[key] == info[name][key], (name, key)
+
+
+def test_builtin_table_is_used_without_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("tasks.medmnist.package_info", lambda: None)
+    info = medmnist_info.__wrapped__()
+    breast = info["breastmnist"]
+    assert breast["task"] == BINARY and breast["n_channels"] == 1
+    assert breast["n_samples"] == {"train": 546, "val": 78, "test": 156}
+    assert breast["label"] == {"0": "malignant", "1": "normal, benign"}
+    assert breast["url_64"] == "https://zenodo.org/records/10519652/files/breastmnist_64.npz?download=1"
+    assert info["chestmnist"]["task"] == MULTI_LABEL and len(info["chestmnist"]["label"]) == 14
+    assert len(info) == 12 and MedMnistTask().datasets[0] == "breastmnist"
+
+
+# -- loading ----------------------------------------------------------------------------
+
+
+def test_breastmnist_loads_with_metadata() -> None:
+    needs_breast()
+    data = MedMnistTask().load(DATA, "breastmnist")
+    assert data.train.x.shape == (546, 1, 28, 28) and data.train.x.dtype == np.float32
+    assert len(data.test) == 156 and len(data.info["val"]) == 78  # type: ignore[arg-type]
+    assert data.num_classes == 2 and data.info["task_type"] == BINARY
+    assert data.train.y.dtype == np.int64 and set(np.unique(data.train.y)) == {0, 1}
+    assert -1.0 <= data.train.x.min() and data.train.x.max() <= 1.0
+
+
+def test_split_arrays_roundtrip(tmp_path: Path) -> None:
+    images = np.full((2, 28, 28, 3), 255, dtype=np.uint8)
+    labels = np.array([[3], [1]], dtype=np.uint8)
+    np.savez(tmp_path / "x.npz", **{f"{s}_{k}": v for s in ("train", "val", "test")
+                                    for k, v in (("images", images), ("labels", labels))})
+    splits = load_medmnist_npz(tmp_path / "x.npz", MULTI_CLASS, 3)
+    assert splits["test"].x.shape == (2, 3, 28, 28) and np.all(splits["test"].x == 1.0)
+    assert splits["train"].y.tolist() == [3, 1]
+
+
+def test_missing_file_names_the_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(url: str, target: Path) -> None:
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr("tasks.medmnist._download", offline)
+    with pytest.raises(DatasetNotFoundError) as err:
+        find_or_download_npz(tmp_path, "pneumoniamnist", 64)
+    message = str(err.value)
+    assert "pneumoniamnist_64.npz" in message and str(tmp_path / "medmnist") in message
+    assert "\n" not in message
+
+
+def test_unknown_dataset_and_size_are_rejected() -> None:
+    with pytest.raises(ValueError, match="breastmnist"):
+        MedMnistTask().resolve_dataset("organmnist3d")
+    with pytest.raises(ValueError, match="28, 64, 128, 224"):
+        MedMnistTask(image_size=32)
+    assert npz_name("breastmnist", 28) == "breastmnist.npz"
+    assert npz_name("breastmnist", 224) == "breastmnist_224.npz"
+
+
+def test_run_config_keys_reach_the_task() -> None:
+    from server.config import parse_run_config
+
+    cfg = parse_run_config({"task": "medmnist", "image-size": 64, "model-width": 0.5})
+    task = MedMnistTask().configure(cfg.task_options())
+    assert (task.image_size, task.width) == (64, 0.5)
+    with pytest.raises(ValueError, match="image-size"):
+        parse_run_config({"image-size": 100})
+    assert TaskOptions().image_size == 28
+
+
+# -- model ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [28, 64, 128, 224])
+def test_resnet_output_shape_and_no_batchnorm(size: int) -> None:
+    model = ResNetGN(3, 9, image_size=size, width=8)
+    assert model(torch.zeros(2, 3, size, size)).shape == (2, 9)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def test_resnet_is_opacus_compatible() -> None:
+    from opacus.validators import ModuleValidator
+
+    assert ModuleValidator.validate(ResNetGN(1, 2, width=8), strict=False) == []
+
+
+# -- end to end ----------------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_breastmnist_federated_accuracy_rises(tmp_path: Path) -> None:
+    needs_breast()
+    import run_sim
+    from tasks.training import evaluate
+
+    seed = 7
+    task = MedMnistTask(width=0.25)
+    data = task.load(DATA, "breastmnist")
+    torch.manual_seed(seed)  # the server seeds torch like this before building the model
+    initial = evaluate(task.build_model(data), task, data.test)
+    code = run_sim.main([
+        "--task", "medmnist", "--dataset", "breastmnist", "--data-dir", str(DATA),
+        "--num-clients", "3", "--rounds", "2", "--local-epochs", "3", "--batch-size", "32",
+        "--lr", "0.01", "--seed", str(seed), "--run-dir", str(tmp_path),
+        "--run-config", "model-width=0.25",
+    ])
+    assert code == 0
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2]
+    assert rows[-1]["accuracy"] > initial["accuracy"]
+    assert rows[-1]["auc"] > initial["auc"]
