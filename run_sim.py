@@ -37,6 +37,7 @@ FLAG_KEYS = {
     "straggler_delay": "straggler-delay",
     "attack": "attack",
     "attack_fraction": "attack-fraction",
+    "he": "he",
     "compression": "compression",
     "compression_down": "compression-down",
     "dp": "dp",
@@ -127,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--client-gpus", default="auto",
         help="GPU share per client actor; auto = 1/(clients per GPU) when CUDA is available, else 0",
     )
+    p.add_argument(
+        "--he", action="store_const", const=True,
+        help="encrypted aggregation: clients send BFV ciphertexts the server can add but not read",
+    )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--fail-rate", type=float, help="fault injection: probability that a client's training raises")
     p.add_argument("--straggler-rate", type=float, help="fault injection: probability that a client sleeps")
@@ -198,6 +203,8 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
         raw["data-dir"] = str(Path(raw["data-dir"]).expanduser().resolve())
     if raw.get("run-dir"):
         raw["run-dir"] = str(Path(raw["run-dir"]).expanduser().resolve())
+    if str(raw.get("he", "")).lower() in ("1", "true", "yes"):
+        raw.setdefault("fraction-evaluate", 1.0)  # the server cannot evaluate under --he
     cfg = parse_run_config(raw)
     for key in ("min-train-nodes", "min-available-nodes"):
         value = getattr(cfg, key.replace("-", "_"))
@@ -222,7 +229,20 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
         from server.app import default_run_dir
 
         resolved["run-dir"] = str((Path.cwd() / default_run_dir(cfg)).resolve())
+    if cfg.he and not cfg.resume:
+        resolved["he-dir"] = str(provision_keys(cfg, Path(resolved["he-dir"] or Path(resolved["run-dir"]) / "he")))
     return resolved
+
+
+def provision_keys(cfg: Any, folder: Path) -> Path:
+    """The provisioning step of --he: this run's keys, secret for clients, public for the server."""
+    from privacy.he import provision
+    from tasks.registry import load_task_data
+
+    train_size = len(load_task_data(cfg.task, cfg.data_dir, cfg.dataset, cfg.task_options()).train)
+    folder = folder.expanduser().resolve()
+    provision(folder, clip=cfg.he_clip, max_weight=train_size)
+    return folder
 
 
 def gpu_share(value: str, num_clients: int) -> float:

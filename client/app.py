@@ -18,6 +18,7 @@ from flwr.clientapp import ClientApp
 from client.attacks import attackers, poison
 from client.compress import encode_update, received_state
 from client.faults import inject_faults
+from client.he_client import decrypt_global, encrypt_local, secret_path
 from client.privacy import dp_clipping_mod, sample_dp_round
 from client.state import load_state, save_state
 from compression.flat import flatten, unflatten
@@ -25,6 +26,7 @@ from compression.spec import Chain, parse_down_spec, parse_spec
 from privacy.dp import make_dp_ready
 from server.config import RunConfig, parse_run_config
 from strategies.compressed import SEED_KEY
+from strategies.encrypted import TOTAL_WEIGHT_KEY
 from tasks.registry import client_split, client_test_split, get_task, load_task_data
 from tasks.training import evaluate, train_local
 
@@ -71,14 +73,28 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _model(cfg: RunConfig, directory: str, arrays: ArrayRecord) -> torch.nn.Module:
+def _model(
+    cfg: RunConfig, directory: str, arrays: ArrayRecord, he_total: int = 0, he_key: Path | None = None
+) -> torch.nn.Module:
     task = get_task(cfg.task, cfg.task_options())
     model = task.build_model(load_task_data(cfg.task, directory, cfg.dataset, cfg.task_options()))
     if cfg.dp == "sample":
         model = make_dp_ready(model)
+    if he_total:  # the encrypted weighted sum of last round's clients
+        assert he_key is not None
+        model.load_state_dict(decrypt_global(arrays, he_total, model.state_dict(), he_key))
+        return model
     down = _chains(cfg.compression, cfg.compression_down)[1]
     model.load_state_dict(received_state(arrays, model.state_dict(), down))
     return model
+
+
+def he_inputs(cfg: RunConfig, msg: Message, context: Context) -> tuple[int, Path | None]:
+    """Total weight of an encrypted global model (0: plain) and this node's secret key path."""
+    if not cfg.he:
+        return 0, None
+    total = int(msg.content["config"].get(TOTAL_WEIGHT_KEY, 0))
+    return total, secret_path(cfg.he_dir, context.node_config)
 
 
 @app.train()
@@ -99,7 +115,8 @@ def train(msg: Message, context: Context) -> Message:
         straggler_delay=cfg.straggler_delay, seed=cfg.seed, server_round=server_round,
         partition_id=pid,
     )
-    model = _model(cfg, directory, msg.content["arrays"])
+    he_total, he_key = he_inputs(cfg, msg, context)
+    model = _model(cfg, directory, msg.content["arrays"], he_total, he_key)
     up = _chains(cfg.compression, cfg.compression_down)[0]
     attacking = cfg.attack != "none" and pid in attackers(nparts, cfg.attack_fraction, cfg.seed)
     start: dict[str, np.ndarray] | None = None  # global weights as received
@@ -132,13 +149,16 @@ def train(msg: Message, context: Context) -> Message:
             proximal_mu=float(config.get("proximal-mu", 0.0)),
             seed=seed,
             device=device(),
+            optimizer=cfg.optimizer,
         )
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if attacking and start is not None:
         rng = np.random.default_rng([cfg.seed, server_round, pid, 0xBAD])
         update = poison(flatten(state) - flatten(start), cfg.attack, scale=cfg.attack_scale, rng=rng)
         state = {k: torch.from_numpy(v) for k, v in unflatten(flatten(start) + update, start).items()}
-    if up.is_none:
+    if he_key is not None:
+        arrays = encrypt_local(state, len(split), he_key)
+    elif up.is_none:
         arrays = ArrayRecord(state)
     else:
         assert start is not None
@@ -158,7 +178,7 @@ def evaluate_(msg: Message, context: Context) -> Message:
     pid, nparts = node_partition(context)
     directory = data_dir(cfg, context)
     split = client_test_split(cfg.task, directory, cfg.dataset, nparts, pid, cfg.task_options())
-    model = _model(cfg, directory, msg.content["arrays"])
+    model = _model(cfg, directory, msg.content["arrays"], *he_inputs(cfg, msg, context))
     metrics = evaluate(model, get_task(cfg.task, cfg.task_options()), split, device=device())
     content = RecordDict({"metrics": MetricRecord({**metrics, "num-examples": len(split)})})
     return Message(content=content, reply_to=msg)

@@ -51,8 +51,10 @@ class Codec:
 
     name: str
     kind: Literal["transform", "quantizer"]
-    #: Encoded values have the same layout for every client of a round and decode
-    #: linearly, so the server can sum (encrypted) encodings and decode once.
+    #: Composes with ``--he``. fedloom's encrypted aggregation (privacy/he.py) packs
+    #: each client's full pre-weighted weights as fixed-point integers, so a codec
+    #: would have to leave every weight in place; randk and fp16 share one layout
+    #: across clients but still drop or round weights, so today only ``none`` does.
     he_compatible: bool
     #: Biased codec: the client keeps what it did not send and adds it next time.
     error_feedback: bool
@@ -132,7 +134,7 @@ register_codec(Codec(
     usage="topk:FRACTION", encode=lambda v, p, ctx: topk_encode(v, p), decode=_topk_decode,
 ))
 register_codec(Codec(
-    "randk", "transform", he_compatible=True, error_feedback=True, parse_param=_fraction,
+    "randk", "transform", he_compatible=False, error_feedback=True, parse_param=_fraction,
     usage="randk:FRACTION", encode=_randk_encode, decode=_randk_decode,
 ))
 register_codec(Codec(
@@ -140,7 +142,7 @@ register_codec(Codec(
     usage="lowrank:RANK", encode=_lowrank_encode, decode=_lowrank_decode,
 ))
 register_codec(Codec(
-    "fp16", "quantizer", he_compatible=True, error_feedback=False, parse_param=None,
+    "fp16", "quantizer", he_compatible=False, error_feedback=False, parse_param=None,
     usage="fp16", encode=lambda v, p, ctx: qz.fp16_encode(v),
     decode=lambda buf, count, p: qz.fp16_decode(buf, count),
 ))
@@ -242,7 +244,7 @@ def check_he(spec: str, he: bool) -> Chain:
         bad = ", ".join(s.codec.name for s in chain.stages if not s.codec.he_compatible)
         good = ", ".join(["none", *(c.usage for c in _CODECS.values() if c.he_compatible)])
         raise ValueError(
-            f"compression {spec!r} does not work with --he ({bad}: per-client encodings can not be "
-            f"summed as ciphertexts); codecs that work with --he: {good}"
+            f"compression {spec!r} does not work with --he ({bad}: encrypted uploads are already "
+            f"packed fixed-point integers of every weight); codecs that work with --he: {good}"
         )
     return chain

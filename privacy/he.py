@@ -108,6 +108,12 @@ def provision(folder: Path, *, clip: float, max_weight: int) -> HEParams:
 
 
 def load_params(folder: Path) -> HEParams:
+    """The run's HE parameters (read once per process)."""
+    return _load_params(str(folder))
+
+
+@lru_cache(maxsize=4)
+def _load_params(folder: str) -> HEParams:
     raw = json.loads((Path(folder) / PARAMS_FILE).read_text())
     raw["coeff_mod_bit_sizes"] = tuple(raw["coeff_mod_bit_sizes"])
     return HEParams(**raw)
@@ -142,28 +148,28 @@ def encrypt(ctx: ts.Context, values: np.ndarray, slots: int) -> list[bytes]:
     ]
 
 
-def add_all(ctx: ts.Context, uploads: list[list[bytes]]) -> list[bytes]:
-    """Slot-wise sum of several clients' ciphertext lists, serialized."""
+def deserialize(ctx: ts.Context, ciphertexts: list[bytes]) -> list[ts.BFVVector]:
+    """Ciphertexts as TenSEAL vectors; ``ValueError`` if any is malformed."""
+    try:
+        return [ts.bfv_vector_from(ctx, c) for c in ciphertexts]
+    except Exception as exc:  # TenSEAL raises several types for malformed input
+        raise ValueError(f"not a valid ciphertext: {exc}") from None
+
+
+def add_all(uploads: list[list[ts.BFVVector]]) -> list[bytes]:
+    """Slot-wise sum of several clients' (deserialized) ciphertexts, serialized."""
     if not uploads:
         raise ValueError("nothing to add")
-    sums = [ts.bfv_vector_from(ctx, c) for c in uploads[0]]
+    sums = [v.copy() for v in uploads[0]]
     for upload in uploads[1:]:
         if len(upload) != len(sums):
             raise ValueError(f"upload has {len(upload)} ciphertexts, expected {len(sums)}")
-        for acc, c in zip(sums, upload, strict=True):
-            acc += ts.bfv_vector_from(ctx, c)
-    return [s.serialize() for s in sums]
+        for acc, vec in zip(sums, upload, strict=True):
+            acc += vec
+    return [v.serialize() for v in sums]
 
 
 def decrypt(ctx: ts.Context, ciphertexts: list[bytes], length: int) -> np.ndarray:
     """The first ``length`` int64 slot values of ``ciphertexts``."""
     parts = [np.asarray(ts.bfv_vector_from(ctx, c).decrypt(), dtype=np.int64) for c in ciphertexts]
     return np.concatenate(parts)[:length] if parts else np.zeros(0, np.int64)
-
-
-def check_ciphertext(ctx: ts.Context, data: bytes) -> None:
-    """``ValueError`` unless ``data`` deserializes as a BFV vector under ``ctx``."""
-    try:
-        ts.bfv_vector_from(ctx, data)
-    except Exception as exc:  # TenSEAL raises several types for malformed input
-        raise ValueError(f"not a valid ciphertext: {exc}") from None

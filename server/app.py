@@ -14,13 +14,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from compression.spec import parse_down_spec, parse_spec
 from strategies.compressed import DecodingStrategy
 from privacy.dp import make_dp_ready
+from strategies.encrypted import EncryptedFedAvg, record_ciphertexts
 from strategies.instrumented import InstrumentedStrategy
 from strategies.private import PrivacyBudgetExhausted
 from strategies.validation import ValidatingStrategy
@@ -32,7 +33,7 @@ from .checkpoint import load_checkpoint, restore_rng_states
 from .config import RunConfig, parse_run_config
 from .monitor import RoundMonitor, connected_nodes
 from .plots import plot_metrics
-from .privacy import client_level, privacy_ledger, sample_level
+from .privacy import client_level, privacy_ledger, sample_level, write_epsilons
 from .progress import RunProgress
 from .results import ResultsFolder
 
@@ -101,9 +102,16 @@ def partitions_record(cfg: RunConfig, num_partitions: int) -> dict[str, Any]:
     }
 
 
-def strategy_chain(cfg: RunConfig, max_examples: int) -> Strategy:
+def strategy_chain(cfg: RunConfig, max_examples: int, num_parameters: int) -> Strategy:
     """The strategy with fedloom's wrappers: decode uploads -> validate -> aggregate."""
     ledger = privacy_ledger(cfg)  # DP: client-level clips after validation, sample-level
+    if cfg.he:  # the server adds ciphertexts; config checks allow only fedavg / fedprox
+        params = strategy_params(cfg)
+        encrypted = EncryptedFedAvg(
+            he_dir=cfg.he_dir, num_parameters=num_parameters, max_weight=max_examples,
+            proximal_mu=cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0, **params.common(),
+        )
+        return sample_level(encrypted, cfg, ledger)
     inner = client_level(build_strategy(cfg.strategy, strategy_params(cfg)), cfg, ledger)
     validated = ValidatingStrategy(inner, max_examples)
     return sample_level(compressed(validated, cfg), cfg, ledger)  # drops spent clients first
@@ -128,7 +136,9 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
     if checkpoint and checkpoint["strategy"] is not None:
         chain = pickle.loads(checkpoint["strategy"])
     else:
-        chain = strategy_chain(cfg, max_examples=len(data.train))
+        chain = strategy_chain(
+            cfg, max_examples=len(data.train), num_parameters=sum(v.numel() for v in model.state_dict().values())
+        )
     strategy = InstrumentedStrategy(chain)
     record: dict[str, Any] = {
         "run_config": cfg.to_run_config(),
@@ -140,8 +150,11 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
         "strategy_params": asdict(strategy_params(cfg)),
         "packages": package_versions(),
     }
+    initial = ArrayRecord(model.state_dict())
     if checkpoint:
-        model.load_state_dict(checkpoint["model"])
+        initial = ArrayRecord({k: Array(v) for k, v in checkpoint["arrays"].items()})
+        if not cfg.he:  # under HE the arrays are the encrypted aggregate
+            model.load_state_dict(initial.to_torch_state_dict())
         results.restore_rows(checkpoint["rows"])
         restore_rng_states(checkpoint["rng"])
         strategy.round_offset = checkpoint["round"]
@@ -162,13 +175,13 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
         monitor = RoundMonitor(
             task=task, data=data, model=model, strategy=strategy, results=results,
             progress=progress, total_rounds=cfg.num_server_rounds, on_first_round=first_round_done,
+            central=not cfg.he, initial_arrays=initial,
         )
-        final = ArrayRecord(model.state_dict())
         if remaining > 0:
             try:
-                result = strategy.start(
+                strategy.start(
                     grid=grid,
-                    initial_arrays=final,
+                    initial_arrays=initial,
                     num_rounds=remaining,
                     timeout=cfg.round_timeout,
                     train_config=ConfigRecord(),
@@ -176,11 +189,16 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
                 )
             except PrivacyBudgetExhausted as exc:  # a clean end: the last model stands
                 progress.console.print(f"run ended early, privacy budget exhausted: {exc}")
-                final = ArrayRecord(model.state_dict())
-            else:
-                if len(result.arrays):
-                    final = result.arrays
-    results.save_torch("model.pt", final.to_torch_state_dict())
+                if monitor.privacy is not None:
+                    write_epsilons(monitor.privacy, results.path)  # the refusals
+    final = monitor.last_arrays
+    if cfg.he:  # only the clients' secret key can open it (client.he_client.decrypt_global)
+        results.save_torch("model_encrypted.pt", {
+            "ciphertexts": record_ciphertexts(final) if monitor.last_round else None,
+            "total_weight": getattr(chain, "total_weight", 0), "he_dir": cfg.he_dir,
+        })
+    else:
+        results.save_torch("model.pt", final.to_torch_state_dict())
     plot_metrics(results.rows, results.path, title)
     progress.summary(results.rows, str(results.path))
     return results.rows

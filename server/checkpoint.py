@@ -42,13 +42,13 @@ def pickle_strategy(strategy: object) -> bytes | None:
 
 
 def checkpoint_payload(
-    *, server_round: int, model: dict[str, torch.Tensor], strategy: bytes | None,
+    *, server_round: int, arrays: dict[str, np.ndarray], strategy: bytes | None,
     rows: list[dict[str, Any]], extra: dict[str, Any],
 ) -> bytes:
-    """Serialized checkpoint for ``server_round``."""
+    """Serialized checkpoint for ``server_round`` (``arrays``: the global model as sent)."""
     buf = io.BytesIO()
     torch.save(
-        {"round": server_round, "model": model, "strategy": strategy, "rng": rng_states(),
+        {"round": server_round, "arrays": arrays, "strategy": strategy, "rng": rng_states(),
          "rows": rows, "extra": extra},
         buf,
     )

@@ -12,13 +12,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from compression.spec import parse_down_spec, parse_spec
+from compression.spec import check_he, parse_down_spec, parse_spec
 from privacy.accounting import ACCOUNTANTS
 from privacy.dp import SampleDPSettings
 from client.attacks import ATTACKS
 from tasks.base import TaskOptions
 from tasks.partition import parse_partition
 from tasks.registry import get_task
+from tasks.training import OPTIMIZERS
 
 DEFAULTS: dict[str, Any] = {
     "task": "digits",
@@ -33,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "batch-size": 16,
     "lr": 0.05,
     "momentum": 0.9,
+    "optimizer": "sgd",
     "partition": "iid",
     "strategy": "fedavg",
     "seed": 42,
@@ -48,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
     "image-size": 28,
     "num-points": 1024,
     "pointnet-transforms": "both",
+    "augment-rotation": 180.0,
     "model-width": 1.0,
     "compression": "none",
     "compression-down": "none",
@@ -67,7 +70,13 @@ DEFAULTS: dict[str, Any] = {
     "attack": "none",
     "attack-fraction": 0.0,
     "attack-scale": 4.0,
+    "he": False,
+    "he-dir": "",
+    "he-clip": 8.0,
 }
+
+#: Strategies whose aggregation is the weighted mean that encrypted sums compute.
+HE_STRATEGIES = ("fedavg", "fedprox")
 
 
 IMAGE_SIZES = (28, 64, 128, 224)
@@ -93,6 +102,7 @@ class RunConfig:
     batch_size: int
     lr: float
     momentum: float
+    optimizer: str
     partition: str
     strategy: str
     seed: int
@@ -108,6 +118,7 @@ class RunConfig:
     image_size: int
     num_points: int
     pointnet_transforms: str
+    augment_rotation: float
     model_width: float
     compression: str
     compression_down: str
@@ -127,6 +138,9 @@ class RunConfig:
     attack: str
     attack_fraction: float
     attack_scale: float
+    he: bool
+    he_dir: str
+    he_clip: float
 
     def task_options(self) -> TaskOptions:
         """The task-specific settings, as the typed argument tasks receive."""
@@ -134,6 +148,7 @@ class RunConfig:
             image_size=self.image_size,
             num_points=self.num_points,
             pointnet_transforms=self.pointnet_transforms,
+            augment_rotation=self.augment_rotation,
             model_width=self.model_width,
         )
 
@@ -224,6 +239,12 @@ def parse_run_config(mapping: Mapping[str, Any]) -> RunConfig:
         _check(raw[key] > 0, key, raw[key], "> 0")
     for key in ("momentum", "server-momentum"):
         _check(0 <= raw[key] < 1, key, raw[key], "0 <= m < 1")
+    _check(raw["optimizer"] in OPTIMIZERS, "optimizer", raw["optimizer"], ", ".join(OPTIMIZERS))
+    if raw["optimizer"] != "sgd" and raw["dp"] == "sample":
+        raise ValueError(
+            f"optimizer={raw['optimizer']} is not supported with dp=sample "
+            "(DP-SGD trains with SGD); valid: sgd"
+        )
     _check(raw["proximal-mu"] >= 0, "proximal-mu", raw["proximal-mu"], ">= 0")
     _check(raw["num-malicious"] >= 0, "num-malicious", raw["num-malicious"], ">= 0")
     _check(0 <= raw["trimmed-beta"] < 0.5, "trimmed-beta", raw["trimmed-beta"], "0 <= beta < 0.5")
@@ -235,6 +256,10 @@ def parse_run_config(mapping: Mapping[str, Any]) -> RunConfig:
         raw["pointnet-transforms"] in POINTNET_TRANSFORMS,
         "pointnet-transforms", raw["pointnet-transforms"], ", ".join(POINTNET_TRANSFORMS),
     )
+    _check(
+        0 <= raw["augment-rotation"] <= 180,
+        "augment-rotation", raw["augment-rotation"], "0 <= degrees <= 180",
+    )
     _check(raw["model-width"] > 0, "model-width", raw["model-width"], "> 0")
     raw["compression"] = str(parse_spec(raw["compression"]))
     raw["compression-down"] = str(parse_down_spec(raw["compression-down"]))
@@ -244,4 +269,29 @@ def parse_run_config(mapping: Mapping[str, Any]) -> RunConfig:
     _check(raw["straggler-delay"] >= 0, "straggler-delay", raw["straggler-delay"], ">= 0 seconds")
     _check(raw["attack"] in ATTACKS, "attack", raw["attack"], ", ".join(ATTACKS))
     _check(raw["attack-scale"] > 0, "attack-scale", raw["attack-scale"], "> 0")
+    _check(raw["he-clip"] > 0, "he-clip", raw["he-clip"], "> 0")
+    if raw["he"]:
+        check_he_combination(raw)
     return RunConfig(**{k.replace("-", "_"): v for k, v in raw.items()})
+
+
+def check_he_combination(raw: Mapping[str, Any]) -> None:
+    """``ValueError`` for settings that encrypted aggregation cannot honour."""
+    if raw["strategy"] not in HE_STRATEGIES:
+        raise ValueError(
+            f"strategy {raw['strategy']!r} does not work with --he: the server only adds "
+            "ciphertexts, so it can compute a weighted mean but not a median, trimmed mean, "
+            "Krum score or server-side optimizer step; strategies that work with --he: "
+            + ", ".join(HE_STRATEGIES)
+        )
+    check_he(raw["compression"], he=True)
+    if raw.get("dp") == "client":
+        raise ValueError(
+            "--dp client does not work with --he: the server would have to clip or noise "
+            "updates it cannot read; use --dp sample with --he"
+        )
+    if raw["fraction-evaluate"] <= 0:
+        raise ValueError(
+            "--he needs federated evaluation (the server cannot decrypt the model): "
+            "set fraction-evaluate > 0"
+        )

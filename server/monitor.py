@@ -37,12 +37,17 @@ class RoundMonitor:
         progress: RunProgress,
         total_rounds: int,
         on_first_round: Any = None,
+        central: bool = True,
+        initial_arrays: ArrayRecord | None = None,
     ) -> None:
         self.task, self.data, self.model = task, data, model
         self.strategy, self.results, self.progress = strategy, results, progress
         self.total_rounds = total_rounds
         self.on_first_round = on_first_round
         self.initial: dict[str, float] = {}
+        self.central = central  # False under HE: the server cannot read the model
+        self.last_arrays = initial_arrays if initial_arrays is not None else ArrayRecord(model.state_dict())
+        self.last_round = 0
         self.privacy = ledger_of(strategy)  # None unless the run is differentially private
 
     def central_metrics(self, arrays: ArrayRecord) -> dict[str, float]:
@@ -50,12 +55,14 @@ class RoundMonitor:
         return evaluate(self.model, self.task, self.data.test, device=device())
 
     def evaluate_fn(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        metrics = self.central_metrics(arrays)
         offset = self.strategy.round_offset
+        plain = self.central or (server_round == 0 and not offset)
+        fed = self.strategy.stats.evaluate_metrics
+        metrics = self.central_metrics(arrays) if plain else {
+            k: fed[k] for k in fed if k not in ("num-examples",)
+        }
         if server_round == 0 and offset:
-            self.progress.console.print(
-                f"resumed after round {offset}: accuracy {metrics['accuracy']:.4f}"
-            )
+            self.progress.console.print(f"resumed after round {offset}")
             return MetricRecord(metrics)
         server_round += offset
         if server_round == 0:
@@ -78,6 +85,7 @@ class RoundMonitor:
         )
         if self.privacy is not None:
             row.update(privacy_row(self.privacy, self.results.path))
+        self.last_arrays, self.last_round = arrays, server_round
         self.results.add_row(row)
         self.checkpoint(server_round)
         if server_round == 1 and self.on_first_round is not None:
@@ -90,7 +98,7 @@ class RoundMonitor:
         """Atomically replace ``checkpoint.pt`` with the state after ``server_round``."""
         payload = checkpoint_payload(
             server_round=server_round,
-            model=self.model.state_dict(),
+            arrays={k: v.numpy() for k, v in self.last_arrays.items()},
             strategy=pickle_strategy(self.strategy.inner),
             rows=self.results.rows,
             extra={},

@@ -94,11 +94,15 @@ def ledger_of(strategy: Strategy) -> EpsilonLedger | None:
     return None
 
 
-def privacy_row(ledger: EpsilonLedger, run_dir: Path) -> dict[str, Any]:
-    """``epsilon`` and ``epsilon_mean`` for the metrics row; appends the round's
-    per-client epsilons to ``epsilon.jsonl`` in ``run_dir``."""
+def write_epsilons(ledger: EpsilonLedger, run_dir: Path) -> None:
+    """Append the per-client epsilons recorded since the last call to ``epsilon.jsonl``."""
     rows = ledger.take_rows()
     if rows:
         with open(run_dir / EPSILON_FILE, "a") as fh:
             fh.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+def privacy_row(ledger: EpsilonLedger, run_dir: Path) -> dict[str, Any]:
+    """``epsilon`` and ``epsilon_mean`` for the metrics row, after writing the side file."""
+    write_epsilons(ledger, run_dir)
     return dict(ledger.summary())

@@ -27,6 +27,8 @@ from compression.flat import flatten, layout_of, unflatten
 from compression.pipeline import decode, encode
 from compression.spec import Chain, CodecContext
 
+from .validation import Rejection
+
 PAYLOAD_KEY = "payload"
 SEED_KEY = "compression-seed"
 ARRAYS_KEY = "arrays"
@@ -64,6 +66,7 @@ class DecodingStrategy(Strategy):
             raise ValueError(f"download compression {down} must be none, fp16 or qsgd:BITS")
         self.inner, self.up, self.down, self.seed = inner, up, down, seed
         self.sent: dict[int, dict[str, np.ndarray]] = {}  # node id -> global arrays it got
+        self.rejected: list[Rejection] = []  # this round's undecodable replies
         self.seed_of_round = 0
 
     def summary(self) -> None:
@@ -90,6 +93,7 @@ class DecodingStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.seed_of_round = round_seed(self.seed, server_round)
+        self.rejected = []
         config = ConfigRecord({**config, SEED_KEY: self.seed_of_round})
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
         base: dict[int, dict[str, np.ndarray]] = {}
@@ -130,6 +134,7 @@ class DecodingStrategy(Strategy):
                     msg.content = self.decode_reply(msg)
                 except (KeyError, ValueError) as exc:
                     log(WARNING, "dropping reply from node %s: %s", msg.metadata.src_node_id, exc)
+                    self.rejected.append(Rejection(msg.metadata.src_node_id, f"payload: {exc}"))
                     continue
             kept.append(msg)
         return self.inner.aggregate_train(server_round, kept)

@@ -50,13 +50,16 @@ class TaskOptions:
     ``image_size`` (medmnist): 28, 64, 128 or 224 px. ``num_points`` (pointcloud):
     points per shape. ``pointnet_transforms`` (pointcloud): none, input, feature
     or both. ``model_width`` (medmnist, pointcloud): channel multiplier, 1.0 is
-    the published architecture.
+    the published architecture. ``augment_rotation`` (pointcloud): train-time
+    rotation about the up axis, uniform in +-this many degrees (180: any angle,
+    as in PointNet; 0: none, for data aligned like ModelNet's test split).
     """
 
     image_size: int = 28
     num_points: int = 1024
     pointnet_transforms: str = "both"
     model_width: float = 1.0
+    augment_rotation: float = 180.0
 
 
 class Task(ABC):

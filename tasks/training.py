@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from .base import DataSplit, Task
+
+#: Valid values of the ``optimizer`` run-config key (local training).
+OPTIMIZERS = ("sgd", "adam")
 
 
 def proximal_term(model: nn.Module, global_params: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -17,6 +20,22 @@ def proximal_term(model: nn.Module, global_params: Sequence[torch.Tensor]) -> to
     for param, ref in zip(model.parameters(), global_params, strict=True):
         total = total + (param - ref).pow(2).sum()
     return total
+
+
+def make_optimizer(
+    params: Iterable[nn.Parameter], name: str, *, lr: float, momentum: float
+) -> torch.optim.Optimizer:
+    """A fresh local optimizer: ``sgd`` (with ``momentum``) or ``adam``.
+
+    Adam (Kingma & Ba 2015) uses ``lr`` as its step size and PyTorch's default
+    betas; ``momentum`` is ignored. Its moment estimates start from zero every
+    round (they are not part of the model, so they are never aggregated).
+    """
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    raise ValueError(f"invalid optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
 
 
 def train_local(
@@ -31,11 +50,12 @@ def train_local(
     proximal_mu: float = 0.0,
     seed: int = 0,
     device: str = "cpu",
+    optimizer: str = "sgd",
 ) -> float:
-    """Train ``model`` in place with SGD; return the mean training loss."""
+    """Train ``model`` in place with ``optimizer`` (see :func:`make_optimizer`); mean loss."""
     generator = torch.Generator().manual_seed(seed)
     model.to(device).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    opt = make_optimizer(model.parameters(), optimizer, lr=lr, momentum=momentum)
     loss_fn = task.loss_fn()
     x_all = torch.from_numpy(split.x)
     y_all = torch.from_numpy(split.y)
@@ -47,13 +67,13 @@ def train_local(
             idx = order[start : start + batch_size]
             xb = task.augment(x_all[idx], generator).to(device)
             yb = y_all[idx].to(device)
-            optimizer.zero_grad()
+            opt.zero_grad()
             loss = loss_fn(model(xb), yb)
             objective = loss
             if proximal_mu:
                 objective = loss + 0.5 * proximal_mu * proximal_term(model, global_params)
             objective.backward()
-            optimizer.step()
+            opt.step()
             total += float(loss.detach()) * len(idx)
             count += len(idx)
     return total / max(count, 1)

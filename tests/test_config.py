@@ -32,6 +32,8 @@ def test_parse_fills_defaults_and_coerces_strings():
         ({"local-epochs": 1.5}, "local-epochs=1.5 is not a valid int"),
         ({"partition": "zipf"}, "invalid partition 'zipf'"),
         ({"learning-rate": 0.1}, "unknown run-config key(s) learning-rate; valid: task"),
+        ({"optimizer": "rmsprop"}, "invalid optimizer='rmsprop'; valid: sgd, adam"),
+        ({"optimizer": "adam", "dp": "sample", "dp-noise": 1.0}, "not supported with dp=sample"),
     ],
 )
 def test_bad_values_name_the_problem(overrides, message):

@@ -10,7 +10,7 @@ from tasks.base import DatasetNotFoundError, DataSplit
 from tasks.digits import DigitsTask
 from tasks.mnist import MnistCNN, MnistTask, load_mnist_arrays, read_idx
 from tasks.registry import client_split, client_test_split, load_task_data
-from tasks.training import evaluate, proximal_term, train_local
+from tasks.training import evaluate, make_optimizer, proximal_term, train_local
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
@@ -91,6 +91,29 @@ def test_local_training_lowers_the_loss_on_digits():
     after = evaluate(model, task, data.test)
     assert after["loss"] < before["loss"] * 0.5
     assert after["accuracy"] > 0.9
+
+
+def test_adam_step_is_lr_times_the_gradient_sign():
+    # Adam's first step from zero moments is lr * g / (|g| + eps) = lr * sign(g).
+    param = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = make_optimizer([param], "adam", lr=0.1, momentum=0.9)
+    param.grad = torch.tensor([3.0, -0.5])
+    opt.step()
+    assert param.detach().tolist() == pytest.approx([0.9, -1.9])
+    assert isinstance(make_optimizer([param], "sgd", lr=0.1, momentum=0.5), torch.optim.SGD)
+    with pytest.raises(ValueError, match="invalid optimizer 'lbfgs'; valid: sgd, adam"):
+        make_optimizer([param], "lbfgs", lr=0.1, momentum=0.0)
+
+
+def test_local_training_with_adam_lowers_the_loss_on_digits():
+    task = DigitsTask()
+    data = load_task_data("digits", "unused", "digits")
+    torch.manual_seed(0)
+    model = task.build_model(data)
+    before = evaluate(model, task, data.test)
+    train_local(model, task, data.train, epochs=2, batch_size=32, lr=0.003, seed=1, optimizer="adam")
+    after = evaluate(model, task, data.test)
+    assert after["loss"] < before["loss"] * 0.5
 
 
 def test_proximal_term_by_hand():
