@@ -9,7 +9,7 @@ epochs over the data: ``--rounds`` federated rounds of 1 local epoch each, and
 shapes, official split). Reported: overall accuracy (OA) and mean class
 accuracy of the last round / epoch on the test split (no test-set selection).
 
-Usage: python benchmarks/pointcloud.py [--rounds 15 --points 256 --width 0.25 --optimizer adam]
+Usage: python benchmarks/pointcloud.py [--rounds 15 --points 256 --width 0.25 --rotation 0]
 """
 
 from __future__ import annotations

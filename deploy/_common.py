@@ -15,8 +15,8 @@ APP_DIR = Path(__file__).resolve().parents[1]
 
 
 def fail(message: str) -> NoReturn:
-    """Print ``error: message`` on stderr and exit with status 2."""
-    print(f"error: {message}", file=sys.stderr)
+    """Print ``error: message`` as one line on stderr and exit with status 2."""
+    print("error: " + " ".join(message.split()), file=sys.stderr)
     raise SystemExit(2)
 
 

@@ -22,7 +22,7 @@ from compression.spec import parse_down_spec, parse_spec
 from strategies.compressed import DecodingStrategy
 from privacy.dp import make_dp_ready
 from strategies.encrypted import EncryptedFedAvg, record_ciphertexts
-from strategies.instrumented import InstrumentedStrategy
+from strategies.instrumented import InstrumentedStrategy, chain_of
 from strategies.private import PrivacyBudgetExhausted
 from strategies.validation import ValidatingStrategy
 from strategies.registry import StrategyParams, build_strategy
@@ -193,9 +193,10 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
                     write_epsilons(monitor.privacy, results.path)  # the refusals
     final = monitor.last_arrays
     if cfg.he:  # only the clients' secret key can open it (client.he_client.decrypt_global)
+        total = getattr(chain_of(chain)[-1], "total_weight", 0)
         results.save_torch("model_encrypted.pt", {
-            "ciphertexts": record_ciphertexts(final) if monitor.last_round else None,
-            "total_weight": getattr(chain, "total_weight", 0), "he_dir": cfg.he_dir,
+            "ciphertexts": record_ciphertexts(final) if total else None,
+            "total_weight": total, "he_dir": cfg.he_dir,
         })
     else:
         results.save_torch("model.pt", final.to_torch_state_dict())

@@ -31,8 +31,8 @@ DEFAULTS: dict[str, Any] = {
     "min-train-nodes": 2,
     "min-available-nodes": 2,
     "local-epochs": 1,
-    "batch-size": 16,
-    "lr": 0.05,
+    "batch-size": 0,
+    "lr": 0.0,
     "momentum": 0.9,
     "optimizer": "sgd",
     "partition": "iid",
@@ -52,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "pointnet-transforms": "both",
     "augment-rotation": 180.0,
     "model-width": 1.0,
+    "mnist-model": "mcmahan",
     "compression": "none",
     "compression-down": "none",
     "dp": "none",
@@ -81,6 +82,7 @@ HE_STRATEGIES = ("fedavg", "fedprox")
 
 IMAGE_SIZES = (28, 64, 128, 224)
 POINTNET_TRANSFORMS = ("none", "input", "feature", "both")
+MNIST_MODELS = ("mcmahan", "dp-cnn")
 DP_MODES = ("none", "sample", "client")
 DP_CLIPPING = ("fixed", "adaptive")
 DP_CLIPPING_SIDES = ("server", "client")
@@ -120,6 +122,7 @@ class RunConfig:
     pointnet_transforms: str
     augment_rotation: float
     model_width: float
+    mnist_model: str
     compression: str
     compression_down: str
     dp: str
@@ -150,6 +153,7 @@ class RunConfig:
             pointnet_transforms=self.pointnet_transforms,
             augment_rotation=self.augment_rotation,
             model_width=self.model_width,
+            mnist_model=self.mnist_model,
         )
 
     def sample_dp(self) -> SampleDPSettings | None:
@@ -230,6 +234,9 @@ def parse_run_config(mapping: Mapping[str, Any]) -> RunConfig:
     task = get_task(raw["task"])
     raw["dataset"] = task.resolve_dataset(raw["dataset"])
     raw["partition"] = str(parse_partition(raw["partition"]))
+    for key in ("lr", "batch-size"):  # 0: the task's own default
+        if raw[key] == 0:
+            raw[key] = type(DEFAULTS[key])(task.train_defaults[key])
     _check(raw["num-server-rounds"] >= 1, "num-server-rounds", raw["num-server-rounds"], ">= 1")
     _check(0 < raw["fraction-train"] <= 1, "fraction-train", raw["fraction-train"], "0 < f <= 1")
     _check(0 <= raw["fraction-evaluate"] <= 1, "fraction-evaluate", raw["fraction-evaluate"], "0 <= f <= 1")
@@ -261,6 +268,7 @@ def parse_run_config(mapping: Mapping[str, Any]) -> RunConfig:
         "augment-rotation", raw["augment-rotation"], "0 <= degrees <= 180",
     )
     _check(raw["model-width"] > 0, "model-width", raw["model-width"], "> 0")
+    _check(raw["mnist-model"] in MNIST_MODELS, "mnist-model", raw["mnist-model"], ", ".join(MNIST_MODELS))
     raw["compression"] = str(parse_spec(raw["compression"]))
     raw["compression-down"] = str(parse_down_spec(raw["compression-down"]))
     _check_dp(raw)

@@ -53,6 +53,8 @@ class TaskOptions:
     the published architecture. ``augment_rotation`` (pointcloud): train-time
     rotation about the up axis, uniform in +-this many degrees (180: any angle,
     as in PointNet; 0: none, for data aligned like ModelNet's test split).
+    ``mnist_model`` (mnist): ``mcmahan`` (McMahan et al. CNN) or ``dp-cnn`` (small
+    tanh CNN of Opacus's MNIST example, for DP-SGD).
     """
 
     image_size: int = 28
@@ -60,6 +62,7 @@ class TaskOptions:
     pointnet_transforms: str = "both"
     model_width: float = 1.0
     augment_rotation: float = 180.0
+    mnist_model: str = "mcmahan"
 
 
 class Task(ABC):
@@ -71,6 +74,8 @@ class Task(ABC):
     name: str = ""
     #: Valid ``--dataset`` values; the first is the default.
     datasets: tuple[str, ...] = ()
+    #: Local-training settings used when the run config leaves them at 0.
+    train_defaults: dict[str, float] = {"lr": 0.01, "batch-size": 32}
 
     def configure(self, options: TaskOptions) -> Task:
         """This task with ``options`` applied (tasks without options return ``self``)."""

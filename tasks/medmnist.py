@@ -3,9 +3,10 @@
 Classes, task type and channels come from the ``medmnist`` package's ``INFO``
 table when the package is installed, otherwise from the same facts built into
 :mod:`tasks.medmnist_info` (the package is not a dependency: installing it pulls
-in torchvision and a CUDA build of torch). Data are the official npz files (``<name>.npz`` for 28 px,
-``<name>_64.npz``, ``_128``, ``_224`` for larger sizes) read from ``data_dir`` or
-``data_dir/medmnist``; downloaded from the official URLs when missing and online.
+in torchvision and a CUDA build of torch). Data are the official npz files
+(``<name>.npz`` for 28 px, ``<name>_64.npz``, ``_128``, ``_224`` for larger
+sizes) read from ``data_dir`` or ``data_dir/medmnist``; downloaded from the
+official URLs when missing and online.
 The train split trains, the test split is the reported test set; the val split
 is loaded into ``TaskData.info["val"]`` for users who want model selection.
 """
@@ -123,7 +124,10 @@ def load_medmnist_npz(path: Path, task_type: str, channels: int) -> dict[str, Da
         if missing:
             raise ValueError(f"{path} is not a MedMNIST npz: missing {', '.join(missing)}")
         return {
-            s: DataSplit(to_model_input(f[f"{s}_images"], channels), to_targets(f[f"{s}_labels"], task_type))
+            s: DataSplit(
+                to_model_input(f[f"{s}_images"], channels),
+                to_targets(f[f"{s}_labels"], task_type),
+            )
             for s in ("train", "val", "test")
         }
 
@@ -169,7 +173,7 @@ class MedMnistTask(Task):
             "task_type": task_type,
             "channels": channels,
             "image_size": self.image_size,
-            "class_names": [str(v) for _, v in sorted(meta["label"].items(), key=lambda kv: int(kv[0]))],
+            "class_names": [str(meta["label"][str(i)]) for i in range(len(meta["label"]))],
             "val": splits["val"],
         }
         return TaskData(splits["train"], splits["test"], num_classes=len(meta["label"]), info=info)

@@ -70,7 +70,9 @@ class PointCloudTask(Task):
         if num_points < 1:
             raise ValueError(f"invalid num-points {num_points}; valid: >= 1")
         if transforms not in TRANSFORMS:
-            raise ValueError(f"invalid pointnet-transforms {transforms!r}; valid: {', '.join(TRANSFORMS)}")
+            raise ValueError(
+                f"invalid pointnet-transforms {transforms!r}; valid: {', '.join(TRANSFORMS)}"
+            )
         if width <= 0:
             raise ValueError(f"invalid model-width {width}; valid: > 0")
         if not 0 <= rotation <= 180:

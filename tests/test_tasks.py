@@ -111,7 +111,9 @@ def test_local_training_with_adam_lowers_the_loss_on_digits():
     torch.manual_seed(0)
     model = task.build_model(data)
     before = evaluate(model, task, data.test)
-    train_local(model, task, data.train, epochs=2, batch_size=32, lr=0.003, seed=1, optimizer="adam")
+    train_local(
+        model, task, data.train, epochs=2, batch_size=32, lr=0.003, seed=1, optimizer="adam"
+    )
     after = evaluate(model, task, data.test)
     assert after["loss"] < before["loss"] * 0.5
 

@@ -1,0 +1,92 @@
+#!/usr/bin/env python
+"""Provision the keys of encrypted aggregation for a deployment, kept apart by who may hold them.
+
+Example:
+    python deploy/provision_he.py --nodes-dir he/nodes --server-dir he/server --task digits
+
+Writes ``--nodes-dir/secret.ctx`` + ``params.json`` (copy both to every SuperNode
+and start it with ``--he-secret-context <path>/secret.ctx``) and
+``--server-dir/public.ctx`` + ``params.json`` (copy both to the SuperLink machine
+and submit the run with ``he=true he-dir="<that folder>"``). The secret key never
+enters the server folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import Parser, fail  # noqa: E402
+
+
+def provision_split(nodes_dir: Path, server_dir: Path, *, clip: float, max_weight: int) -> None:
+    """Generate the keys once; put secret.ctx in ``nodes_dir`` and public.ctx in ``server_dir``."""
+    from privacy import he
+
+    with tempfile.TemporaryDirectory(prefix="fedloom-he-") as tmp:
+        staging = Path(tmp)
+        os.chmod(staging, 0o700)
+        he.provision(staging, clip=clip, max_weight=max_weight)
+        for folder, private in ((nodes_dir, True), (server_dir, False)):
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(staging / he.PARAMS_FILE, folder / he.PARAMS_FILE)
+        shutil.copyfile(staging / he.PUBLIC_FILE, server_dir / he.PUBLIC_FILE)
+        secret = nodes_dir / he.SECRET_FILE
+        fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write((staging / he.SECRET_FILE).read_bytes())
+    try:
+        he.public_context(server_dir)  # refuses a context that holds a secret key
+    except ValueError as exc:
+        fail(str(exc))
+
+
+def train_size(task: str, data_dir: str, dataset: str) -> int:
+    """Examples in the task's whole training set: the largest weight one client can have."""
+    from server.config import parse_run_config
+    from tasks.registry import load_task_data
+
+    cfg = parse_run_config({"task": task, "data-dir": data_dir, "dataset": dataset})
+    return len(load_task_data(cfg.task, cfg.data_dir, cfg.dataset, cfg.task_options()).train)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = Parser(description="Write HE keys: secret context for the nodes, public context for the server.")
+    p.add_argument("--nodes-dir", required=True, help="folder for secret.ctx + params.json (SuperNodes only)")
+    p.add_argument("--server-dir", required=True, help="folder for public.ctx + params.json (SuperLink machine)")
+    p.add_argument("--clip", type=float, default=8.0, help="|weight| bound of the fixed-point encoding (run-config he-clip) [default: 8.0]")
+    p.add_argument("--max-weight", type=int, help="largest total of example counts summed in one round [default: the task's training-set size]")
+    p.add_argument("--task", default="digits", help="task, to size --max-weight [default: digits]")
+    p.add_argument("--dataset", default="", help="dataset of the task [default: its first]")
+    p.add_argument("--data-dir", default="data", help="data folder of the task [default: data]")
+    p.add_argument("--force", action="store_true", help="overwrite existing key files")
+    args = p.parse_args(argv)
+    nodes = Path(args.nodes_dir).expanduser().resolve()
+    server = Path(args.server_dir).expanduser().resolve()
+    if nodes == server:
+        fail("--nodes-dir and --server-dir must differ: the server must never receive secret.ctx")
+    if args.clip <= 0:
+        fail(f"invalid --clip {args.clip}; valid: > 0")
+    if args.max_weight is not None and args.max_weight < 1:
+        fail(f"invalid --max-weight {args.max_weight}; valid: >= 1")
+    existing = [str(f) for f in (nodes / "secret.ctx", server / "public.ctx") if f.exists()]
+    if existing and not args.force:
+        fail(f"{', '.join(existing)} already exist(s); use --force to replace the keys")
+    max_weight = args.max_weight
+    if max_weight is None:
+        try:
+            max_weight = train_size(args.task, args.data_dir, args.dataset)
+        except (ValueError, FileNotFoundError) as exc:
+            fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    provision_split(nodes, server, clip=args.clip, max_weight=max_weight)
+    print(f"wrote {nodes}/secret.ctx + params.json (copy to every SuperNode only)")
+    print(f"wrote {server}/public.ctx + params.json (copy to the SuperLink machine)")
+    print(f"run config: he=true he-clip={args.clip:g} he-dir=<absolute path of that copy>")
+
+
+if __name__ == "__main__":
+    main()

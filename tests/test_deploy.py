@@ -1,0 +1,208 @@
+"""Deployment: a SuperLink and SuperNodes as separate processes over TLS with node authentication.
+
+The e2e tests start everything with the deploy/ scripts on loopback (free ports,
+FLWR_HOME in a tmp folder per machine role, so ~/.flwr is untouched), run the
+digits task with ``flwr run`` and check the results folder. The other tests check
+that the scripts reject bad input with one line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from deploy_harness import Processes, flwr_json, free_port, script, wait_for_nodes, wait_for_tls
+
+HOST = "127.0.0.1"
+CONNECTION = "fedloom-test"
+NUM_NODES = 2
+
+
+def run_script(name: str, *args: str, env: dict[str, str] | None = None, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*script(name), *args], capture_output=True, text=True, env=env, timeout=timeout, check=False)
+
+
+@dataclass
+class Deployment:
+    """A running SuperLink with ``NUM_NODES`` registered, connected SuperNodes."""
+
+    root: Path
+    procs: Processes
+    port: int
+    cli_env: dict[str, str]
+    node_ids: list[int]
+
+    @property
+    def ca(self) -> Path:
+        return self.root / "certs" / "ca.crt"
+
+    def start_node(self, name: str, key: Path, partition_id: int, *extra: str) -> subprocess.Popen[bytes]:
+        """A SuperNode via deploy/start_supernode.py, with its own FLWR_HOME, data, state and HE key."""
+        home = self.root / "homes" / name
+        home.mkdir(parents=True, exist_ok=True)
+        he_dir = self.root / name / "he"  # this node's copy of the secret context
+        he_dir.mkdir(parents=True, exist_ok=True)
+        for file in ("secret.ctx", "params.json"):
+            shutil.copy2(self.root / "he-nodes" / file, he_dir / file)
+        return self.procs.start(
+            name,
+            [*script("start_supernode.py"), "--superlink", f"{HOST}:{self.port}", "--ca", str(self.ca),
+             "--key", str(key), "--partition-id", str(partition_id), "--num-partitions", str(NUM_NODES),
+             "--data-dir", str(self.root / name / "data"), "--state-dir", str(self.root / name / "state"),
+             "--he-secret-context", str(he_dir / "secret.ctx"), "--runtime-port", str(free_port()), *extra],
+            env={"FLWR_HOME": str(home)},
+        )
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """CA + server certificate, SuperLink (TLS, node auth), keys registered, two SuperNodes online."""
+    root = tmp_path_factory.mktemp("deploy")
+    procs = Processes(root / "logs")
+    try:
+        port = free_port()
+        cli_env = procs.env({"FLWR_HOME": str(root / "homes" / "cli")})
+        done = run_script("make_certs.py", "--out", str(root / "certs"), "--host", HOST)
+        assert done.returncode == 0, done.stderr
+        names = [f"node-{i}" for i in range(NUM_NODES)]
+        done = run_script("make_node_keys.py", "--out", str(root / "keys"),
+                          *[a for n in [*names, "rogue"] for a in ("--name", n)])
+        assert done.returncode == 0, done.stderr
+        done = run_script("provision_he.py", "--nodes-dir", str(root / "he-nodes"),
+                          "--server-dir", str(root / "server" / "he"), "--task", "digits")
+        assert done.returncode == 0, done.stderr
+        (root / "homes" / "superlink").mkdir(parents=True)
+        (root / "server").mkdir(exist_ok=True)
+        superlink = procs.start(
+            "superlink",
+            [*script("start_superlink.py"), "--certs", str(root / "certs"), "--host", HOST,
+             "--port", str(port), "--workdir", str(root / "server")],
+            env={"FLWR_HOME": str(root / "homes" / "superlink")},
+        )
+        wait_for_tls(HOST, port, root / "certs" / "ca.crt", superlink, timeout=60)
+        done = run_script("connect.py", "--name", CONNECTION, "--address", f"{HOST}:{port}",
+                          "--ca", str(root / "certs" / "ca.crt"), env=cli_env)
+        assert done.returncode == 0, done.stderr
+        done = run_script("register_nodes.py", "--connection", CONNECTION,
+                          *[str(root / "keys" / f"{n}.pub") for n in names], env=cli_env)
+        assert done.returncode == 0, done.stderr + procs.tail("superlink")
+        node_ids = [int(line.rsplit(" ", 1)[1]) for line in done.stdout.splitlines()]
+        deployment = Deployment(root, procs, port, cli_env, node_ids)
+        nodes = [deployment.start_node(n, root / "keys" / n, i) for i, n in enumerate(names)]
+        try:
+            wait_for_nodes(CONNECTION, cli_env, NUM_NODES, timeout=90, procs=nodes)
+        except (RuntimeError, TimeoutError) as exc:
+            pytest.fail(f"{exc}\n{procs.tail('node-0')}\n{procs.tail('superlink')}")
+        yield deployment
+    finally:
+        procs.stop_all()
+        assert not procs.remaining(), f"processes left running: {procs.remaining()}"
+
+
+@pytest.mark.e2e
+def test_superlink_serves_tls_with_the_generated_certificate(deployment: Deployment) -> None:
+    cert = wait_for_tls(HOST, deployment.port, deployment.ca, deployment.procs.started["superlink"], timeout=10)
+
+    assert ("IP Address", HOST) in cert["subjectAltName"]  # type: ignore[operator]
+    assert "--enable-supernode-auth" in deployment.procs.log("superlink")  # the exec line
+
+
+@pytest.mark.e2e
+def test_unregistered_node_is_refused(deployment: Deployment) -> None:
+    rogue = deployment.start_node("rogue", deployment.root / "keys" / "rogue", 0, "--max-wait-time", "30")
+
+    returncode = rogue.wait(timeout=90)
+
+    assert returncode != 0
+    assert "No SuperNode found with the given public key" in deployment.procs.log("superlink")
+    nodes = flwr_json(["supernode", "list", CONNECTION], deployment.cli_env)["nodes"]
+    online = {int(n["node-id"]) for n in nodes if n["status"] == "online"}  # type: ignore[union-attr,index]
+    assert online == set(deployment.node_ids)
+
+
+@pytest.mark.e2e
+def test_two_rounds_of_digits_over_tls(deployment: Deployment) -> None:
+    """Top-k uploads with error feedback: the residuals must persist in each node's state-dir."""
+    run_dir = deployment.root / "server" / "runs" / "digits"
+    run_config = f'num-server-rounds=2 seed=7 compression="topk:0.5" run-dir="{run_dir}"'
+
+    done = run_script("submit_run.py", "--connection", CONNECTION, "--run-config", run_config,
+                      "--timeout", "150", env=deployment.cli_env, timeout=170)
+
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "finished:completed" in done.stdout
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2]
+    assert all(r["num_clients"] == NUM_NODES and r["failures"] == 0 for r in rows)
+    assert rows[0]["accuracy"] > 0.5  # from ~0.1 (chance) for the initial model
+    assert rows[1]["accuracy"] >= rows[0]["accuracy"]
+    assert rows[1]["loss"] < rows[0]["loss"]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["num_clients"] == NUM_NODES
+    assert config["run_config"]["num-server-rounds"] == 2
+    partitions = json.loads((run_dir / "partitions.json").read_text())
+    assert sorted(c["partition_id"] for c in partitions["clients"]) == [0, 1]
+    for name in ("metrics.csv", "model.pt", "accuracy.png", "loss.png"):
+        assert (run_dir / name).is_file(), name
+    for i in range(NUM_NODES):  # client state on the node's disk, one folder per partition
+        saved = sorted(p.name for p in (deployment.root / f"node-{i}" / "state" / str(i)).iterdir())
+        assert saved == ["round-1.pkl", "round-2.pkl"]
+
+
+@pytest.mark.e2e
+def test_encrypted_round_with_the_secret_key_only_on_the_nodes(deployment: Deployment) -> None:
+    server_he = deployment.root / "server" / "he"
+    run_dir = deployment.root / "server" / "runs" / "he"
+    run_config = f'num-server-rounds=1 seed=7 he=true he-dir="{server_he}" fraction-evaluate=1.0 run-dir="{run_dir}"'
+
+    done = run_script("submit_run.py", "--connection", CONNECTION, "--run-config", run_config,
+                      "--timeout", "150", env=deployment.cli_env, timeout=170)
+
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert sorted(p.name for p in server_he.iterdir()) == ["params.json", "public.ctx"]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["num_clients"] == NUM_NODES
+    assert rows[0]["fed_accuracy"] > 0.5  # evaluated by the nodes, which alone can decrypt
+    assert (run_dir / "model_encrypted.pt").is_file() and not (run_dir / "model.pt").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "message"),
+    [
+        ("make_certs.py", ["--out", "{tmp}/c", "--host", "10.0.0.1:9093"], "invalid --host"),
+        ("make_certs.py", ["--out", "{tmp}/c"], "--host"),
+        ("make_node_keys.py", ["--out", "{tmp}/k", "--name", "../evil"], "invalid --name"),
+        ("connect.py", ["--address", "10.0.0.1:9093"], "plain text needs an explicit --insecure"),
+        ("connect.py", ["--address", "10.0.0.1", "--insecure"], "is not HOST:PORT"),
+        ("start_superlink.py", [], "plain text needs an explicit --insecure"),
+        ("start_superlink.py", ["--certs", "{tmp}/missing"], "is not a directory"),
+        ("start_supernode.py", ["--superlink", "10.0.0.1:9093", "--ca", "{tmp}/ca.crt", "--key", "{tmp}/k",
+                                "--partition-id", "2", "--num-partitions", "2", "--data-dir", "{tmp}/d",
+                                "--state-dir", "{tmp}/s"], "invalid --partition-id 2; valid: 0..1"),
+        ("start_supernode.py", ["--superlink", "10.0.0.1:9093", "--ca", "{tmp}/nope.crt", "--key", "{tmp}/k",
+                                "--partition-id", "0", "--num-partitions", "2", "--data-dir", "{tmp}/d",
+                                "--state-dir", "{tmp}/s"], "does not exist"),
+        ("register_nodes.py", ["{tmp}/x.pub", "--connection", "nowhere"], "no SuperLink connection"),
+        ("submit_run.py", ["--connection", "nowhere"], "no SuperLink connection"),
+        ("submit_run.py", ["--connection", "lab", "--run-config", 'run-dir="runs/x"'], "must be an absolute path"),
+        ("submit_run.py", ["--connection", "lab", "--run-config", "lr=fast"], "values must be TOML"),
+        ("provision_he.py", ["--nodes-dir", "{tmp}/he", "--server-dir", "{tmp}/he"], "must differ"),
+    ],
+)
+def test_scripts_reject_bad_input_in_one_line(tmp_path: Path, name: str, args: list[str], message: str) -> None:
+    (tmp_path / "flwr").mkdir()
+    (tmp_path / "flwr" / "config.toml").write_text('[superlink.lab]\naddress = "127.0.0.1:9"\n')
+    env = {"PATH": str(Path(sys.executable).parent), "FLWR_HOME": str(tmp_path / "flwr")}
+
+    done = run_script(name, *[a.format(tmp=tmp_path) for a in args], env=env, timeout=60)
+
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr
