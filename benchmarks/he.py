@@ -21,7 +21,6 @@ from common import DATA_DIR, markdown_table, simulate, write_result
 
 
 def pipeline(num_clients: int) -> list[list[str]]:
-    import numpy as np
     import torch
     from flwr.app import ArrayRecord
 

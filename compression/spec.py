@@ -19,7 +19,7 @@ import numpy as np
 from . import quantize as qz
 from .flat import Layout
 from .lowrank import lowrank_count, lowrank_decode, lowrank_encode
-from .sparse import num_kept, randk_indices, scatter, topk_encode, topk_read
+from .sparse import randk_indices, scatter, topk_encode, topk_read
 
 Param = float | int | None
 

@@ -22,7 +22,7 @@ from compression.spec import parse_down_spec, parse_spec
 from strategies.compressed import DecodingStrategy
 from privacy.dp import make_dp_ready
 from strategies.encrypted import EncryptedFedAvg, record_ciphertexts
-from strategies.instrumented import InstrumentedStrategy, chain_of
+from strategies.instrumented import InstrumentedStrategy, TooFewReplies, chain_of
 from strategies.private import PrivacyBudgetExhausted
 from strategies.validation import ValidatingStrategy
 from strategies.registry import StrategyParams, build_strategy
@@ -139,7 +139,7 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
         chain = strategy_chain(
             cfg, max_examples=len(data.train), num_parameters=sum(v.numel() for v in model.state_dict().values())
         )
-    strategy = InstrumentedStrategy(chain)
+    strategy = InstrumentedStrategy(chain, min_replies=cfg.min_train_nodes)
     record: dict[str, Any] = {
         "run_config": cfg.to_run_config(),
         "seed": cfg.seed,
@@ -188,7 +188,9 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
                     evaluate_fn=monitor.evaluate_fn,
                 )
             except PrivacyBudgetExhausted as exc:  # a clean end: the last model stands
-                progress.console.print(f"run ended early, privacy budget exhausted: {exc}")
+                progress.console.print(f"run ended early, privacy budget exhausted: {exc}", soft_wrap=True)
+            except TooFewReplies as exc:
+                progress.console.print(f"run ended early, too few clients remain: {exc}", soft_wrap=True)
                 if monitor.privacy is not None:
                     write_epsilons(monitor.privacy, results.path)  # the refusals
     final = monitor.last_arrays

@@ -46,7 +46,7 @@ class RunProgress:
         parts = [f"{k} {_fmt(row[k])}" for k in _SHOWN if k in row]
         parts.append(f"up {_mib(row['bytes_up'])}")
         parts.append(f"{row['seconds']:.1f}s")
-        self.progress.console.print(f"round {row['round']}/{total_rounds}  " + "  ".join(parts))
+        self.progress.console.print(f"round {row['round']}/{total_rounds}  " + "  ".join(parts), soft_wrap=True)
         self.advance_to(row["round"])
 
     def summary(self, rows: list[Mapping[str, Any]], run_dir: str) -> None:

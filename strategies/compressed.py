@@ -27,6 +27,7 @@ from compression.flat import flatten, layout_of, unflatten
 from compression.pipeline import decode, encode
 from compression.spec import Chain, CodecContext
 
+from .delegating import DelegatingStrategy
 from .validation import Rejection
 
 PAYLOAD_KEY = "payload"
@@ -58,7 +59,7 @@ def round_seed(seed: int, server_round: int) -> int:
     return int(np.random.default_rng([seed, server_round]).integers(2**31 - 1))
 
 
-class DecodingStrategy(Strategy):
+class DecodingStrategy(DelegatingStrategy):
     """Delegates to ``inner``; decodes uploads with ``up``, encodes downloads with ``down``."""
 
     def __init__(self, inner: Strategy, *, up: Chain, down: Chain, seed: int) -> None:
@@ -68,9 +69,6 @@ class DecodingStrategy(Strategy):
         self.sent: dict[int, dict[str, np.ndarray]] = {}  # node id -> global arrays it got
         self.rejected: list[Rejection] = []  # this round's undecodable replies
         self.seed_of_round = 0
-
-    def summary(self) -> None:
-        self.inner.summary()
 
     def _encode_down(self, messages: list[Message], server_round: int) -> list[Message]:
         """Replace each distinct content's global arrays by one encoded payload."""
@@ -144,8 +142,3 @@ class DecodingStrategy(Strategy):
     ) -> Iterable[Message]:
         messages = list(self.inner.configure_evaluate(server_round, arrays, config, grid))
         return self._encode_down(messages, server_round)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        return self.inner.aggregate_evaluate(server_round, replies)

@@ -41,6 +41,10 @@ def _scalars(record: MetricRecord | None) -> dict[str, float]:
     return {k: float(v) for k, v in (record or {}).items() if isinstance(v, (int, float))}
 
 
+class TooFewReplies(RuntimeError):
+    """A round got fewer replies than it needs; the run ends there."""
+
+
 def chain_of(strategy: Strategy) -> list[Strategy]:
     """``strategy`` and every strategy it wraps (through ``.inner``)."""
     chain = [strategy]
@@ -53,13 +57,15 @@ class InstrumentedStrategy(Strategy):
     """Delegates to ``inner``; ``stats`` holds the current round's measurements.
 
     ``round_offset`` shifts the round numbers the inner chain sees, so a resumed run
-    continues at round ``offset + 1`` while Flower's loop counts from 1 again.
+    continues at round ``offset + 1`` while Flower's loop counts from 1 again. A round
+    with fewer than ``min_replies`` replies raises :class:`TooFewReplies`.
     """
 
-    def __init__(self, inner: Strategy) -> None:
+    def __init__(self, inner: Strategy, *, min_replies: int = 1) -> None:
         self.inner = inner
         self.stats = RoundStats()
         self.round_offset = 0
+        self.min_replies = min_replies
 
     def summary(self) -> None:
         self.inner.summary()
@@ -81,6 +87,12 @@ class InstrumentedStrategy(Strategy):
         ok = [m for m in replies if not m.has_error()]
         self.stats.failures = self.stats.sampled - len(ok)
         self.stats.bytes_up += sum(payload_bytes(m.content) for m in ok)
+        if len(ok) < self.min_replies:
+            raise TooFewReplies(
+                f"round {server_round + self.round_offset}: only {len(ok)} of "
+                f"{self.stats.sampled} sampled clients replied (min-train-nodes={self.min_replies}); "
+                "the model of the previous round stands"
+            )
         arrays, metrics = self.inner.aggregate_train(server_round + self.round_offset, replies)
         self.stats.rejected = sum(len(getattr(s, "rejected", ())) for s in chain_of(self.inner))
         self.stats.num_clients = len(ok) - self.stats.rejected if arrays is not None else 0

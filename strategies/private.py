@@ -32,6 +32,8 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from privacy.accounting import EpsilonLedger, calibrate_noise, client_level_epsilon
 
+from .delegating import DelegatingStrategy
+
 EPSILON_KEY = "dp-epsilon"
 EXHAUSTED_KEY = "dp-exhausted"
 PARTITION_KEY = "partition-id"
@@ -51,26 +53,7 @@ def _metrics(msg: Message) -> MetricRecord:
     return records[0]
 
 
-class _Delegating(Strategy):
-    """Forwards evaluation and the summary to ``inner``."""
-
-    inner: Strategy
-
-    def summary(self) -> None:
-        self.inner.summary()
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        return self.inner.aggregate_evaluate(server_round, replies)
-
-
-class SampleDPStrategy(_Delegating):
+class SampleDPStrategy(DelegatingStrategy):
     """Collects DP-SGD clients' epsilons and leaves out clients without budget."""
 
     def __init__(self, inner: Strategy, *, ledger: EpsilonLedger, target_epsilon: float) -> None:
@@ -157,7 +140,7 @@ def client_dp_noise(
     )
 
 
-class ClientDPStrategy(_Delegating):
+class ClientDPStrategy(DelegatingStrategy):
     """Client-level DP: Flower's DP wrapper around ``inner`` plus RDP accounting.
 
     Updates are averaged with equal weights (the sensitivity of the mean of ``m``

@@ -18,6 +18,8 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from .delegating import DelegatingStrategy
+
 Layout = dict[str, tuple[tuple[int, ...], str]]
 WEIGHT_KEY = "num-examples"
 
@@ -65,16 +67,13 @@ class Rejection:
 
 
 @dataclass
-class ValidatingStrategy(Strategy):
+class ValidatingStrategy(DelegatingStrategy):
     """Delegates to ``inner`` after dropping train replies that fail validation."""
 
     inner: Strategy
     max_examples: int
     layout: Layout = field(default_factory=dict)
     rejected: list[Rejection] = field(default_factory=list)
-
-    def summary(self) -> None:
-        self.inner.summary()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -100,13 +99,3 @@ class ValidatingStrategy(Strategy):
         if not any(not m.has_error() for m in keep):
             return None, None
         return self.inner.aggregate_train(server_round, keep)
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        return self.inner.aggregate_evaluate(server_round, replies)

@@ -88,12 +88,27 @@ def test_client_level_dp_reports_the_subsampled_gaussian_epsilon(tmp_path, clipp
 
 
 def test_dp_sgd_on_mnist_improves_accuracy(tmp_path, shared_data):
+    from server.config import DEFAULTS
+    from tasks.base import TaskOptions
+    from tasks.registry import get_task, load_task_data
+    from tasks.training import evaluate
+
+    # The untrained model, initialised as the server does.
+    options = TaskOptions(mnist_model="dp-cnn")
+    task = get_task("mnist", options)
+    data = load_task_data("mnist", str(shared_data.resolve()), "mnist", options)
+    torch.manual_seed(DEFAULTS["seed"])
+    before = evaluate(task.build_model(data), task, data.test)["accuracy"]
     run_dir = tmp_path / "run"
     assert run_sim.main([
-        "--task", "mnist", "--data-dir", str(shared_data), "--num-clients", "20",
-        "--fraction", "0.1", "--rounds", "1", "--batch-size", "256", "--lr", "0.05",
-        "--dp", "sample", "--dp-noise", "1.0", "--run-dir", str(run_dir),
+        "--task", "mnist", "--data-dir", str(shared_data), "--num-clients", "10",
+        "--fraction", "0.2", "--rounds", "2", "--batch-size", "500", "--lr", "LR",
+        "--dp", "sample", "--dp-noise", "1.0", "--run-config", "mnist-model=dp-cnn",
+        "--run-dir", str(run_dir),
     ]) == 0
     rows = read_jsonl(run_dir / "metrics.jsonl")
-    assert rows[0]["num_clients"] == 2 and rows[0]["accuracy"] > 0.3  # from 0.13 (measured: 0.48)
-    assert 0 < rows[0]["epsilon"] < 5  # 12 steps at q = 1/12, noise 1.0: 3.17
+    assert [r["num_clients"] for r in rows] == [2, 2]
+    # 6,000 examples per client, batch 500: q = 1/12, 12 steps per round.
+    assert rows[0]["epsilon"] == pytest.approx(independent_epsilon(1.0, 1 / 12, 12), rel=0.01)
+    assert rows[1]["epsilon"] <= independent_epsilon(1.0, 1 / 12, 24) * 1.01
+    assert rows[-1]["accuracy"] > max(0.8, before + 0.5)  # measured: BEFORE -> AFTER

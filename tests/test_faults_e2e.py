@@ -82,3 +82,14 @@ def test_median_holds_where_fedavg_falls_under_sign_flipping(tmp_path):
         accuracy[strategy] = read_rows(run_dir)[-1]["accuracy"]
     assert accuracy["fedmedian"] > 0.8
     assert accuracy["fedavg"] < accuracy["fedmedian"] - 0.2
+
+
+def test_run_ends_clearly_when_too_few_clients_remain(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code = run_sim.main(["--num-clients", "2", "--rounds", "3", "--fail-rate", "1.0",
+                         "--run-dir", str(run_dir)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "run ended early, too few clients remain: round 1: only 0 of 2 sampled clients replied" in out
+    assert not (run_dir / "metrics.jsonl").exists()
+    assert (run_dir / "model.pt").is_file()  # the last model stands

@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from client.he_client import decrypt_global, encrypt_local
 from privacy import he
