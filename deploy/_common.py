@@ -65,13 +65,13 @@ def is_ip(value: str) -> bool:
 
 
 def flower_exe(name: str) -> str:
-    """Path of a Flower executable (``flower-superlink``, ``flwr``, ...): this venv first, then PATH."""
+    """Path of a Flower executable (``flower-superlink``, ``flwr``): this venv first, then PATH."""
     beside = Path(sys.executable).parent / name
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)
     found = shutil.which(name)
     if found is None:
-        fail(f"{name} not found next to {sys.executable} or on PATH; install fedloom (pip install -e .)")
+        fail(f"{name} not found next to {sys.executable} or on PATH; install fedloom first")
     return found
 
 

@@ -26,7 +26,8 @@ def write_connection(name: str, address: str, ca: Path | None) -> Path:
     from flwr.cli.typing import SuperLinkConnection
 
     connection = SuperLinkConnection(
-        name=name, address=address,
+        name=name,
+        address=address,
         root_certificates=str(ca) if ca is not None else None,
         insecure=True if ca is None else None,
     )
@@ -36,11 +37,17 @@ def write_connection(name: str, address: str, ca: Path | None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = Parser(description="Write a SuperLink connection for the Flower CLI (flwr run, flwr supernode).")
+    p = Parser(
+        description="Write a SuperLink connection for the Flower CLI (flwr run, flwr supernode)."
+    )
     p.add_argument("--name", default="fedloom", help="connection name [default: fedloom]")
     p.add_argument("--address", required=True, help="SuperLink address HOST:PORT")
-    p.add_argument("--ca", help="CA certificate (ca.crt from make_certs.py) to verify the SuperLink")
-    p.add_argument("--insecure", action="store_true", help="connect without TLS (test networks only)")
+    p.add_argument(
+        "--ca", help="CA certificate (ca.crt from make_certs.py) to verify the SuperLink"
+    )
+    p.add_argument(
+        "--insecure", action="store_true", help="connect without TLS (test networks only)"
+    )
     args = p.parse_args(argv)
     if not NAME.match(args.name):
         fail(f"invalid --name {args.name!r}; valid: letters, digits, '_', '-'")
@@ -48,8 +55,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.insecure and args.ca:
         fail("--insecure and --ca contradict each other; give one")
     if not args.insecure and not args.ca:
-        fail("--ca is required (the CA certificate that signed the SuperLink's); "
-             "plain text needs an explicit --insecure")
+        fail(
+            "--ca is required (the CA certificate that signed the SuperLink's); "
+            "plain text needs an explicit --insecure"
+        )
     ca = None if args.insecure else require_file(args.ca, "--ca")
     if args.insecure:
         warn_insecure(f"the Flower CLI talks to {args.address}")

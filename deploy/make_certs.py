@@ -63,20 +63,30 @@ def make_certs(out: Path, hosts: list[str], days: int) -> None:
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedloom CA")])
     ca_cert = (
         x509.CertificateBuilder()
-        .subject_name(ca_name).issuer_name(ca_name)
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
         .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(start).not_valid_after(end)
+        .not_valid_before(start)
+        .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
         .sign(ca_key, hashes.SHA384())
     )
     server_key = _key()
@@ -86,7 +96,8 @@ def make_certs(out: Path, hosts: list[str], days: int) -> None:
         .issuer_name(ca_name)
         .public_key(server_key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(start).not_valid_after(end)
+        .not_valid_before(start)
+        .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName(subject_alt_names(hosts)), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -106,7 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     p = Parser(description="Generate a CA and the SuperLink's TLS server certificate.")
     p.add_argument("--out", required=True, help="folder for ca.crt, ca.key, server.pem, server.key")
     p.add_argument(
-        "--host", action="append", required=True,
+        "--host",
+        action="append",
+        required=True,
         help="IP address or DNS name the SuperNodes use to reach the SuperLink (repeatable)",
     )
     p.add_argument("--days", type=int, default=365, help="validity in days [default: 365]")

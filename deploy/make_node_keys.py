@@ -26,10 +26,12 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def make_key_pair(private_path: Path) -> Path:
-    """Write an EC P-384 key pair: ``private_path`` (0600) and ``private_path.pub``; return the latter."""
+    """Write an EC P-384 key pair: ``private_path`` (0600) and its ``.pub``; return the latter."""
     key = ec.generate_private_key(ec.SECP384R1())
     private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
     )
     public = key.public_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
@@ -46,12 +48,17 @@ def make_key_pair(private_path: Path) -> Path:
 def main(argv: list[str] | None = None) -> None:
     p = Parser(description="Generate SuperNode key pairs for node authentication.")
     p.add_argument("--out", required=True, help="folder for the key files")
-    p.add_argument("--name", action="append", required=True, help="node name, e.g. node-0 (repeatable)")
+    p.add_argument(
+        "--name", action="append", required=True, help="node name, e.g. node-0 (repeatable)"
+    )
     p.add_argument("--force", action="store_true", help="overwrite existing key files")
     args = p.parse_args(argv)
     out = Path(args.out).expanduser().resolve()
     if len(set(args.name)) != len(args.name):
-        fail(f"--name given twice: {', '.join(sorted(n for n in set(args.name) if args.name.count(n) > 1))}")
+        fail(
+            "--name given twice: "
+            + ", ".join(sorted(n for n in set(args.name) if args.name.count(n) > 1))
+        )
     for name in args.name:
         if not NAME.match(name):
             fail(f"invalid --name {name!r}; valid: letters, digits, '_', '.', '-' (not first)")

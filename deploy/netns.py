@@ -4,7 +4,7 @@
 Needs root and iproute2. Rehearses a multi-machine deployment where traffic really
 crosses network interfaces:
 
-    sudo python deploy/netns.py up --prefix fl --nodes 2          # fl-link 10.77.0.1, fl-n0 .2, fl-n1 .3
+    sudo python deploy/netns.py up --prefix fl --nodes 2   # fl-link .1, fl-n0 .2, fl-n1 .3
     sudo ip netns exec fl-link python deploy/start_superlink.py --certs certs --host 0.0.0.0
     sudo ip netns exec fl-n0 python deploy/start_supernode.py --superlink 10.77.0.1:9093 ...
     sudo python deploy/netns.py counters --prefix fl --nodes 2    # bytes through each eth0
@@ -57,18 +57,22 @@ def _ip(*args: str) -> None:
 
 def existing_namespaces() -> set[str]:
     """Names of the network namespaces that exist now."""
-    done = subprocess.run(["ip", "-j", "netns", "list"], capture_output=True, text=True, timeout=30, check=False)
+    done = subprocess.run(
+        ["ip", "-j", "netns", "list"], capture_output=True, text=True, timeout=30, check=False
+    )
     if done.returncode != 0 or not done.stdout.strip():
         return set()
     return {entry["name"] for entry in json.loads(done.stdout)}
 
 
 def up(prefix: str, nodes: int, subnet: str) -> None:
-    """Create the link namespace with its bridge and ``nodes`` node namespaces; undone on failure."""
+    """Create the link namespace, its bridge and ``nodes`` node namespaces; undone on failure."""
     names = [link_ns(prefix), *(node_ns(prefix, i) for i in range(nodes))]
     taken = sorted(existing_namespaces() & set(names))
     if taken:
-        raise RuntimeError(f"namespace(s) {', '.join(taken)} already exist; run: netns.py down --prefix {prefix}")
+        raise RuntimeError(
+            f"namespace(s) {', '.join(taken)} already exist; run: netns.py down --prefix {prefix}"
+        )
     try:
         link = link_ns(prefix)
         _ip("netns", "add", link)
@@ -80,7 +84,20 @@ def up(prefix: str, nodes: int, subnet: str) -> None:
             node = node_ns(prefix, i)
             _ip("netns", "add", node)
             _ip("-n", node, "link", "set", "lo", "up")
-            _ip("link", "add", "eth0", "netns", node, "type", "veth", "peer", "name", f"vn{i}", "netns", link)
+            _ip(
+                "link",
+                "add",
+                "eth0",
+                "netns",
+                node,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                f"vn{i}",
+                "netns",
+                link,
+            )
             _ip("-n", link, "link", "set", f"vn{i}", "master", "br0")
             _ip("-n", link, "link", "set", f"vn{i}", "up")
             _ip("-n", node, "addr", "add", f"{node_address(subnet, i)}/24", "dev", "eth0")
@@ -102,15 +119,27 @@ def down(prefix: str, nodes: int) -> list[str]:
 
 
 def counters(prefix: str, node: int) -> dict[str, int]:
-    """``rx_bytes`` and ``tx_bytes`` of ``eth0`` in node namespace ``node`` (from /sys/class/net)."""
+    """``rx_bytes`` and ``tx_bytes`` of ``eth0`` in node namespace ``node`` (/sys/class/net)."""
     result = {}
     for counter in ("rx_bytes", "tx_bytes"):
         done = subprocess.run(
-            ["ip", "netns", "exec", node_ns(prefix, node), "cat", f"/sys/class/net/eth0/statistics/{counter}"],
-            capture_output=True, text=True, timeout=30, check=False,
+            [
+                "ip",
+                "netns",
+                "exec",
+                node_ns(prefix, node),
+                "cat",
+                f"/sys/class/net/eth0/statistics/{counter}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
         )
         if done.returncode != 0:
-            raise RuntimeError(f"reading {counter} in {node_ns(prefix, node)}: {done.stderr.strip()}")
+            raise RuntimeError(
+                f"reading {counter} in {node_ns(prefix, node)}: {done.stderr.strip()}"
+            )
         result[counter] = int(done.stdout)
     return result
 
@@ -129,7 +158,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("action", choices=("up", "down", "counters"))
     p.add_argument("--prefix", default="fl", help="namespace name prefix [default: fl]")
     p.add_argument("--nodes", type=int, default=2, help="node namespaces [default: 2]")
-    p.add_argument("--subnet", default="10.77.0", help="first three octets of the private /24 [default: 10.77.0]")
+    p.add_argument(
+        "--subnet",
+        default="10.77.0",
+        help="first three octets of the private /24 [default: 10.77.0]",
+    )
     args = p.parse_args(argv)
     if not PREFIX.match(args.prefix):
         fail(f"invalid --prefix {args.prefix!r}; valid: up to 31 letters, digits, '_', '-'")

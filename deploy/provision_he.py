@@ -55,11 +55,28 @@ def train_size(task: str, data_dir: str, dataset: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = Parser(description="Write HE keys: secret context for the nodes, public context for the server.")
-    p.add_argument("--nodes-dir", required=True, help="folder for secret.ctx + params.json (SuperNodes only)")
-    p.add_argument("--server-dir", required=True, help="folder for public.ctx + params.json (SuperLink machine)")
-    p.add_argument("--clip", type=float, default=8.0, help="|weight| bound of the fixed-point encoding (run-config he-clip) [default: 8.0]")
-    p.add_argument("--max-weight", type=int, help="largest total of example counts summed in one round [default: the task's training-set size]")
+    p = Parser(
+        description="Write HE keys: secret context for the nodes, public context for the server."
+    )
+    p.add_argument(
+        "--nodes-dir", required=True, help="folder for secret.ctx + params.json (SuperNodes only)"
+    )
+    p.add_argument(
+        "--server-dir",
+        required=True,
+        help="folder for public.ctx + params.json (SuperLink machine)",
+    )
+    p.add_argument(
+        "--clip",
+        type=float,
+        default=8.0,
+        help="|weight| bound of the fixed-point encoding [default: 8.0]",
+    )
+    p.add_argument(
+        "--max-weight",
+        type=int,
+        help="largest sum of example counts in one round [default: the task's training-set size]",
+    )
     p.add_argument("--task", default="digits", help="task, to size --max-weight [default: digits]")
     p.add_argument("--dataset", default="", help="dataset of the task [default: its first]")
     p.add_argument("--data-dir", default="data", help="data folder of the task [default: data]")
@@ -85,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     provision_split(nodes, server, clip=args.clip, max_weight=max_weight)
     print(f"wrote {nodes}/secret.ctx + params.json (copy to every SuperNode only)")
     print(f"wrote {server}/public.ctx + params.json (copy to the SuperLink machine)")
-    print(f"run config: he=true he-clip={args.clip:g} he-dir=<absolute path of that copy>")
+    print("run config: he=true fraction-evaluate=1.0 he-dir=<absolute path of the server copy>")
 
 
 if __name__ == "__main__":

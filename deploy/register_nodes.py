@@ -26,11 +26,22 @@ def register(public_key: Path, connection: str, timeout: float) -> int:
     """Register one public key; return the node id the SuperLink assigned."""
     try:
         done = subprocess.run(
-            [flower_exe("flwr"), "supernode", "register", str(public_key), connection, "--format", "json"],
-            capture_output=True, text=True, timeout=timeout, check=False,
+            [
+                flower_exe("flwr"),
+                "supernode",
+                "register",
+                str(public_key),
+                connection,
+                "--format",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
     except subprocess.TimeoutExpired:
-        fail(f"registering {public_key}: no answer from connection {connection!r} within {timeout:g}s")
+        fail(f"registering {public_key}: no answer from {connection!r} within {timeout:g}s")
     reply: dict[str, object] = {}
     start = done.stdout.find("{")
     if start >= 0:
@@ -46,15 +57,23 @@ def register(public_key: Path, connection: str, timeout: float) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     p = Parser(description="Register SuperNode public keys (node authentication).")
-    p.add_argument("public_keys", nargs="+", help="public key files (<name>.pub from make_node_keys.py)")
-    p.add_argument("--connection", default="fedloom", help="SuperLink connection name [default: fedloom]")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per registration [default: 60]")
+    p.add_argument(
+        "public_keys", nargs="+", help="public key files (<name>.pub from make_node_keys.py)"
+    )
+    p.add_argument(
+        "--connection", default="fedloom", help="SuperLink connection name [default: fedloom]"
+    )
+    p.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds per registration [default: 60]"
+    )
     args = p.parse_args(argv)
     require_connection(args.connection)
     keys = [require_file(k, "public key") for k in args.public_keys]
     for key in keys:
         if not key.read_bytes().startswith(PUBLIC_PREFIX):
-            fail(f"{key} is not an OpenSSH ECDSA public key (expected the <name>.pub file, never the private key)")
+            fail(
+                f"{key} is not an OpenSSH ECDSA public key (give <name>.pub, never the private key)"
+            )
     for key in keys:
         print(f"{key}: node {register(key, args.connection, args.timeout)}")
 

@@ -25,17 +25,33 @@ from _common import Parser, fail, flower_exe, require_file, warn_insecure  # noq
 
 
 def superlink_command(
-    *, certs: Path | None, host: str, port: int, database: str, node_auth: bool,
+    *,
+    certs: Path | None,
+    host: str,
+    port: int,
+    database: str,
+    node_auth: bool,
 ) -> list[str]:
     """The ``flower-superlink`` command line (``certs`` None: plain text)."""
-    cmd = [flower_exe("flower-superlink"), "--host", host, "--port", str(port),
-           "--database", database, "--disable-runtime-dependency-installation"]
+    cmd = [
+        flower_exe("flower-superlink"),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--database",
+        database,
+        "--disable-runtime-dependency-installation",
+    ]
     if certs is None:
         return [*cmd, "--insecure"]
     cmd += [
-        "--ssl-ca-certfile", str(require_file(certs / "ca.crt", "CA certificate")),
-        "--ssl-certfile", str(require_file(certs / "server.pem", "server certificate")),
-        "--ssl-keyfile", str(require_file(certs / "server.key", "server key")),
+        "--ssl-ca-certfile",
+        str(require_file(certs / "ca.crt", "CA certificate")),
+        "--ssl-certfile",
+        str(require_file(certs / "server.pem", "server certificate")),
+        "--ssl-keyfile",
+        str(require_file(certs / "server.key", "server key")),
     ]
     return [*cmd, "--enable-supernode-auth"] if node_auth else cmd
 
@@ -43,22 +59,38 @@ def superlink_command(
 def main(argv: list[str] | None = None) -> None:
     p = Parser(description="Start a Flower SuperLink for fedloom (TLS + node authentication).")
     p.add_argument("--certs", help="folder with ca.crt, server.pem, server.key (make_certs.py)")
-    p.add_argument("--host", default="0.0.0.0", help="address to listen on [default: 0.0.0.0, all interfaces]")
-    p.add_argument("--port", type=int, default=9093, help="HTTPS port for SuperNodes and the CLI [default: 9093]")
     p.add_argument(
-        "--database", default=":flwr-in-memory:",
-        help="SQLite file that keeps registered nodes and runs across restarts [default: in memory]",
+        "--host", default="0.0.0.0", help="address to listen on [default: 0.0.0.0, all interfaces]"
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=9093,
+        help="HTTPS port for SuperNodes and the CLI [default: 9093]",
+    )
+    p.add_argument(
+        "--database",
+        default=":flwr-in-memory:",
+        help="SQLite file keeping registered nodes and runs across restarts [default: in memory]",
     )
     p.add_argument("--workdir", default=".", help="working directory of the ServerApp [default: .]")
-    p.add_argument("--no-node-auth", action="store_true", help="accept any SuperNode (TLS stays on)")
-    p.add_argument("--insecure", action="store_true", help="no TLS and no node authentication (test networks only)")
+    p.add_argument(
+        "--no-node-auth", action="store_true", help="accept any SuperNode (TLS stays on)"
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="no TLS and no node authentication (test networks only)",
+    )
     args = p.parse_args(argv)
     if not 1 <= args.port <= 65535:
         fail(f"invalid --port {args.port}; valid: 1-65535")
     if args.insecure and args.certs:
         fail("--insecure and --certs contradict each other; give one")
     if not args.insecure and not args.certs:
-        fail("--certs is required (make_certs.py writes it); plain text needs an explicit --insecure")
+        fail(
+            "--certs is required (make_certs.py writes it); plain text needs an explicit --insecure"
+        )
     workdir = Path(args.workdir).expanduser().resolve()
     if not workdir.is_dir():
         fail(f"--workdir {args.workdir} is not a directory")
@@ -73,11 +105,16 @@ def main(argv: list[str] | None = None) -> None:
         if not Path(database).parent.is_dir():
             fail(f"--database {args.database}: folder {Path(database).parent} does not exist")
     if args.insecure:
-        warn_insecure(f"the SuperLink listens on {args.host}:{args.port}; node authentication is off too")
+        warn_insecure(
+            f"the SuperLink listens on {args.host}:{args.port}; node authentication is off too"
+        )
     elif args.no_node_auth:
         print("WARNING: --no-node-auth: any SuperNode that trusts the CA may join", file=sys.stderr)
     cmd = superlink_command(
-        certs=certs, host=args.host, port=args.port, database=database,
+        certs=certs,
+        host=args.host,
+        port=args.port,
+        database=database,
         node_auth=not args.no_node_auth,
     )
     os.chdir(workdir)

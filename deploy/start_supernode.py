@@ -38,7 +38,12 @@ def _directory(value: str, flag: str) -> Path:
 
 
 def node_config(
-    *, partition_id: int, num_partitions: int, data_dir: Path, state_dir: Path, he_secret: Path | None,
+    *,
+    partition_id: int,
+    num_partitions: int,
+    data_dir: Path,
+    state_dir: Path,
+    he_secret: Path | None,
 ) -> str:
     """The ``--node-config`` string (TOML values; paths as quoted strings)."""
     items = {
@@ -56,18 +61,39 @@ def main(argv: list[str] | None = None) -> None:
     p = Parser(description="Start a Flower SuperNode running the fedloom ClientApp.")
     p.add_argument("--superlink", required=True, help="SuperLink address HOST:PORT")
     p.add_argument("--ca", help="CA certificate (ca.crt) that signed the SuperLink's certificate")
-    p.add_argument("--key", help="this node's private key (make_node_keys.py), registered on the SuperLink")
-    p.add_argument("--partition-id", type=int, required=True, help="this client's partition, 0..num-partitions-1")
-    p.add_argument("--num-partitions", type=int, required=True, help="number of clients the data is split into")
-    p.add_argument("--data-dir", required=True, help="folder with this node's data files")
-    p.add_argument("--state-dir", required=True, help="folder for per-client state kept across rounds")
-    p.add_argument("--he-secret-context", help="secret.ctx for encrypted aggregation (params.json beside it)")
     p.add_argument(
-        "--runtime-port", type=int, default=9094,
-        help="local port of the SuperNode's runtime API (distinct per SuperNode on one machine) [default: 9094]",
+        "--key", help="this node's private key (make_node_keys.py), registered on the SuperLink"
     )
-    p.add_argument("--max-wait-time", type=float, help="give up after this many seconds without the SuperLink")
-    p.add_argument("--insecure", action="store_true", help="connect without TLS or authentication (test networks only)")
+    p.add_argument(
+        "--partition-id",
+        type=int,
+        required=True,
+        help="this client's partition, 0..num-partitions-1",
+    )
+    p.add_argument(
+        "--num-partitions", type=int, required=True, help="number of clients the data is split into"
+    )
+    p.add_argument("--data-dir", required=True, help="folder with this node's data files")
+    p.add_argument(
+        "--state-dir", required=True, help="folder for per-client state kept across rounds"
+    )
+    p.add_argument(
+        "--he-secret-context", help="secret.ctx for encrypted aggregation (params.json beside it)"
+    )
+    p.add_argument(
+        "--runtime-port",
+        type=int,
+        default=9094,
+        help="local port of the runtime API, distinct per SuperNode on one machine [default: 9094]",
+    )
+    p.add_argument(
+        "--max-wait-time", type=float, help="give up after this many seconds without the SuperLink"
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="connect without TLS or authentication (test networks only)",
+    )
     args = p.parse_args(argv)
     parse_host_port(args.superlink, "--superlink")
     if args.num_partitions < 1:
@@ -81,20 +107,33 @@ def main(argv: list[str] | None = None) -> None:
     if args.insecure and (args.ca or args.key):
         fail("--insecure contradicts --ca/--key (TLS and node authentication); drop one")
     if not args.insecure and not (args.ca and args.key):
-        fail("--ca and --key are required (TLS and node authentication); plain text needs an explicit --insecure")
+        fail(
+            "--ca and --key are required (TLS, node auth); plain text needs an explicit --insecure"
+        )
     he_secret = None
     if args.he_secret_context:
         he_secret = require_file(args.he_secret_context, "--he-secret-context")
         if not (he_secret.parent / "params.json").is_file():
-            fail(f"--he-secret-context {args.he_secret_context}: params.json must sit beside it "
-                 "(copy both files from provision_he.py's --nodes-dir)")
+            fail(
+                f"--he-secret-context {args.he_secret_context}: params.json must sit beside it "
+                "(copy both files from provision_he.py's --nodes-dir)"
+            )
     config = node_config(
-        partition_id=args.partition_id, num_partitions=args.num_partitions,
-        data_dir=_directory(args.data_dir, "--data-dir"), state_dir=_directory(args.state_dir, "--state-dir"),
+        partition_id=args.partition_id,
+        num_partitions=args.num_partitions,
+        data_dir=_directory(args.data_dir, "--data-dir"),
+        state_dir=_directory(args.state_dir, "--state-dir"),
         he_secret=he_secret,
     )
-    cmd = [flower_exe("flower-supernode"), "--superlink", args.superlink,
-           "--port", str(args.runtime_port), "--node-config", config]
+    cmd = [
+        flower_exe("flower-supernode"),
+        "--superlink",
+        args.superlink,
+        "--port",
+        str(args.runtime_port),
+        "--node-config",
+        config,
+    ]
     if args.insecure:
         warn_insecure(f"this SuperNode talks to {args.superlink}")
         cmd.append("--insecure")
@@ -102,8 +141,12 @@ def main(argv: list[str] | None = None) -> None:
         key = require_file(args.key, "--key")
         if not key.read_bytes().startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----"):
             fail(f"--key {args.key} is not an OpenSSH private key (give the file without .pub)")
-        cmd += ["--root-certificates", str(require_file(args.ca, "--ca")),
-                "--auth-supernode-private-key", str(key)]
+        cmd += [
+            "--root-certificates",
+            str(require_file(args.ca, "--ca")),
+            "--auth-supernode-private-key",
+            str(key),
+        ]
     if args.max_wait_time is not None:
         cmd += ["--max-wait-time", str(args.max_wait_time)]
     print("exec " + " ".join(cmd), file=sys.stderr, flush=True)

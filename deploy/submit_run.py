@@ -39,7 +39,7 @@ def require_connection(name: str) -> dict[str, Any]:
         fail(f"{path} is not valid TOML: {exc}")
     table = config.get("superlink", {}).get(name)
     if not isinstance(table, dict) or "address" not in table:
-        fail(f"no SuperLink connection {name!r} in {path}; create it with deploy/connect.py --name {name}")
+        fail(f"no SuperLink connection {name!r} in {path}; create it with deploy/connect.py")
     return table
 
 
@@ -56,8 +56,10 @@ def check_run_config(items: list[str]) -> dict[str, Any]:
     try:
         overrides = parse_config_args(items)
     except click.ClickException:
-        fail(f"--run-config {' '.join(items)!r}: values must be TOML: numbers, true/false, "
-             'or strings in double quotes (task="mnist")')
+        fail(
+            f"--run-config {' '.join(items)!r}: values must be TOML: numbers, true/false, "
+            'or strings in double quotes (task="mnist")'
+        )
     try:
         cfg = parse_run_config(overrides)
     except ValueError as exc:
@@ -74,8 +76,13 @@ def check_run_config(items: list[str]) -> dict[str, Any]:
 def _flwr(args: list[str], timeout: float) -> str:
     """Run a ``flwr`` command, return its stdout; fail with its last error line."""
     try:
-        done = subprocess.run([flower_exe("flwr"), *args], capture_output=True, text=True,
-                              timeout=timeout, check=False)
+        done = subprocess.run(
+            [flower_exe("flwr"), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         fail(f"flwr {args[0]}: no answer within {timeout:g}s")
     if done.returncode != 0:
@@ -104,14 +111,27 @@ def run_status(run_id: int, connection: str, timeout: float) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = Parser(description="Submit a fedloom run to a SuperLink (flwr run) and wait for it.")
-    p.add_argument("--connection", default="fedloom", help="SuperLink connection name [default: fedloom]")
-    p.add_argument("--app", default=str(APP_DIR), help=f"the Flower app folder [default: {APP_DIR}]")
     p.add_argument(
-        "--run-config", action="append", default=[],
-        help='run-config overrides, e.g. \'num-server-rounds=5 run-dir="/abs/path"\' (repeatable)',
+        "--connection", default="fedloom", help="SuperLink connection name [default: fedloom]"
     )
-    p.add_argument("--no-wait", action="store_true", help="return after submitting; print the run id")
-    p.add_argument("--timeout", type=float, default=24 * 3600.0, help="seconds to wait for the run [default: 1 day]")
+    p.add_argument(
+        "--app", default=str(APP_DIR), help=f"the Flower app folder [default: {APP_DIR}]"
+    )
+    p.add_argument(
+        "--run-config",
+        action="append",
+        default=[],
+        help="run-config overrides, e.g. 'num-server-rounds=5 run-dir=\"/abs/path\"' (repeatable)",
+    )
+    p.add_argument(
+        "--no-wait", action="store_true", help="return after submitting; print the run id"
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=24 * 3600.0,
+        help="seconds to wait for the run [default: 1 day]",
+    )
     args = p.parse_args(argv)
     app = Path(args.app).expanduser().resolve()
     if not (app / "pyproject.toml").is_file():
@@ -129,10 +149,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.no_wait:
         return
     try:
-        subprocess.run([flower_exe("flwr"), "log", str(run_id), args.connection, "--stream"],
-                       timeout=args.timeout, check=False)
+        subprocess.run(
+            [flower_exe("flwr"), "log", str(run_id), args.connection, "--stream"],
+            timeout=args.timeout,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
-        fail(f"run {run_id} did not finish within {args.timeout:g}s (it keeps running; flwr stop {run_id})")
+        fail(
+            f"run {run_id} not finished after {args.timeout:g}s (still running; flwr stop {run_id})"
+        )
     status = run_status(run_id, args.connection, timeout=60.0)
     print(f"run {run_id}: {status}", flush=True)
     if status != "finished:completed":

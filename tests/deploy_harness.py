@@ -80,14 +80,23 @@ class Processes:
         return {**env, **(extra or {})}
 
     def start(
-        self, name: str, cmd: Sequence[str], *, env: Mapping[str, str] | None = None,
-        cwd: Path | None = None, wrap: Sequence[str] = (),
+        self,
+        name: str,
+        cmd: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        wrap: Sequence[str] = (),
     ) -> subprocess.Popen[bytes]:
         """Start ``cmd`` in its own session, output to ``<logs>/<name>.log``."""
         log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - closed by the child's exit
         proc = subprocess.Popen(
-            [*wrap, *cmd], stdout=log, stderr=subprocess.STDOUT, env=self.env(env),
-            cwd=cwd, start_new_session=True,
+            [*wrap, *cmd],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env(env),
+            cwd=cwd,
+            start_new_session=True,
         )
         log.close()
         self.started[name] = proc
@@ -151,10 +160,14 @@ class Processes:
 
 
 def wait_for_tls(
-    host: str, port: int, ca: Path, proc: subprocess.Popen[bytes], timeout: float,
+    host: str,
+    port: int,
+    ca: Path,
+    proc: subprocess.Popen[bytes],
+    timeout: float,
     server_hostname: str | None = None,
 ) -> dict[str, object]:
-    """Wait until ``host:port`` completes a TLS handshake verified against ``ca``; return the peer cert."""
+    """Wait for a TLS handshake with ``host:port`` verified against ``ca``; return the peer cert."""
     context = ssl.create_default_context(cafile=str(ca))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -183,13 +196,20 @@ def wait_for_log(procs: Processes, name: str, text: str, timeout: float) -> None
 
 
 def flwr_json(
-    args: Sequence[str], env: Mapping[str, str], timeout: float = 60.0, wrap: Sequence[str] = (),
+    args: Sequence[str],
+    env: Mapping[str, str],
+    timeout: float = 60.0,
+    wrap: Sequence[str] = (),
 ) -> dict[str, object]:
     """Run ``flwr <args> --format json`` (after the ``wrap`` prefix); the JSON object it prints."""
     exe = str(Path(sys.executable).parent / "flwr")
     done = subprocess.run(
-        [*wrap, exe, *args, "--format", "json"], capture_output=True, text=True, env=dict(env),
-        timeout=timeout, check=False,
+        [*wrap, exe, *args, "--format", "json"],
+        capture_output=True,
+        text=True,
+        env=dict(env),
+        timeout=timeout,
+        check=False,
     )
     start = done.stdout.find("{")
     if start < 0:
@@ -198,8 +218,12 @@ def flwr_json(
 
 
 def wait_for_nodes(
-    connection: str, env: Mapping[str, str], count: int, timeout: float,
-    procs: Sequence[subprocess.Popen[bytes]] = (), wrap: Sequence[str] = (),
+    connection: str,
+    env: Mapping[str, str],
+    count: int,
+    timeout: float,
+    procs: Sequence[subprocess.Popen[bytes]] = (),
+    wrap: Sequence[str] = (),
 ) -> list[dict[str, object]]:
     """Wait until ``count`` SuperNodes are online; return the node list."""
     deadline = time.monotonic() + timeout

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from deploy_harness import Processes, flwr_json, free_port, script, wait_for_nodes, wait_for_tls
 
 HOST = "127.0.0.1"
@@ -25,8 +24,17 @@ CONNECTION = "fedloom-test"
 NUM_NODES = 2
 
 
-def run_script(name: str, *args: str, env: dict[str, str] | None = None, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*script(name), *args], capture_output=True, text=True, env=env, timeout=timeout, check=False)
+def run_script(
+    name: str, *args: str, env: dict[str, str] | None = None, timeout: float = 120.0
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*script(name), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
 
 
 @dataclass
@@ -43,8 +51,10 @@ class Deployment:
     def ca(self) -> Path:
         return self.root / "certs" / "ca.crt"
 
-    def start_node(self, name: str, key: Path, partition_id: int, *extra: str) -> subprocess.Popen[bytes]:
-        """A SuperNode via deploy/start_supernode.py, with its own FLWR_HOME, data, state and HE key."""
+    def start_node(
+        self, name: str, key: Path, partition_id: int, *extra: str
+    ) -> subprocess.Popen[bytes]:
+        """A SuperNode via deploy/start_supernode.py: its own FLWR_HOME, data, state and HE key."""
         home = self.root / "homes" / name
         home.mkdir(parents=True, exist_ok=True)
         he_dir = self.root / name / "he"  # this node's copy of the secret context
@@ -53,17 +63,35 @@ class Deployment:
             shutil.copy2(self.root / "he-nodes" / file, he_dir / file)
         return self.procs.start(
             name,
-            [*script("start_supernode.py"), "--superlink", f"{HOST}:{self.port}", "--ca", str(self.ca),
-             "--key", str(key), "--partition-id", str(partition_id), "--num-partitions", str(NUM_NODES),
-             "--data-dir", str(self.root / name / "data"), "--state-dir", str(self.root / name / "state"),
-             "--he-secret-context", str(he_dir / "secret.ctx"), "--runtime-port", str(free_port()), *extra],
+            [
+                *script("start_supernode.py"),
+                "--superlink",
+                f"{HOST}:{self.port}",
+                "--ca",
+                str(self.ca),
+                "--key",
+                str(key),
+                "--partition-id",
+                str(partition_id),
+                "--num-partitions",
+                str(NUM_NODES),
+                "--data-dir",
+                str(self.root / name / "data"),
+                "--state-dir",
+                str(self.root / name / "state"),
+                "--he-secret-context",
+                str(he_dir / "secret.ctx"),
+                "--runtime-port",
+                str(free_port()),
+                *extra,
+            ],
             env={"FLWR_HOME": str(home)},
         )
 
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    """CA + server certificate, SuperLink (TLS, node auth), keys registered, two SuperNodes online."""
+    """CA and server certificate, SuperLink (TLS, node auth), keys registered, nodes online."""
     root = tmp_path_factory.mktemp("deploy")
     procs = Processes(root / "logs")
     try:
@@ -72,26 +100,59 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         done = run_script("make_certs.py", "--out", str(root / "certs"), "--host", HOST)
         assert done.returncode == 0, done.stderr
         names = [f"node-{i}" for i in range(NUM_NODES)]
-        done = run_script("make_node_keys.py", "--out", str(root / "keys"),
-                          *[a for n in [*names, "rogue"] for a in ("--name", n)])
+        done = run_script(
+            "make_node_keys.py",
+            "--out",
+            str(root / "keys"),
+            *[a for n in [*names, "rogue"] for a in ("--name", n)],
+        )
         assert done.returncode == 0, done.stderr
-        done = run_script("provision_he.py", "--nodes-dir", str(root / "he-nodes"),
-                          "--server-dir", str(root / "server" / "he"), "--task", "digits")
+        done = run_script(
+            "provision_he.py",
+            "--nodes-dir",
+            str(root / "he-nodes"),
+            "--server-dir",
+            str(root / "server" / "he"),
+            "--task",
+            "digits",
+        )
         assert done.returncode == 0, done.stderr
         (root / "homes" / "superlink").mkdir(parents=True)
         (root / "server").mkdir(exist_ok=True)
         superlink = procs.start(
             "superlink",
-            [*script("start_superlink.py"), "--certs", str(root / "certs"), "--host", HOST,
-             "--port", str(port), "--workdir", str(root / "server")],
+            [
+                *script("start_superlink.py"),
+                "--certs",
+                str(root / "certs"),
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "--workdir",
+                str(root / "server"),
+            ],
             env={"FLWR_HOME": str(root / "homes" / "superlink")},
         )
         wait_for_tls(HOST, port, root / "certs" / "ca.crt", superlink, timeout=60)
-        done = run_script("connect.py", "--name", CONNECTION, "--address", f"{HOST}:{port}",
-                          "--ca", str(root / "certs" / "ca.crt"), env=cli_env)
+        done = run_script(
+            "connect.py",
+            "--name",
+            CONNECTION,
+            "--address",
+            f"{HOST}:{port}",
+            "--ca",
+            str(root / "certs" / "ca.crt"),
+            env=cli_env,
+        )
         assert done.returncode == 0, done.stderr
-        done = run_script("register_nodes.py", "--connection", CONNECTION,
-                          *[str(root / "keys" / f"{n}.pub") for n in names], env=cli_env)
+        done = run_script(
+            "register_nodes.py",
+            "--connection",
+            CONNECTION,
+            *[str(root / "keys" / f"{n}.pub") for n in names],
+            env=cli_env,
+        )
         assert done.returncode == 0, done.stderr + procs.tail("superlink")
         node_ids = [int(line.rsplit(" ", 1)[1]) for line in done.stdout.splitlines()]
         deployment = Deployment(root, procs, port, cli_env, node_ids)
@@ -108,7 +169,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
 
 @pytest.mark.e2e
 def test_superlink_serves_tls_with_the_generated_certificate(deployment: Deployment) -> None:
-    cert = wait_for_tls(HOST, deployment.port, deployment.ca, deployment.procs.started["superlink"], timeout=10)
+    cert = wait_for_tls(
+        HOST, deployment.port, deployment.ca, deployment.procs.started["superlink"], timeout=10
+    )
 
     assert ("IP Address", HOST) in cert["subjectAltName"]  # type: ignore[operator]
     assert "--enable-supernode-auth" in deployment.procs.log("superlink")  # the exec line
@@ -116,7 +179,9 @@ def test_superlink_serves_tls_with_the_generated_certificate(deployment: Deploym
 
 @pytest.mark.e2e
 def test_unregistered_node_is_refused(deployment: Deployment) -> None:
-    rogue = deployment.start_node("rogue", deployment.root / "keys" / "rogue", 0, "--max-wait-time", "30")
+    rogue = deployment.start_node(
+        "rogue", deployment.root / "keys" / "rogue", 0, "--max-wait-time", "30"
+    )
 
     returncode = rogue.wait(timeout=90)
 
@@ -129,12 +194,24 @@ def test_unregistered_node_is_refused(deployment: Deployment) -> None:
 
 @pytest.mark.e2e
 def test_two_rounds_of_digits_over_tls(deployment: Deployment) -> None:
-    """Top-k uploads with error feedback: the residuals must persist in each node's state-dir."""
+    """DP-SGD and top-k uploads: accountant and residuals must survive rounds on each node."""
     run_dir = deployment.root / "server" / "runs" / "digits"
-    run_config = f'num-server-rounds=2 seed=7 compression="topk:0.5" run-dir="{run_dir}"'
+    run_config = (
+        f'num-server-rounds=2 seed=7 dp="sample" dp-noise=0.5 compression="topk:0.5" '
+        f'run-dir="{run_dir}"'
+    )
 
-    done = run_script("submit_run.py", "--connection", CONNECTION, "--run-config", run_config,
-                      "--timeout", "150", env=deployment.cli_env, timeout=170)
+    done = run_script(
+        "submit_run.py",
+        "--connection",
+        CONNECTION,
+        "--run-config",
+        run_config,
+        "--timeout",
+        "150",
+        env=deployment.cli_env,
+        timeout=170,
+    )
 
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "finished:completed" in done.stdout
@@ -144,6 +221,7 @@ def test_two_rounds_of_digits_over_tls(deployment: Deployment) -> None:
     assert rows[0]["accuracy"] > 0.5  # from ~0.1 (chance) for the initial model
     assert rows[1]["accuracy"] >= rows[0]["accuracy"]
     assert rows[1]["loss"] < rows[0]["loss"]
+    assert rows[1]["epsilon"] > rows[0]["epsilon"] > 0  # the budget spent in round 1 was kept
     config = json.loads((run_dir / "config.json").read_text())
     assert config["num_clients"] == NUM_NODES
     assert config["run_config"]["num-server-rounds"] == 2
@@ -160,10 +238,22 @@ def test_two_rounds_of_digits_over_tls(deployment: Deployment) -> None:
 def test_encrypted_round_with_the_secret_key_only_on_the_nodes(deployment: Deployment) -> None:
     server_he = deployment.root / "server" / "he"
     run_dir = deployment.root / "server" / "runs" / "he"
-    run_config = f'num-server-rounds=1 seed=7 he=true he-dir="{server_he}" fraction-evaluate=1.0 run-dir="{run_dir}"'
+    run_config = (
+        f'num-server-rounds=1 seed=7 he=true he-dir="{server_he}" fraction-evaluate=1.0 '
+        f'run-dir="{run_dir}"'
+    )
 
-    done = run_script("submit_run.py", "--connection", CONNECTION, "--run-config", run_config,
-                      "--timeout", "150", env=deployment.cli_env, timeout=170)
+    done = run_script(
+        "submit_run.py",
+        "--connection",
+        CONNECTION,
+        "--run-config",
+        run_config,
+        "--timeout",
+        "150",
+        env=deployment.cli_env,
+        timeout=170,
+    )
 
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert sorted(p.name for p in server_he.iterdir()) == ["params.json", "public.ctx"]
@@ -183,20 +273,68 @@ def test_encrypted_round_with_the_secret_key_only_on_the_nodes(deployment: Deplo
         ("connect.py", ["--address", "10.0.0.1", "--insecure"], "is not HOST:PORT"),
         ("start_superlink.py", [], "plain text needs an explicit --insecure"),
         ("start_superlink.py", ["--certs", "{tmp}/missing"], "is not a directory"),
-        ("start_supernode.py", ["--superlink", "10.0.0.1:9093", "--ca", "{tmp}/ca.crt", "--key", "{tmp}/k",
-                                "--partition-id", "2", "--num-partitions", "2", "--data-dir", "{tmp}/d",
-                                "--state-dir", "{tmp}/s"], "invalid --partition-id 2; valid: 0..1"),
-        ("start_supernode.py", ["--superlink", "10.0.0.1:9093", "--ca", "{tmp}/nope.crt", "--key", "{tmp}/k",
-                                "--partition-id", "0", "--num-partitions", "2", "--data-dir", "{tmp}/d",
-                                "--state-dir", "{tmp}/s"], "does not exist"),
-        ("register_nodes.py", ["{tmp}/x.pub", "--connection", "nowhere"], "no SuperLink connection"),
+        (
+            "start_supernode.py",
+            [
+                "--superlink",
+                "10.0.0.1:9093",
+                "--ca",
+                "{tmp}/ca.crt",
+                "--key",
+                "{tmp}/k",
+                "--partition-id",
+                "2",
+                "--num-partitions",
+                "2",
+                "--data-dir",
+                "{tmp}/d",
+                "--state-dir",
+                "{tmp}/s",
+            ],
+            "invalid --partition-id 2; valid: 0..1",
+        ),
+        (
+            "start_supernode.py",
+            [
+                "--superlink",
+                "10.0.0.1:9093",
+                "--ca",
+                "{tmp}/nope.crt",
+                "--key",
+                "{tmp}/k",
+                "--partition-id",
+                "0",
+                "--num-partitions",
+                "2",
+                "--data-dir",
+                "{tmp}/d",
+                "--state-dir",
+                "{tmp}/s",
+            ],
+            "does not exist",
+        ),
+        (
+            "register_nodes.py",
+            ["{tmp}/x.pub", "--connection", "nowhere"],
+            "no SuperLink connection",
+        ),
         ("submit_run.py", ["--connection", "nowhere"], "no SuperLink connection"),
-        ("submit_run.py", ["--connection", "lab", "--run-config", 'run-dir="runs/x"'], "must be an absolute path"),
-        ("submit_run.py", ["--connection", "lab", "--run-config", "lr=fast"], "values must be TOML"),
+        (
+            "submit_run.py",
+            ["--connection", "lab", "--run-config", 'run-dir="runs/x"'],
+            "must be an absolute path",
+        ),
+        (
+            "submit_run.py",
+            ["--connection", "lab", "--run-config", "lr=fast"],
+            "values must be TOML",
+        ),
         ("provision_he.py", ["--nodes-dir", "{tmp}/he", "--server-dir", "{tmp}/he"], "must differ"),
     ],
 )
-def test_scripts_reject_bad_input_in_one_line(tmp_path: Path, name: str, args: list[str], message: str) -> None:
+def test_scripts_reject_bad_input_in_one_line(
+    tmp_path: Path, name: str, args: list[str], message: str
+) -> None:
     (tmp_path / "flwr").mkdir()
     (tmp_path / "flwr" / "config.toml").write_text('[superlink.lab]\naddress = "127.0.0.1:9"\n')
     env = {"PATH": str(Path(sys.executable).parent), "FLWR_HOME": str(tmp_path / "flwr")}

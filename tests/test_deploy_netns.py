@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from deploy_harness import DEPLOY, Processes, script, wait_for_log, wait_for_nodes
 
 sys.path.insert(0, str(DEPLOY))
@@ -49,7 +48,8 @@ def namespaces() -> Iterator[str]:
     finally:
         netns.down(prefix, NUM_NODES)
         assert not netns.existing_namespaces() & {
-            netns.link_ns(prefix), *(netns.node_ns(prefix, i) for i in range(NUM_NODES))
+            netns.link_ns(prefix),
+            *(netns.node_ns(prefix, i) for i in range(NUM_NODES)),
         }
 
 
@@ -57,8 +57,12 @@ def in_ns(name: str) -> list[str]:
     return ["ip", "netns", "exec", name]
 
 
-def run_in(name: str, cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*in_ns(name), *cmd], capture_output=True, text=True, env=env, timeout=timeout, check=False)
+def run_in(
+    name: str, cmd: list[str], env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*in_ns(name), *cmd], capture_output=True, text=True, env=env, timeout=timeout, check=False
+    )
 
 
 def test_one_round_crosses_the_veth_interfaces(namespaces: str, tmp_path: Path) -> None:
@@ -70,47 +74,121 @@ def test_one_round_crosses_the_veth_interfaces(namespaces: str, tmp_path: Path) 
     try:
         for args in (
             ["make_certs.py", "--out", str(root / "certs"), "--host", server_ip],
-            ["make_node_keys.py", "--out", str(root / "keys"), "--name", "node-0", "--name", "node-1"],
+            [
+                "make_node_keys.py",
+                "--out",
+                str(root / "keys"),
+                "--name",
+                "node-0",
+                "--name",
+                "node-1",
+            ],
         ):
-            done = subprocess.run([*script(args[0]), *args[1:]], capture_output=True, text=True, timeout=60)
+            done = subprocess.run(
+                [*script(args[0]), *args[1:]], capture_output=True, text=True, timeout=60
+            )
             assert done.returncode == 0, done.stderr
         (root / "server").mkdir()
         procs.start(
             "superlink",
-            [*script("start_superlink.py"), "--certs", str(root / "certs"), "--host", "0.0.0.0",
-             "--port", str(PORT), "--workdir", str(root / "server")],
-            env={"FLWR_HOME": str(root / "homes" / "superlink")}, wrap=in_ns(link),
+            [
+                *script("start_superlink.py"),
+                "--certs",
+                str(root / "certs"),
+                "--host",
+                "0.0.0.0",
+                "--port",
+                str(PORT),
+                "--workdir",
+                str(root / "server"),
+            ],
+            env={"FLWR_HOME": str(root / "homes" / "superlink")},
+            wrap=in_ns(link),
         )
         wait_for_log(procs, "superlink", f"Uvicorn running on https://0.0.0.0:{PORT}", timeout=60)
         before = [netns.counters(prefix, i) for i in range(NUM_NODES)]
         # The operator's CLI sits on node 0's host: control traffic crosses eth0 too.
-        done = run_in(nodes[0], [*script("connect.py"), "--name", CONNECTION, "--address",
-                                 f"{server_ip}:{PORT}", "--ca", str(root / "certs" / "ca.crt")], cli_env, 60)
+        done = run_in(
+            nodes[0],
+            [
+                *script("connect.py"),
+                "--name",
+                CONNECTION,
+                "--address",
+                f"{server_ip}:{PORT}",
+                "--ca",
+                str(root / "certs" / "ca.crt"),
+            ],
+            cli_env,
+            60,
+        )
         assert done.returncode == 0, done.stderr
-        done = run_in(nodes[0], [*script("register_nodes.py"), "--connection", CONNECTION,
-                                 str(root / "keys" / "node-0.pub"), str(root / "keys" / "node-1.pub")], cli_env, 90)
+        done = run_in(
+            nodes[0],
+            [
+                *script("register_nodes.py"),
+                "--connection",
+                CONNECTION,
+                str(root / "keys" / "node-0.pub"),
+                str(root / "keys" / "node-1.pub"),
+            ],
+            cli_env,
+            90,
+        )
         assert done.returncode == 0, done.stderr + procs.tail("superlink")
         started = []
         for i, node in enumerate(nodes):
-            started.append(procs.start(
-                node,
-                [*script("start_supernode.py"), "--superlink", f"{server_ip}:{PORT}",
-                 "--ca", str(root / "certs" / "ca.crt"), "--key", str(root / "keys" / f"node-{i}"),
-                 "--partition-id", str(i), "--num-partitions", str(NUM_NODES),
-                 "--data-dir", str(root / node / "data"), "--state-dir", str(root / node / "state")],
-                env={"FLWR_HOME": str(root / "homes" / node)}, wrap=in_ns(node),
-            ))
-        wait_for_nodes(CONNECTION, cli_env, NUM_NODES, timeout=90, procs=started, wrap=in_ns(nodes[0]))
+            started.append(
+                procs.start(
+                    node,
+                    [
+                        *script("start_supernode.py"),
+                        "--superlink",
+                        f"{server_ip}:{PORT}",
+                        "--ca",
+                        str(root / "certs" / "ca.crt"),
+                        "--key",
+                        str(root / "keys" / f"node-{i}"),
+                        "--partition-id",
+                        str(i),
+                        "--num-partitions",
+                        str(NUM_NODES),
+                        "--data-dir",
+                        str(root / node / "data"),
+                        "--state-dir",
+                        str(root / node / "state"),
+                    ],
+                    env={"FLWR_HOME": str(root / "homes" / node)},
+                    wrap=in_ns(node),
+                )
+            )
+        wait_for_nodes(
+            CONNECTION, cli_env, NUM_NODES, timeout=90, procs=started, wrap=in_ns(nodes[0])
+        )
         run_dir = root / "server" / "runs" / "netns"
 
-        done = run_in(nodes[0], [*script("submit_run.py"), "--connection", CONNECTION, "--timeout", "150",
-                                 "--run-config", f'num-server-rounds=1 seed=7 run-dir="{run_dir}"'], cli_env, 170)
+        done = run_in(
+            nodes[0],
+            [
+                *script("submit_run.py"),
+                "--connection",
+                CONNECTION,
+                "--timeout",
+                "150",
+                "--run-config",
+                f'num-server-rounds=1 seed=7 run-dir="{run_dir}"',
+            ],
+            cli_env,
+            170,
+        )
 
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
         after = [netns.counters(prefix, i) for i in range(NUM_NODES)]
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         assert len(rows) == 1 and rows[0]["num_clients"] == NUM_NODES and rows[0]["accuracy"] > 0.5
-        for i in range(NUM_NODES):  # each node downloaded the model and uploaded its update via eth0
+        for i in range(
+            NUM_NODES
+        ):  # each node downloaded the model and uploaded its update via eth0
             assert after[i]["rx_bytes"] - before[i]["rx_bytes"] > rows[0]["bytes_down"] / NUM_NODES
             assert after[i]["tx_bytes"] - before[i]["tx_bytes"] > rows[0]["bytes_up"] / NUM_NODES
     finally:
