@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,17 +13,19 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DATA_DIR = Path(os.environ.get("FEDLOOM_DATA", ROOT.parent / "shared" / "data"))
 
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# The repo before this folder: benchmarks/compression.py must not shadow the package.
+sys.path.insert(0, str(ROOT))
 
 
 def simulate(run_dir: Path, *args: str) -> list[dict[str, Any]]:
-    """Run ``run_sim.py`` in this process; return its metrics rows."""
-    import run_sim
+    """Run ``run_sim.py`` as a user would (its own process, from the repo); return its rows.
 
-    code = run_sim.main([*args, "--run-dir", str(run_dir)])
-    if code != 0:
-        raise SystemExit(f"run_sim failed with status {code}: {args}")
+    A separate process also keeps Ray from handing this folder's sys.path to its workers.
+    """
+    cmd = [sys.executable, "run_sim.py", *args, "--run-dir", str(run_dir)]
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"run_sim failed with status {proc.returncode}: {args}\n{proc.stderr[-2000:]}")
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 

@@ -6,7 +6,8 @@ epsilon the noise is calibrated (``--dp-target-epsilon``) so that a client
 taking part in every round ends at or below the target (delta 1e-5). The table
 puts the final test accuracy beside published centralised references.
 
-Example: python benchmarks/dp.py --rounds 2 --batch-size 512 --lr 0.05
+Run from the repository root (benchmarks/compression.py would shadow the package).
+Example: python benchmarks/dp.py --rounds 10 --batch-size 500 --lr 2.0
 """
 
 from __future__ import annotations
@@ -60,10 +61,10 @@ def run_target(target: float, args: argparse.Namespace, root: Path) -> dict[str,
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--clients", type=int, default=10)
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--local-epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--lr", type=float, default=2.0)
     p.add_argument("--max-grad-norm", type=float, default=1.0)
     p.add_argument("--accountant", default="rdp")
     p.add_argument("--seed", type=int, default=42)

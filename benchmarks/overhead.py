@@ -4,7 +4,8 @@ For each task, the same clients (partitions), data, model init, local epochs and
 batch size are trained (1) as a fedloom simulation (Flower simulation engine, Ray
 actors with 1 CPU and 1 torch thread each) and (2) back to back in this one plain
 PyTorch process (1 torch thread), followed by the same FedAvg and central test.
-Round 2 of the simulation is the steady state; round 1 also starts the actors.
+Round 2 of the simulation is the steady state (round 1 also starts the actors); the
+plain round is timed after one warm-up round, so both are steady state.
 
 Usage: python benchmarks/overhead.py [--tasks digits mnist] [--num-clients 10]
 """
@@ -70,6 +71,7 @@ def main() -> None:
             sim = simulate(Path(tmp), "--task", task, "--data-dir", data_dir, "--rounds", "2",
                            "--num-clients", str(args.num_clients), "--batch-size", str(args.batch_size))
             total = time.perf_counter() - t0
+        plain_round(task, data_dir, args.num_clients, args.batch_size, seed=42)  # warm-up
         plain = plain_round(task, data_dir, args.num_clients, args.batch_size, seed=42)
         steady = sim[1]["seconds"]
         rows.append([task, args.num_clients, f"{plain:.2f}", f"{steady:.2f}", f"{steady / plain:.2f}x",

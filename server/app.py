@@ -189,6 +189,8 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
                 )
             except PrivacyBudgetExhausted as exc:  # a clean end: the last model stands
                 progress.console.print(f"run ended early, privacy budget exhausted: {exc}", soft_wrap=True)
+                if monitor.privacy is not None:
+                    write_epsilons(monitor.privacy, results.path)  # the refusals
             except TooFewReplies as exc:
                 progress.console.print(f"run ended early, too few clients remain: {exc}", soft_wrap=True)
                 if monitor.privacy is not None:
