@@ -192,6 +192,14 @@ def test_unregistered_node_is_refused(deployment: Deployment) -> None:
     assert online == set(deployment.node_ids)
 
 
+def submit(deployment: Deployment, run_config: str) -> subprocess.CompletedProcess[str]:
+    """``deploy/submit_run.py`` with ``run_config`` against the test deployment."""
+    return run_script(
+        "submit_run.py", "--connection", CONNECTION, "--run-config", run_config,
+        "--timeout", "150", env=deployment.cli_env, timeout=170,
+    )
+
+
 @pytest.mark.e2e
 def test_two_rounds_of_digits_over_tls(deployment: Deployment) -> None:
     """DP-SGD and top-k uploads: accountant and residuals must survive rounds on each node."""
@@ -201,17 +209,7 @@ def test_two_rounds_of_digits_over_tls(deployment: Deployment) -> None:
         f'run-dir="{run_dir}"'
     )
 
-    done = run_script(
-        "submit_run.py",
-        "--connection",
-        CONNECTION,
-        "--run-config",
-        run_config,
-        "--timeout",
-        "150",
-        env=deployment.cli_env,
-        timeout=170,
-    )
+    done = submit(deployment, run_config)
 
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "finished:completed" in done.stdout
@@ -243,17 +241,7 @@ def test_encrypted_round_with_the_secret_key_only_on_the_nodes(deployment: Deplo
         f'run-dir="{run_dir}"'
     )
 
-    done = run_script(
-        "submit_run.py",
-        "--connection",
-        CONNECTION,
-        "--run-config",
-        run_config,
-        "--timeout",
-        "150",
-        env=deployment.cli_env,
-        timeout=170,
-    )
+    done = submit(deployment, run_config)
 
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert sorted(p.name for p in server_he.iterdir()) == ["params.json", "public.ctx"]
