@@ -241,7 +241,7 @@ def provision_keys(cfg: Any, folder: Path) -> Path:
 
     train_size = len(load_task_data(cfg.task, cfg.data_dir, cfg.dataset, cfg.task_options()).train)
     folder = folder.expanduser().resolve()
-    provision(folder, clip=cfg.he_clip, max_weight=train_size)
+    provision(folder, clip=cfg.he_clip, max_weight=train_size, values_per_slot=cfg.he_pack)
     return folder
 
 

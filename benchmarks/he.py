@@ -2,9 +2,11 @@
 
 Part 1 (pipeline, one process): 10 clients' weights; per round the client-side
 encrypt (and plaintext serialize), the server-side aggregate, the client-side
-decrypt, bytes up and down per client. Plaintext = FedAvg on float32 arrays.
-Part 2 (simulation): whole MNIST rounds with and without --he, same seed and
-clients, steady-state round time as a ratio.
+decrypt, bytes up and down per client, and the error against plaintext FedAvg.
+Plaintext = FedAvg on float32 arrays. Both HE profiles: one fixed-point value
+per BFV slot (``he-pack=1``, the default) and two (``he-pack=2``).
+Part 2 (simulation): whole MNIST rounds without HE and with each profile, same
+seed and clients, steady-state round time as a ratio.
 
 Usage: python benchmarks/he.py [--clients 10] [--sim-clients 4] [--sim-rounds 2]
 """
@@ -19,14 +21,46 @@ from pathlib import Path
 
 from common import DATA_DIR, markdown_table, simulate, write_result
 
+PACKING = (1, 2)
+
+
+def pipeline_he(states, weights, base, values_per_slot: int) -> dict[str, float]:
+    """One round of encrypted aggregation with ``values_per_slot`` values per slot."""
+    import torch
+
+    from client.he_client import decrypt_global, encrypt_local
+    from privacy import he
+    from strategies.encrypted import ciphertext_record, record_ciphertexts
+
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        params = he.provision(tmp / "keys", clip=8.0, max_weight=60_000, values_per_slot=values_per_slot)
+        print(f"HE parameters: {params}")
+        key = tmp / "keys" / he.SECRET_FILE
+        t0 = time.perf_counter()
+        uploads = [encrypt_local(s, w, key) for s, w in zip(states, weights)]
+        t_enc = (time.perf_counter() - t0) / len(states)
+        t0 = time.perf_counter()
+        ctx = he.public_context(tmp / "keys")
+        agg = ciphertext_record(he.add_all([he.deserialize(ctx, record_ciphertexts(u)) for u in uploads]))
+        t_agg = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        total = sum(weights)
+        decrypted = decrypt_global(agg, total, base, key)
+        t_dec = time.perf_counter() - t0
+        expected = {k: sum(s[k] * w for s, w in zip(states, weights)) / total for k in base}
+        rel = max(float(torch.linalg.norm(decrypted[k] - expected[k]) / torch.linalg.norm(expected[k]))
+                  for k in base if torch.linalg.norm(expected[k]) > 0)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"up": uploads[0].count_bytes(), "down": agg.count_bytes(), "enc": t_enc,
+            "agg": t_agg, "dec": t_dec, "err": rel}
+
 
 def pipeline(num_clients: int) -> list[list[str]]:
     import torch
     from flwr.app import ArrayRecord
 
-    from client.he_client import decrypt_global, encrypt_local
-    from privacy import he
-    from strategies.encrypted import record_ciphertexts
     from tasks.mnist import MnistCNN
 
     torch.set_num_threads(1)
@@ -35,67 +69,59 @@ def pipeline(num_clients: int) -> list[list[str]]:
     n_params = sum(v.numel() for v in base.values())
     states = [{k: v + 0.01 * torch.randn_like(v) for k, v in base.items()} for _ in range(num_clients)]
     weights = [600 + 10 * i for i in range(num_clients)]
-    tmp = Path(tempfile.mkdtemp())
-    try:
-        params = he.provision(tmp / "keys", clip=8.0, max_weight=60_000)
-        key = tmp / "keys" / he.SECRET_FILE
 
-        t0 = time.perf_counter()
-        plain_up = [ArrayRecord(s) for s in states]
-        t_plain_ser = (time.perf_counter() - t0) / num_clients
-        t0 = time.perf_counter()
-        total = sum(weights)
-        mean = {k: sum(r[k].numpy() * (w / total) for r, w in zip(plain_up, weights)) for k in base}
-        t_plain_agg = time.perf_counter() - t0
-        del mean
-        plain_bytes = plain_up[0].count_bytes()
+    t0 = time.perf_counter()
+    plain_up = [ArrayRecord(s) for s in states]
+    t_ser = (time.perf_counter() - t0) / num_clients
+    t0 = time.perf_counter()
+    total = sum(weights)
+    mean = {k: sum(r[k].numpy() * (w / total) for r, w in zip(plain_up, weights)) for k in base}
+    t_plain_agg = time.perf_counter() - t0
+    del mean
+    plain = {"up": plain_up[0].count_bytes(), "down": plain_up[0].count_bytes(), "enc": t_ser,
+             "agg": t_plain_agg, "dec": 0.0, "err": 0.0}
+    runs = [pipeline_he(states, weights, base, v) for v in PACKING]
 
-        t0 = time.perf_counter()
-        uploads = [encrypt_local(s, w, key) for s, w in zip(states, weights)]
-        t_enc = (time.perf_counter() - t0) / num_clients
-        he_bytes = uploads[0].count_bytes()
-        t0 = time.perf_counter()
-        ctx = he.public_context(tmp / "keys")
-        summed = he.add_all([he.deserialize(ctx, record_ciphertexts(u)) for u in uploads])
-        t_agg = time.perf_counter() - t0
-        from strategies.encrypted import ciphertext_record
+    def row(label: str, key: str, fmt: str, ratio: bool = True) -> list[str]:
+        cells = [label, format(plain[key], fmt)]
+        for r in runs:
+            cells += [format(r[key], fmt), f"{r[key] / plain[key]:.2f}x" if ratio else ""]
+        return cells
 
-        agg = ciphertext_record(summed)
-        t0 = time.perf_counter()
-        decrypted = decrypt_global(agg, total, base, key)
-        t_dec = time.perf_counter() - t0
-        expected = {k: sum(s[k] * w for s, w in zip(states, weights)) / total for k in base}
-        rel = max(float(torch.linalg.norm(decrypted[k] - expected[k]) / torch.linalg.norm(expected[k]))
-                  for k in base if torch.linalg.norm(expected[k]) > 0)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    rows = [
-        ["bytes up per client", f"{plain_bytes:,}", f"{he_bytes:,}", f"{he_bytes / plain_bytes:.2f}x"],
-        ["bytes up per parameter", f"{plain_bytes / n_params:.2f}", f"{he_bytes / n_params:.2f}", ""],
-        ["bytes down per client", f"{plain_bytes:,}", f"{agg.count_bytes():,}", f"{agg.count_bytes() / plain_bytes:.2f}x"],
-        ["client encrypt / serialize (s)", f"{t_plain_ser:.3f}", f"{t_enc:.3f}", f"{t_enc / max(t_plain_ser, 1e-9):.0f}x"],
-        [f"server aggregate, {num_clients} clients (s)", f"{t_plain_agg:.3f}", f"{t_agg:.3f}", f"{t_agg / t_plain_agg:.1f}x"],
-        ["client decrypt (s)", "0", f"{t_dec:.3f}", ""],
-        ["max relative error vs plaintext FedAvg", "0", f"{rel:.1e}", ""],
+    per_param = ["bytes up per parameter", f"{plain['up'] / n_params:.2f}"]
+    for r in runs:
+        per_param += [f"{r['up'] / n_params:.2f}", ""]
+    return [
+        row("bytes up per client", "up", ","),
+        per_param,
+        row("bytes down per client", "down", ","),
+        row("client encrypt / serialize (s)", "enc", ".3f"),
+        row(f"server aggregate, {num_clients} clients (s)", "agg", ".3f"),
+        row("client decrypt (s)", "dec", ".3f", ratio=False),
+        row("max relative error vs plaintext FedAvg (per tensor, L2)", "err", ".1e", ratio=False),
     ]
-    print(f"HE parameters: {params}")
-    return rows
 
 
 def simulation(clients: int, rounds: int) -> list[list[str]]:
     common = ["--task", "mnist", "--data-dir", str(DATA_DIR), "--num-clients", str(clients),
               "--rounds", str(rounds), "--seed", "11", "--batch-size", "32"]
+    runs = [("plaintext", ["--run-config", "fraction-evaluate=1.0"])]
+    runs += [(f"he-pack={v}", ["--he", "--run-config", f"he-pack={v}"]) for v in PACKING]
     out = {}
-    for label, extra in (("plaintext", ["--run-config", "fraction-evaluate=1.0"]), ("HE", ["--he"])):
+    for label, extra in runs:
         with tempfile.TemporaryDirectory() as tmp:
-            out[label] = simulate(Path(tmp), *common, *extra)
-    plain, enc = out["plaintext"][-1], out["HE"][-1]
-    return [
-        [f"round {rounds} seconds", f"{plain['seconds']:.1f}", f"{enc['seconds']:.1f}",
-         f"{enc['seconds'] / plain['seconds']:.2f}x"],
-        ["bytes up (round)", f"{plain['bytes_up']:,}", f"{enc['bytes_up']:,}", f"{enc['bytes_up'] / plain['bytes_up']:.2f}x"],
-        ["accuracy (federated)", f"{plain['fed_accuracy']:.4f}", f"{enc['accuracy']:.4f}", ""],
-    ]
+            out[label] = simulate(Path(tmp), *common, *extra)[-1]
+            print(f"{label}: {out[label]['seconds']:.1f} s in round {rounds}", flush=True)
+    plain = out["plaintext"]
+    he_runs = [out[f"he-pack={v}"] for v in PACKING]
+    secs = [f"round {rounds} seconds", f"{plain['seconds']:.1f}"]
+    up = ["bytes up (round)", f"{plain['bytes_up']:,}"]
+    acc = ["accuracy (federated)", f"{plain['fed_accuracy']:.4f}"]
+    for r in he_runs:
+        secs += [f"{r['seconds']:.1f}", f"{r['seconds'] / plain['seconds']:.2f}x"]
+        up += [f"{r['bytes_up']:,}", f"{r['bytes_up'] / plain['bytes_up']:.2f}x"]
+        acc += [f"{r['accuracy']:.4f}", ""]
+    return [secs, up, acc]
 
 
 def main() -> None:
@@ -104,11 +130,13 @@ def main() -> None:
     parser.add_argument("--sim-clients", type=int, default=4)
     parser.add_argument("--sim-rounds", type=int, default=2)
     args = parser.parse_args()
-    header = ["measure", "plaintext", "HE (BFV)", "HE / plaintext"]
+    header = ["measure", "plaintext", "HE, 1 value/slot", "/ plaintext", "HE, 2 values/slot", "/ plaintext"]
     text = (
         "# Encrypted aggregation, MNIST CNN (1,663,370 parameters)\n\n"
-        "BFV via TenSEAL, N=4096, coefficient moduli [56, 53] (109 bits, 128-bit security), "
-        "40-bit plain modulus, one fixed-point weight per slot; one thread.\n\n"
+        "BFV via TenSEAL, N=4096, 109-bit coefficient modulus (128-bit security), one thread. "
+        "1 value/slot (`he-pack=1`, default): moduli [56, 53], 40-bit plain prime. "
+        "2 values/slot (`he-pack=2`, BatchCrypt-style): moduli [60, 49], 48-bit plain prime, "
+        "two 24-bit lanes. Fixed-point clip 8, max weight 60,000.\n\n"
         f"## Pipeline, {args.clients} clients\n\n" + markdown_table(header, pipeline(args.clients))
         + f"\n## Simulation, {args.sim_clients} clients, all per round, 1 local epoch\n\n"
         + markdown_table(header, simulation(args.sim_clients, args.sim_rounds))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.attacks import attackers, poison
@@ -22,11 +22,12 @@ from client.he_client import decrypt_global, encrypt_local, secret_path
 from client.privacy import dp_clipping_mod, sample_dp_round
 from client.state import load_state, save_state
 from compression.flat import flatten, unflatten
+from compression.sparse import randk_indices
 from compression.spec import Chain, parse_down_spec, parse_spec
 from privacy.dp import make_dp_ready
 from server.config import RunConfig, parse_run_config
 from strategies.compressed import SEED_KEY
-from strategies.encrypted import TOTAL_WEIGHT_KEY
+from strategies.encrypted import BLOCK_WEIGHTS_KEY, TOTAL_WEIGHT_KEY
 from tasks.registry import client_split, client_test_split, get_task, load_task_data
 from tasks.training import evaluate, train_local
 
@@ -74,7 +75,8 @@ def device() -> str:
 
 
 def _model(
-    cfg: RunConfig, directory: str, arrays: ArrayRecord, he_total: int = 0, he_key: Path | None = None
+    cfg: RunConfig, directory: str, arrays: ArrayRecord, he_total: int | list[int] = 0,
+    he_key: Path | None = None,
 ) -> torch.nn.Module:
     task = get_task(cfg.task, cfg.task_options())
     model = task.build_model(load_task_data(cfg.task, directory, cfg.dataset, cfg.task_options()))
@@ -89,12 +91,23 @@ def _model(
     return model
 
 
-def he_inputs(cfg: RunConfig, msg: Message, context: Context) -> tuple[int, Path | None]:
-    """Total weight of an encrypted global model (0: plain) and this node's secret key path."""
+def he_inputs(cfg: RunConfig, msg: Message, context: Context) -> tuple[int | list[int], Path | None]:
+    """Total weight of an encrypted global model (0: plain; one per ciphertext with partial
+    uploads) and this node's secret key path."""
     if not cfg.he:
         return 0, None
-    total = int(msg.content["config"].get(TOTAL_WEIGHT_KEY, 0))
+    config = msg.content["config"]
+    block_weights = config.get(BLOCK_WEIGHTS_KEY)
+    total = [int(w) for w in block_weights] if block_weights else int(config.get(TOTAL_WEIGHT_KEY, 0))
     return total, secret_path(cfg.he_dir, context.node_config)
+
+
+def he_upload_blocks(up: Chain, config: ConfigRecord) -> list[int] | None:
+    """The ciphertexts this round uploads: all (``None``), or randk's shared random subset."""
+    block_weights = config.get(BLOCK_WEIGHTS_KEY)
+    if up.transform is None or not block_weights:
+        return None
+    return randk_indices(len(block_weights), float(up.transform.param), int(config[SEED_KEY])).tolist()
 
 
 @app.train()
@@ -157,7 +170,7 @@ def train(msg: Message, context: Context) -> Message:
         update = poison(flatten(state) - flatten(start), cfg.attack, scale=cfg.attack_scale, rng=rng)
         state = {k: torch.from_numpy(v) for k, v in unflatten(flatten(start) + update, start).items()}
     if he_key is not None:
-        arrays = encrypt_local(state, len(split), he_key)
+        arrays = encrypt_local(state, len(split), he_key, he_upload_blocks(up, config))
     elif up.is_none:
         arrays = ArrayRecord(state)
     else:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +11,7 @@ from flwr.app import ArrayRecord
 
 from compression.flat import flatten, unflatten
 from privacy import he
-from privacy.fixed_point import decode_mean, encode_weighted
+from privacy.he_encoding import decrypt_weights, encrypt_weights
 from strategies.encrypted import ciphertext_record, record_ciphertexts
 
 
@@ -21,20 +21,23 @@ def secret_path(he_dir: str, node_config: Mapping[str, object]) -> Path:
 
 
 def decrypt_global(
-    arrays: ArrayRecord, total_weight: int, like: Mapping[str, torch.Tensor], key: Path
+    arrays: ArrayRecord, total_weight: int | Sequence[int], like: Mapping[str, torch.Tensor], key: Path
 ) -> dict[str, torch.Tensor]:
-    """The global model from the encrypted weighted sum and its total weight."""
+    """The global model from the encrypted weighted sum and its total weight (one per
+    ciphertext when the server updates only some blocks per round)."""
     params = he.load_params(key.parent)
     ref = {k: v.detach().cpu().numpy() for k, v in like.items()}
+    ciphertexts = record_ciphertexts(arrays)
+    weights = [total_weight] * len(ciphertexts) if isinstance(total_weight, int) else list(total_weight)
     size = sum(a.size for a in ref.values())
-    sums = he.decrypt(he.secret_context(key), record_ciphertexts(arrays), size)
-    mean = decode_mean(sums, total_weight=total_weight, scale=params.scale)
+    mean = decrypt_weights(he.secret_context(key), params, ciphertexts, weights, size)
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in unflatten(mean, ref).items()}
 
 
-def encrypt_local(state: Mapping[str, torch.Tensor], weight: int, key: Path) -> ArrayRecord:
-    """``weight`` x local weights as fixed-point integers, encrypted."""
+def encrypt_local(
+    state: Mapping[str, torch.Tensor], weight: int, key: Path, blocks: Sequence[int] | None = None
+) -> ArrayRecord:
+    """``weight`` x local weights as fixed-point integers, encrypted (only ``blocks`` if given)."""
     params = he.load_params(key.parent)
     values = flatten({k: v.detach().cpu().numpy() for k, v in state.items()})
-    fixed = encode_weighted(values, weight=weight, scale=params.scale, clip=params.clip)
-    return ciphertext_record(he.encrypt(he.secret_context(key), fixed, params.slots))
+    return ciphertext_record(encrypt_weights(he.secret_context(key), params, values, weight, blocks))

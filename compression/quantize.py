@@ -2,11 +2,15 @@
 
 ``fp16`` rounds to IEEE half precision (deterministic, lossy). ``qsgd`` is the
 stochastic quantizer of Alistarh et al., "QSGD: Communication-Efficient SGD via
-Gradient Quantization and Encoding" (NeurIPS 2017): in buckets of
-:data:`QSGD_BUCKET` values, ``v_i -> ||v||_2 * sign(v_i) * xi_i / s`` where
-``xi_i`` rounds ``s |v_i| / ||v||_2`` up or down at random so that the result is
-unbiased. With ``bits`` bits per value, ``s = 2**(bits-1) - 1`` levels plus a sign
-are packed as offset-binary integers; each bucket also sends its float32 norm.
+Gradient Quantization and Encoding" (NeurIPS 2017) in its max-norm form (the
+paper's experiments, "QSGDinf"): in buckets of :data:`QSGD_BUCKET` values,
+``v_i -> ||v||_inf * sign(v_i) * xi_i / s`` where ``xi_i`` rounds
+``s |v_i| / ||v||_inf`` up or down at random so that the result is unbiased.
+Scaling by the bucket's largest magnitude rather than its 2-norm spreads the
+values over all ``s`` levels, so the variance per value is at most
+``(||v||_inf / s)**2 / 4`` instead of growing with the bucket size. With ``bits``
+bits per value, ``s = 2**(bits-1) - 1`` levels plus a sign are packed as
+offset-binary integers; each bucket also sends its float32 max-norm.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ def qsgd_levels(bits: int) -> int:
 
 
 def qsgd_size(count: int, bits: int) -> int:
-    """Exact encoded size: one float32 norm per bucket plus the packed levels."""
+    """Exact encoded size: one float32 max-norm per bucket plus the packed levels."""
     buckets = -(-count // QSGD_BUCKET)
     return 4 * buckets + -(-count * bits // 8)
 
@@ -53,8 +57,7 @@ def qsgd_encode(values: np.ndarray, bits: int, rng: np.random.Generator) -> byte
     v = np.asarray(values, dtype=np.float64)
     s = qsgd_levels(bits)
     starts = np.arange(0, v.size, QSGD_BUCKET)
-    sums = np.add.reduceat(v * v, starts) if v.size else np.zeros(0)
-    norms = np.sqrt(sums).astype(np.float32)
+    norms = (np.maximum.reduceat(np.abs(v), starts) if v.size else np.zeros(0)).astype(np.float32)
     scale = np.repeat(norms.astype(np.float64), QSGD_BUCKET)[: v.size]
     with np.errstate(divide="ignore", invalid="ignore"):
         r = np.where(scale > 0, np.abs(v) / scale * s, 0.0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -52,9 +52,11 @@ class Codec:
     name: str
     kind: Literal["transform", "quantizer"]
     #: Composes with ``--he``. fedloom's encrypted aggregation (privacy/he.py) packs
-    #: each client's full pre-weighted weights as fixed-point integers, so a codec
-    #: would have to leave every weight in place; randk and fp16 share one layout
-    #: across clients but still drop or round weights, so today only ``none`` does.
+    #: each client's full pre-weighted weights as fixed-point integers in ciphertext
+    #: blocks that the server can only add. randk does: under ``--he`` its shared
+    #: per-round mask selects whole ciphertext blocks (strategies/encrypted.py), and
+    #: the blocks not sent keep their last global value. Per-client supports (topk),
+    #: factors (lowrank) and quantizers can not be added encrypted.
     he_compatible: bool
     #: Biased codec: the client keeps what it did not send and adds it next time.
     error_feedback: bool
@@ -134,7 +136,7 @@ register_codec(Codec(
     usage="topk:FRACTION", encode=lambda v, p, ctx: topk_encode(v, p), decode=_topk_decode,
 ))
 register_codec(Codec(
-    "randk", "transform", he_compatible=False, error_feedback=True, parse_param=_fraction,
+    "randk", "transform", he_compatible=True, error_feedback=True, parse_param=_fraction,
     usage="randk:FRACTION", encode=_randk_encode, decode=_randk_decode,
 ))
 register_codec(Codec(
@@ -168,6 +170,10 @@ class Chain:
 
     transform: Stage | None = None
     quantizer: Stage | None = None
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        """Pickle as the spec text (codecs hold functions; checkpoints pickle strategies)."""
+        return parse_spec, (str(self),)
 
     @property
     def stages(self) -> tuple[Stage, ...]:
@@ -244,7 +250,8 @@ def check_he(spec: str, he: bool) -> Chain:
         bad = ", ".join(s.codec.name for s in chain.stages if not s.codec.he_compatible)
         good = ", ".join(["none", *(c.usage for c in _CODECS.values() if c.he_compatible)])
         raise ValueError(
-            f"compression {spec!r} does not work with --he ({bad}: encrypted uploads are already "
-            f"packed fixed-point integers of every weight); codecs that work with --he: {good}"
+            f"compression {spec!r} does not work with --he ({bad}: encrypted uploads are packed "
+            "fixed-point integers that the server can only add, so the one way to send less is a "
+            f"subset of ciphertexts shared by all clients); codecs that work with --he: {good}"
         )
     return chain

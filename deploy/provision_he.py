@@ -23,14 +23,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Parser, fail  # noqa: E402
 
 
-def provision_split(nodes_dir: Path, server_dir: Path, *, clip: float, max_weight: int) -> None:
+def provision_split(
+    nodes_dir: Path, server_dir: Path, *, clip: float, max_weight: int, values_per_slot: int = 1
+) -> None:
     """Generate the keys once; put secret.ctx in ``nodes_dir`` and public.ctx in ``server_dir``."""
     from privacy import he
 
     with tempfile.TemporaryDirectory(prefix="fedloom-he-") as tmp:
         staging = Path(tmp)
         os.chmod(staging, 0o700)
-        he.provision(staging, clip=clip, max_weight=max_weight)
+        he.provision(staging, clip=clip, max_weight=max_weight, values_per_slot=values_per_slot)
         for folder, private in ((nodes_dir, True), (server_dir, False)):
             folder.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(staging / he.PARAMS_FILE, folder / he.PARAMS_FILE)
@@ -73,6 +75,13 @@ def main(argv: list[str] | None = None) -> None:
         help="|weight| bound of the fixed-point encoding [default: 8.0]",
     )
     p.add_argument(
+        "--pack",
+        type=int,
+        default=1,
+        help="fixed-point values per BFV slot: 1 (~15 B/param, ~1e-7 error) or 2 "
+        "(~8 B/param, 1e-5 to 1e-3 error) [default: 1]",
+    )
+    p.add_argument(
         "--max-weight",
         type=int,
         help="largest sum of example counts in one round [default: the task's training-set size]",
@@ -88,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
         fail("--nodes-dir and --server-dir must differ: the server must never receive secret.ctx")
     if args.clip <= 0:
         fail(f"invalid --clip {args.clip}; valid: > 0")
+    if args.pack not in (1, 2):
+        fail(f"invalid --pack {args.pack}; valid: 1, 2")
     if args.max_weight is not None and args.max_weight < 1:
         fail(f"invalid --max-weight {args.max_weight}; valid: >= 1")
     existing = [str(f) for f in (nodes / "secret.ctx", server / "public.ctx") if f.exists()]
@@ -99,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
             max_weight = train_size(args.task, args.data_dir, args.dataset)
         except (ValueError, FileNotFoundError) as exc:
             fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-    provision_split(nodes, server, clip=args.clip, max_weight=max_weight)
+    provision_split(nodes, server, clip=args.clip, max_weight=max_weight, values_per_slot=args.pack)
     print(f"wrote {nodes}/secret.ctx + params.json (copy to every SuperNode only)")
     print(f"wrote {server}/public.ctx + params.json (copy to the SuperLink machine)")
     print("run config: he=true fraction-evaluate=1.0 he-dir=<absolute path of the server copy>")

@@ -107,9 +107,12 @@ def strategy_chain(cfg: RunConfig, max_examples: int, num_parameters: int) -> St
     ledger = privacy_ledger(cfg)  # DP: client-level clips after validation, sample-level
     if cfg.he:  # the server adds ciphertexts; config checks allow only fedavg / fedprox
         params = strategy_params(cfg)
+        up = parse_spec(cfg.compression)  # none or randk (config checks)
         encrypted = EncryptedFedAvg(
             he_dir=cfg.he_dir, num_parameters=num_parameters, max_weight=max_examples,
-            proximal_mu=cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0, **params.common(),
+            proximal_mu=cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0,
+            block_fraction=float(up.transform.param) if up.transform is not None else 1.0,
+            seed=cfg.seed, **params.common(),
         )
         return sample_level(encrypted, cfg, ledger)
     inner = client_level(build_strategy(cfg.strategy, strategy_params(cfg)), cfg, ledger)
@@ -196,11 +199,13 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
                 if monitor.privacy is not None:
                     write_epsilons(monitor.privacy, results.path)  # the refusals
     final = monitor.last_arrays
-    if cfg.he:  # only the clients' secret key can open it (client.he_client.decrypt_global)
+    if cfg.he:  # only the clients' secret key opens it: python -m client.decrypt_model RUN_DIR
         total = getattr(chain_of(chain)[-1], "total_weight", 0)
         results.save_torch("model_encrypted.pt", {
             "ciphertexts": record_ciphertexts(final) if total else None,
             "total_weight": total, "he_dir": cfg.he_dir,
+            "block_weights": list(getattr(chain_of(chain)[-1], "block_weights", [])) or None,
+            "shapes": {k: list(v.shape) for k, v in model.state_dict().items()},
         })
     else:
         results.save_torch("model.pt", final.to_torch_state_dict())

@@ -51,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
     "num-points": 1024,
     "pointnet-transforms": "both",
     "augment-rotation": 180.0,
+    "augment-images": False,
     "model-width": 1.0,
     "mnist-model": "mcmahan",
     "compression": "none",
@@ -74,10 +75,13 @@ DEFAULTS: dict[str, Any] = {
     "he": False,
     "he-dir": "",
     "he-clip": 8.0,
+    "he-pack": 1,
 }
 
 #: Strategies whose aggregation is the weighted mean that encrypted sums compute.
 HE_STRATEGIES = ("fedavg", "fedprox")
+#: Fixed-point values per BFV slot under --he (privacy.he.PROFILES).
+HE_PACKING = (1, 2)
 
 
 IMAGE_SIZES = (28, 64, 128, 224)
@@ -121,6 +125,7 @@ class RunConfig:
     num_points: int
     pointnet_transforms: str
     augment_rotation: float
+    augment_images: bool
     model_width: float
     mnist_model: str
     compression: str
@@ -144,6 +149,7 @@ class RunConfig:
     he: bool
     he_dir: str
     he_clip: float
+    he_pack: int
 
     def task_options(self) -> TaskOptions:
         """The task-specific settings, as the typed argument tasks receive."""
@@ -152,6 +158,7 @@ class RunConfig:
             num_points=self.num_points,
             pointnet_transforms=self.pointnet_transforms,
             augment_rotation=self.augment_rotation,
+            augment_images=self.augment_images,
             model_width=self.model_width,
             mnist_model=self.mnist_model,
         )
@@ -278,6 +285,7 @@ def parse_run_config(mapping: Mapping[str, Any]) -> RunConfig:
     _check(raw["attack"] in ATTACKS, "attack", raw["attack"], ", ".join(ATTACKS))
     _check(raw["attack-scale"] > 0, "attack-scale", raw["attack-scale"], "> 0")
     _check(raw["he-clip"] > 0, "he-clip", raw["he-clip"], "> 0")
+    _check(raw["he-pack"] in HE_PACKING, "he-pack", raw["he-pack"], ", ".join(map(str, HE_PACKING)))
     if raw["he"]:
         check_he_combination(raw)
     return RunConfig(**{k.replace("-", "_"): v for k, v in raw.items()})

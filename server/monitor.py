@@ -10,7 +10,7 @@ from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp import Grid
 
 from strategies.instrumented import InstrumentedStrategy
-from tasks.base import Task, TaskData
+from tasks.base import DataSplit, Task, TaskData
 from tasks.training import evaluate
 
 from .checkpoint import CHECKPOINT, checkpoint_payload, pickle_strategy
@@ -51,8 +51,14 @@ class RoundMonitor:
         self.privacy = ledger_of(strategy)  # None unless the run is differentially private
 
     def central_metrics(self, arrays: ArrayRecord) -> dict[str, float]:
+        """Test metrics, plus ``val_*`` ones when the data set has a validation split
+        (MedMNIST's), for picking a round without looking at the test set."""
         self.model.load_state_dict(arrays.to_torch_state_dict())
-        return evaluate(self.model, self.task, self.data.test, device=device())
+        metrics = evaluate(self.model, self.task, self.data.test, device=device())
+        val = self.data.info.get("val")
+        if isinstance(val, DataSplit) and len(val):
+            metrics.update({f"val_{k}": v for k, v in evaluate(self.model, self.task, val, device=device()).items()})
+        return metrics
 
     def evaluate_fn(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         offset = self.strategy.round_offset

@@ -6,11 +6,17 @@ validity, example count), adds the valid ones slot-wise and sums the weights in
 the clear. The encrypted sum *is* the next global model: it goes to the clients
 of the next round (train and evaluate) with the total weight, and they decrypt
 it. Evaluation is therefore federated: the server never holds plaintext weights.
+
+With ``block_fraction < 1`` (``--compression randk:FRACTION``) each round's
+clients upload only a random subset of the ciphertext blocks, chosen by a seed
+the server sends with the round (the same subset for every client, so the
+uploads still add up). The server keeps the global model as one ciphertext and
+one total weight per block: the initial model, encrypted once with the public
+key at weight ``max_weight``; then each round replaces the blocks it received.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from logging import INFO, WARNING
 from pathlib import Path
@@ -21,11 +27,17 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from compression.flat import flatten
+from compression.sparse import randk_indices
 from privacy import he
+from privacy.he_encoding import encrypt_weights
 
+from .compressed import SEED_KEY, round_seed
 from .validation import WEIGHT_KEY, Rejection
 
 TOTAL_WEIGHT_KEY = "he-total-weight"
+#: Partial uploads: the total weight behind each ciphertext of the global model.
+BLOCK_WEIGHTS_KEY = "he-block-weights"
 
 
 def ciphertext_record(ciphertexts: list[bytes]) -> ArrayRecord:
@@ -52,32 +64,64 @@ class EncryptedFedAvg(FedAvg):
 
     def __init__(
         self, *, he_dir: str, num_parameters: int, max_weight: int,
-        proximal_mu: float = 0.0, **kwargs: object,
+        proximal_mu: float = 0.0, block_fraction: float = 1.0, seed: int = 0, **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
+        if not 0 < block_fraction <= 1:
+            raise ValueError(f"block fraction must be in (0, 1], got {block_fraction}")
         self.he_dir = he_dir
         self.params = he.load_params(Path(he_dir))
-        self.num_ciphertexts = math.ceil(num_parameters / self.params.slots)
+        self.num_ciphertexts = self.params.ciphertexts_for(num_parameters)
         self.max_weight = max_weight
         self.proximal_mu = proximal_mu
+        self.block_fraction, self.seed = block_fraction, seed
         self.total_weight = 0  # 0: the arrays sent are the plain initial model
         self.rejected: list[Rejection] = []
+        self.blocks: list[bytes] = []  # partial uploads: the global model, block by block
+        self.block_weights: list[int] = []
+        self.selected = np.arange(self.num_ciphertexts)  # the blocks this round uploads
+        self.seed_of_round = 0
+
+    @property
+    def partial(self) -> bool:
+        return self.block_fraction < 1
 
     def summary(self) -> None:
-        log(INFO, "\t├──> Encrypted aggregation: BFV N=%d, %d ciphertexts per upload",
-            self.params.poly_modulus_degree, self.num_ciphertexts)
+        log(INFO, "\t├──> Encrypted aggregation: BFV N=%d, %d value(s) per slot, %d ciphertexts per model",
+            self.params.poly_modulus_degree, self.params.values_per_slot, self.num_ciphertexts)
+        if self.partial:
+            log(INFO, "\t├──> Uploads: a shared random %g of the ciphertexts per round (randk)",
+                self.block_fraction)
         super().summary()
 
     def _config(self, config: ConfigRecord) -> ConfigRecord:
-        extra: dict[str, int | float] = {TOTAL_WEIGHT_KEY: self.total_weight}
+        extra: dict[str, int | float | list[int]] = {TOTAL_WEIGHT_KEY: self.total_weight}
         if self.proximal_mu:
             extra["proximal-mu"] = self.proximal_mu
+        if self.partial:
+            extra[BLOCK_WEIGHTS_KEY] = list(self.block_weights)
+            extra[SEED_KEY] = self.seed_of_round
         return ConfigRecord({**config, **extra})
+
+    def encrypt_initial(self, arrays: ArrayRecord) -> ArrayRecord:
+        """Partial uploads start from the initial model, encrypted with the public key."""
+        if not self.blocks:
+            if any(k.startswith("ct") for k in arrays.keys()):
+                raise ValueError("resumed without the strategy state: the block weights are lost")
+            values = flatten({k: v.numpy() for k, v in arrays.items()})
+            ctx = he.public_context(Path(self.he_dir))
+            self.blocks = encrypt_weights(ctx, self.params, values, self.max_weight)
+            self.block_weights = [self.max_weight] * len(self.blocks)
+        return ciphertext_record(self.blocks)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.rejected = []
+        if self.partial:
+            self.seed_of_round = round_seed(self.seed, server_round)
+            self.selected = randk_indices(self.num_ciphertexts, self.block_fraction, self.seed_of_round)
+            arrays = self.encrypt_initial(arrays)
         return super().configure_train(server_round, arrays, self._config(config), grid)
 
     def configure_evaluate(
@@ -90,8 +134,8 @@ class EncryptedFedAvg(FedAvg):
         if len(content.array_records) != 1 or len(content.metric_records) != 1:
             raise ValueError("expected one ArrayRecord and one MetricRecord")
         ciphertexts = record_ciphertexts(next(iter(content.array_records.values())))
-        if len(ciphertexts) != self.num_ciphertexts:
-            raise ValueError(f"{len(ciphertexts)} ciphertexts, expected {self.num_ciphertexts}")
+        if len(ciphertexts) != len(self.selected):
+            raise ValueError(f"{len(ciphertexts)} ciphertexts, expected {len(self.selected)}")
         weight = next(iter(content.metric_records.values())).get(WEIGHT_KEY)
         if not isinstance(weight, int) or not 1 <= weight <= self.max_weight - weight_so_far:
             raise ValueError(
@@ -120,6 +164,11 @@ class EncryptedFedAvg(FedAvg):
         if not uploads:
             return None, None
         self.total_weight = total
-        arrays = ciphertext_record(he.add_all(uploads))
+        summed = he.add_all(uploads)
+        if self.partial:
+            for block, ciphertext in zip(self.selected.tolist(), summed, strict=True):
+                self.blocks[block], self.block_weights[block] = ciphertext, total
+            summed = self.blocks
+        arrays = ciphertext_record(summed)
         metrics = self.train_metrics_aggr_fn([m.content for m in good], self.weighted_by_key)
         return arrays, metrics

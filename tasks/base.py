@@ -53,6 +53,7 @@ class TaskOptions:
     the published architecture. ``augment_rotation`` (pointcloud): train-time
     rotation about the up axis, uniform in +-this many degrees (180: any angle,
     as in PointNet; 0: none, for data aligned like ModelNet's test split).
+    ``augment_images`` (medmnist): train-time random horizontal flips and shifts.
     ``mnist_model`` (mnist): ``mcmahan`` (McMahan et al. CNN) or ``dp-cnn`` (small
     tanh CNN of Opacus's MNIST example, for DP-SGD).
     """
@@ -62,6 +63,7 @@ class TaskOptions:
     pointnet_transforms: str = "both"
     model_width: float = 1.0
     augment_rotation: float = 180.0
+    augment_images: bool = False
     mnist_model: str = "mcmahan"
 
 

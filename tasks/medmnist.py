@@ -140,12 +140,27 @@ def partition_labels(y: np.ndarray, task_type: str) -> np.ndarray:
     return np.where(positive.any(axis=1), positive.argmax(axis=1) + 1, 0).astype(np.int64)
 
 
+#: ``augment-images``: shifts of up to this fraction of the side, in pixels.
+SHIFT_FRACTION = 0.1
+
+
+def flip_and_shift(x: torch.Tensor, generator: torch.Generator, *, max_shift: int) -> torch.Tensor:
+    """Random horizontal flips and translations of up to ``max_shift`` px (edge-replicated)
+    of a batch ``(B, C, H, W)``, as in the usual CIFAR-style crop-and-flip."""
+    b, _, h, w = x.shape
+    flip = torch.rand(b, generator=generator) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    padded = torch.nn.functional.pad(x, (max_shift,) * 4, mode="replicate")
+    offsets = torch.randint(0, 2 * max_shift + 1, (b, 2), generator=generator).tolist()
+    return torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets)])
+
+
 class MedMnistTask(Task):
     """A 2D MedMNIST dataset chosen by ``--dataset``; ResNet-18 (GroupNorm) model."""
 
     name = "medmnist"
 
-    def __init__(self, *, image_size: int = 28, width: float = 1.0) -> None:
+    def __init__(self, *, image_size: int = 28, width: float = 1.0, augment: bool = False) -> None:
         if image_size not in IMAGE_SIZES:
             raise ValueError(
                 f"invalid image-size {image_size}; valid: {', '.join(map(str, IMAGE_SIZES))}"
@@ -154,9 +169,17 @@ class MedMnistTask(Task):
             raise ValueError(f"invalid model-width {width}; valid: > 0")
         self.image_size = image_size
         self.width = width
+        self.augment_images = augment
 
     def configure(self, options: TaskOptions) -> MedMnistTask:
-        return MedMnistTask(image_size=options.image_size, width=options.model_width)
+        return MedMnistTask(
+            image_size=options.image_size, width=options.model_width, augment=options.augment_images
+        )
+
+    def augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if not self.augment_images:
+            return x
+        return flip_and_shift(x, generator, max_shift=max(1, round(SHIFT_FRACTION * x.shape[-1])))
 
     @property  # type: ignore[override]
     def datasets(self) -> tuple[str, ...]:

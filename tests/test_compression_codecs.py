@@ -74,12 +74,12 @@ def test_qsgd_sizes():
 
 
 def test_qsgd_levels_by_hand_and_unbiased():
-    # [3, 4] has norm 5; with 2 bits s = 1, so each value decodes to 0 or +-5,
-    # 5 with probability 3/5 and 4/5: the mean is [3, 4].
-    vec = np.array([3.0, -4.0], dtype=np.float32)
+    # [3, -4, 1] has max-norm 4; with 2 bits s = 1, so each value decodes to 0 or +-4:
+    # 3 -> 4 with probability 3/4, -4 -> -4 always, 1 -> 4 with probability 1/4.
+    vec = np.array([3.0, -4.0, 1.0], dtype=np.float32)
     rng = np.random.default_rng(1)
-    draws = np.stack([qsgd_decode(qsgd_encode(vec, 2, rng), 2, 2) for _ in range(20_000)])
-    assert set(np.unique(np.abs(draws))) <= {0.0, 5.0}
+    draws = np.stack([qsgd_decode(qsgd_encode(vec, 2, rng), 3, 2) for _ in range(20_000)])
+    assert set(np.unique(draws[:, 0])) == {0.0, 4.0} and set(np.unique(draws[:, 1])) == {-4.0}
     np.testing.assert_allclose(draws.mean(axis=0), vec, atol=0.05)
 
 

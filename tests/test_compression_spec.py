@@ -53,9 +53,10 @@ def test_he_rejects_per_client_codecs_and_names_the_ones_that_work():
     with pytest.raises(ValueError) as err:
         check_he("topk:0.01+qsgd:8", he=True)
     text = str(err.value)
-    assert "topk, qsgd" in text and text.endswith("codecs that work with --he: none")
-    with pytest.raises(ValueError, match=r"\(randk, fp16: encrypted uploads"):
+    assert "topk, qsgd" in text and text.endswith("codecs that work with --he: none, randk:FRACTION")
+    with pytest.raises(ValueError, match=r"\(fp16: encrypted uploads"):
         check_he("randk:0.1+fp16", he=True)
+    assert str(check_he("randk:0.25", he=True)) == "randk:0.25"  # a shared subset of ciphertexts
 
 
 def test_download_specs_only_quantize():

@@ -107,3 +107,22 @@ def test_download_compression_sends_one_fp16_payload_per_client():
     decoded = np.frombuffer(payload, dtype="<f2").astype(np.float32)
     expected = flatten({k: v.numpy() for k, v in global_arrays().items()})
     np.testing.assert_array_equal(decoded, expected)
+
+
+@pytest.mark.parametrize("spec", ["topk:0.01+qsgd:8", "randk:0.1+fp16", "lowrank:2"])
+def test_compressed_strategy_chain_is_checkpointed(spec):
+    # The checkpoint pickles the whole strategy chain; codecs hold functions, so the
+    # chain must pickle as its spec text or a resumed run would restart the strategy.
+    import pickle
+
+    from server.app import strategy_chain
+    from server.checkpoint import pickle_strategy
+    from server.config import parse_run_config
+
+    chain = strategy_chain(parse_run_config({"compression": spec, "compression-down": "fp16"}), 1000, 10)
+    blob = pickle_strategy(chain)
+    assert blob is not None
+    from strategies.instrumented import chain_of
+
+    decoding = [s for s in chain_of(pickle.loads(blob)) if isinstance(s, DecodingStrategy)]
+    assert [(str(d.up), str(d.down)) for d in decoding] == [(spec, "fp16")]

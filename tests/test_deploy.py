@@ -318,6 +318,8 @@ def test_encrypted_round_with_the_secret_key_only_on_the_nodes(deployment: Deplo
             "values must be TOML",
         ),
         ("provision_he.py", ["--nodes-dir", "{tmp}/he", "--server-dir", "{tmp}/he"], "must differ"),
+        ("provision_he.py", ["--nodes-dir", "{tmp}/n", "--server-dir", "{tmp}/s", "--pack", "3"],
+         "invalid --pack 3; valid: 1, 2"),
     ],
 )
 def test_scripts_reject_bad_input_in_one_line(

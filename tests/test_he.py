@@ -1,16 +1,22 @@
 """Encrypted aggregation: key custody, exact sums, sizes, and bad uploads."""
 
 import shutil
+from unittest.mock import Mock
 
 import numpy as np
 import pytest
 import torch
-from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
 
+from client.app import he_upload_blocks
 from client.he_client import decrypt_global, encrypt_local
+from compression.flat import flatten
+from compression.spec import parse_spec
 from privacy import he
-from privacy.fixed_point import decode_mean, encode_weighted, fixed_point_scale
-from strategies.encrypted import EncryptedFedAvg, ciphertext_record
+from privacy.he_encoding import value_weights
+from privacy.fixed_point import decode_mean, encode_weighted, fixed_point_scale, lane_radix, pack, unpack
+from strategies.encrypted import BLOCK_WEIGHTS_KEY, EncryptedFedAvg, ciphertext_record
 from tasks.mnist import MnistCNN
 
 
@@ -22,13 +28,25 @@ def keys(tmp_path_factory):
     return folder, params
 
 
-@pytest.fixture(scope="module")
-def server_dir(keys, tmp_path_factory):
+def server_copy(keys, tmp_path_factory):
     """What the server machine gets: the public context and the parameters, no secret."""
     folder = tmp_path_factory.mktemp("server")
     for name in (he.PUBLIC_FILE, he.PARAMS_FILE):
         shutil.copy(keys[0] / name, folder / name)
     return folder
+
+
+@pytest.fixture(scope="module")
+def server_dir(keys, tmp_path_factory):
+    return server_copy(keys, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory):
+    """Keys with two values per slot, and the server's copy."""
+    folder = tmp_path_factory.mktemp("he-packed")
+    keys = folder, he.provision(folder, clip=8.0, max_weight=1000, values_per_slot=2)
+    return keys, server_copy(keys, tmp_path_factory)
 
 
 def test_batching_prime():
@@ -39,11 +57,29 @@ def test_batching_prime():
 
 def test_fixed_point_by_hand():
     # plain modulus 2001 -> |sum| < 1000; max weight 10, clip 2 -> scale = 999 // 20 = 49
-    scale = fixed_point_scale(plain_modulus=2001, max_weight=10, clip=2.0)
+    assert lane_radix(2001, 1) == 2001
+    scale = fixed_point_scale(radix=2001, max_weight=10, clip=2.0)
     assert scale == 49.0
     q = encode_weighted(np.array([0.5, -3.0], np.float32), weight=4, scale=scale, clip=2.0)
     assert q.tolist() == [98, -392]  # 4 * 0.5 * 49, 4 * (-2) * 49
     assert decode_mean(q, total_weight=4, scale=scale).tolist() == [0.5, -2.0]
+
+
+def test_packing_by_hand_and_sums_without_carries():
+    # radix 10: balanced digits in [-5, 5). [1, -2, 2] -> slots [1 + 2*10, -2 + 0*10] = [21, -2].
+    assert pack(np.array([1, -2, 2]), lanes=2, radix=10).tolist() == [21, -2]
+    assert unpack(np.array([21, -2]), lanes=2, radix=10, count=3).tolist() == [1, -2, 2]
+    # Two such clients: lane sums [2, -4, 4] stay in [-5, 5), so the slot sums unpack exactly.
+    assert unpack(np.array([42, -4]), lanes=2, radix=10, count=3).tolist() == [2, -4, 4]
+    # The real profile: sums of 200 clients' full-headroom values, signed slots below p / 2.
+    p = he.batching_prime(48, 4096)
+    radix = lane_radix(p, 2)
+    assert radix**2 + radix <= p and radix > 2**23
+    rng = np.random.default_rng(0)
+    values = [rng.integers(-(radix // 2 - 1) // 200, (radix // 2 - 1) // 200, 999) for _ in range(200)]
+    total = sum(pack(v, lanes=2, radix=radix) for v in values)
+    assert np.abs(total).max() < p // 2
+    assert np.array_equal(unpack(total, lanes=2, radix=radix, count=999), sum(values))
 
 
 def test_server_context_cannot_decrypt(keys, server_dir):
@@ -74,12 +110,17 @@ def train_reply(instruction, arrays, weight):
     return Message(content=content, reply_to=instruction)
 
 
-def test_encrypted_fedavg_equals_plaintext_fedavg(keys, server_dir, task_identity):
+@pytest.mark.parametrize(("values_per_slot", "max_error", "max_bytes"), [(1, 1e-6, 16.0), (2, 5e-4, 8.1)])
+def test_encrypted_fedavg_equals_plaintext_fedavg(
+    values_per_slot, max_error, max_bytes, keys, server_dir, packed, task_identity
+):
     # Prepare: three clients of the 1,663,370-parameter MNIST CNN with 100, 250, 7 examples.
+    (key_dir, params), server = (keys, server_dir) if values_per_slot == 1 else packed
+    assert params.values_per_slot == values_per_slot
     base, states = _models(3)
     weights = [100, 250, 7]
-    secret_key = keys[0] / he.SECRET_FILE
-    strategy = EncryptedFedAvg(he_dir=str(server_dir), num_parameters=1_663_370, max_weight=1000)
+    secret_key = key_dir / he.SECRET_FILE
+    strategy = EncryptedFedAvg(he_dir=str(server), num_parameters=1_663_370, max_weight=1000)
     instruction = Message(content=RecordDict({"config": ConfigRecord()}), dst_node_id=1, message_type="train")
     replies = [train_reply(instruction, encrypt_local(s, w, secret_key), w) for s, w in zip(states, weights)]
     upload_bytes = sum(len(a.data) for a in replies[0].content["arrays"].values())
@@ -87,12 +128,13 @@ def test_encrypted_fedavg_equals_plaintext_fedavg(keys, server_dir, task_identit
     arrays, metrics = strategy.aggregate_train(1, replies)
     mean = decrypt_global(arrays, strategy.total_weight, base.state_dict(), secret_key)
     # Assert
+    assert strategy.num_ciphertexts == -(-1_663_370 // (4096 * values_per_slot))
     assert strategy.total_weight == 357 and metrics["train_loss"] == pytest.approx(1.0)
     for key in mean:
         expected = sum(s[key] * w for s, w in zip(states, weights)) / 357
         err = torch.linalg.norm(mean[key] - expected) / torch.linalg.norm(expected)
-        assert err < 1e-6, key
-    assert upload_bytes / 1_663_370 <= 16.0
+        assert err < max_error, key
+    assert upload_bytes / 1_663_370 <= max_bytes
 
 
 def test_bad_uploads_are_rejected_not_added(keys, server_dir, task_identity):
@@ -117,3 +159,35 @@ def test_bad_uploads_are_rejected_not_added(keys, server_dir, task_identity):
     assert strategy.total_weight == 10
     mean = decrypt_global(arrays, 10, base.state_dict(), secret_key)
     assert torch.allclose(mean["classifier.3.bias"], states[0]["classifier.3.bias"], atol=1e-6)
+
+
+def test_randk_under_he_uploads_a_shared_subset_of_ciphertexts(keys, server_dir, task_identity):
+    # Prepare: the MNIST CNN in 407 ciphertexts; randk:0.25 uploads ceil(0.25 * 407) = 102 of them.
+    base, states = _models(2)
+    weights = [100, 300]
+    secret_key = keys[0] / he.SECRET_FILE
+    strategy = EncryptedFedAvg(he_dir=str(server_dir), num_parameters=1_663_370, max_weight=1000,
+                               block_fraction=0.25, seed=3)
+    grid = Mock(spec=Grid)
+    grid.get_node_ids.return_value = [1, 2]
+    sent = list(strategy.configure_train(1, ArrayRecord(base.state_dict()), ConfigRecord(), grid))
+    config = sent[0].content["config"]
+    blocks = he_upload_blocks(parse_spec("randk:0.25"), config)
+    assert blocks == strategy.selected.tolist() and len(blocks) == 102
+    # The first download is the initial model, encrypted by the server with the public key.
+    initial = decrypt_global(sent[0].content["arrays"], list(config[BLOCK_WEIGHTS_KEY]), base.state_dict(), secret_key)
+    assert all(torch.allclose(initial[k], v, atol=1e-6) for k, v in base.state_dict().items())
+    # Execute: both clients upload the same 102 blocks; the server adds them in place.
+    replies = [train_reply(m, encrypt_local(s, w, secret_key, blocks), w) for m, s, w in zip(sent, states, weights)]
+    upload = sum(len(a.data) for a in replies[0].content["arrays"].values())
+    arrays, _ = strategy.aggregate_train(1, replies)
+    mean = flatten({k: v.numpy() for k, v in
+                    decrypt_global(arrays, strategy.block_weights, base.state_dict(), secret_key).items()})
+    # Assert: the uploaded blocks hold FedAvg of the clients, the others the initial model.
+    expected = flatten({k: (sum(s[k] * w for s, w in zip(states, weights)) / 400).numpy() for k in states[0]})
+    start = flatten({k: v.numpy() for k, v in base.state_dict().items()})
+    updated = value_weights(strategy.block_weights, keys[1], start.size) == 400
+    assert updated.mean() == pytest.approx(102 / 407, abs=0.01)
+    np.testing.assert_allclose(mean[updated], expected[updated], atol=1e-6)
+    np.testing.assert_allclose(mean[~updated], start[~updated], atol=1e-6)
+    assert upload / 1_663_370 <= 16.0 * 0.26

@@ -3,8 +3,12 @@
 import json
 
 import pytest
+import torch
 
 import run_sim
+from client import decrypt_model
+from tasks.registry import get_task, load_task_data
+from tasks.training import evaluate
 
 pytestmark = pytest.mark.e2e
 
@@ -17,8 +21,18 @@ def test_encrypted_run_matches_plaintext_accuracy(tmp_path):
     common = ["--num-clients", "3", "--rounds", "2", "--seed", "5"]
     assert run_sim.main([*common, "--he", "--run-dir", str(tmp_path / "he")]) == 0
     assert run_sim.main([*common, "--run-config", "fraction-evaluate=1.0", "--run-dir", str(tmp_path / "plain")]) == 0
-    he_rows, plain_rows = rows(tmp_path / "he"), rows(tmp_path / "plain")
+    assert run_sim.main([*common, "--he", "--run-config", "he-pack=2", "--run-dir", str(tmp_path / "packed")]) == 0
+    he_rows, plain_rows, packed_rows = rows(tmp_path / "he"), rows(tmp_path / "plain"), rows(tmp_path / "packed")
     assert abs(he_rows[-1]["accuracy"] - plain_rows[-1]["accuracy"]) <= 0.005
+    # Two values per slot: the 9,610-parameter MLP takes 2 ciphertexts instead of 3 (each
+    # 6% larger: its data prime has 60 bits instead of 56).
+    assert abs(packed_rows[-1]["accuracy"] - plain_rows[-1]["accuracy"]) <= 0.005
+    assert packed_rows[-1]["bytes_up"] < 0.72 * he_rows[-1]["bytes_up"]
+    # randk under HE: each round uploads a shared random 2 of the 3 ciphertexts.
+    assert run_sim.main([*common, "--he", "--compression", "randk:0.5", "--run-dir", str(tmp_path / "randk")]) == 0
+    randk_rows = rows(tmp_path / "randk")
+    assert [round(r["bytes_up"] / h["bytes_up"], 2) for r, h in zip(randk_rows, he_rows)] == [0.67, 0.67]
+    assert randk_rows[-1]["accuracy"] > 0.7
     assert he_rows[-1]["accuracy"] > he_rows[0]["accuracy"] - 0.05 and he_rows[-1]["accuracy"] > 0.8
     # Under HE the reported accuracy is the federated one: the server cannot decrypt.
     assert he_rows[-1]["accuracy"] == he_rows[-1]["fed_accuracy"]
@@ -26,6 +40,25 @@ def test_encrypted_run_matches_plaintext_accuracy(tmp_path):
     run = tmp_path / "he"
     assert (run / "model_encrypted.pt").is_file() and not (run / "model.pt").exists()
     assert (run / "he" / "public.ctx").is_file()
+    # A key holder decrypts the final model; it scores on the central test set like the
+    # clients' federated evaluation of the same aggregate.
+    assert decrypted_accuracy(run) > 0.8
+    assert decrypted_accuracy(tmp_path / "randk") > 0.7
+
+
+def decrypted_accuracy(run):
+    assert decrypt_model.main([str(run)]) == 0
+    task = get_task("digits")
+    data = load_task_data("digits", "data", "")
+    model = task.build_model(data)
+    model.load_state_dict(torch.load(run / "model.pt"))
+    return evaluate(model, task, data.test)["accuracy"]
+
+
+def test_decrypt_model_errors_are_one_line(tmp_path, capsys):
+    assert decrypt_model.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "model_encrypted.pt not found" in err and err.count("\n") == 1
 
 
 @pytest.mark.parametrize(
@@ -35,6 +68,7 @@ def test_encrypted_run_matches_plaintext_accuracy(tmp_path):
         (["--strategy", "fedadam"], "strategies that work with --he: fedavg, fedprox"),
         (["--compression", "topk:0.1"], "codecs that work with --he: none"),
         (["--run-config", "fraction-evaluate=0"], "--he needs federated evaluation"),
+        (["--run-config", "he-pack=3"], "invalid he-pack=3; valid: 1, 2"),
     ],
 )
 def test_invalid_he_combinations_exit_2(argv, message, capsys, tmp_path):

@@ -231,3 +231,20 @@ def test_breastmnist_federated_accuracy_rises(tmp_path: Path) -> None:
     assert [r["round"] for r in rows] == [1, 2]
     assert rows[-1]["accuracy"] > initial["accuracy"]
     assert rows[-1]["auc"] > initial["auc"]
+
+
+def test_flip_and_shift_gives_flipped_shifted_copies():
+    from tasks.medmnist import flip_and_shift
+
+    x = torch.arange(8 * 3 * 6 * 6, dtype=torch.float32).reshape(8, 3, 6, 6)
+    out = flip_and_shift(x, torch.Generator().manual_seed(0), max_shift=1)
+    assert out.shape == x.shape
+    seen = set()
+    for i in range(8):
+        padded = {flip: torch.nn.functional.pad((x[i].flip(-1) if flip else x[i])[None], (1,) * 4,
+                                                mode="replicate")[0] for flip in (False, True)}
+        matches = [(f, dy, dx) for f, p in padded.items() for dy in range(3) for dx in range(3)
+                   if torch.equal(p[:, dy:dy + 6, dx:dx + 6], out[i])]
+        assert matches, i
+        seen.update(matches)
+    assert len(seen) > 3  # the draws differ between samples
