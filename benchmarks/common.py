@@ -36,8 +36,8 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def write_result(name: str, text: str) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / name
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     print(text)
     print(f"written to {path}")

@@ -29,7 +29,7 @@ from server.config import RunConfig, parse_run_config
 from strategies.compressed import SEED_KEY
 from strategies.encrypted import BLOCK_WEIGHTS_KEY, TOTAL_WEIGHT_KEY
 from tasks.registry import client_split, client_test_split, get_task, load_task_data
-from tasks.training import evaluate, train_local
+from tasks.training import evaluate, scheduled_lr, train_local
 
 app = ClientApp(mods=[dp_clipping_mod])  # the mod acts only for client-side DP clipping
 
@@ -139,11 +139,12 @@ def train(msg: Message, context: Context) -> Message:
     if cfg.strategy == "qfedavg":  # q-FFL weights clients by the global model's loss
         metrics["train_loss_initial"] = evaluate(model, task, split, device=device())["loss"]
     seed = cfg.seed * 100_003 + server_round * 1_009 + pid
+    lr = scheduled_lr(cfg.lr, cfg.lr_schedule, server_round, cfg.num_server_rounds)
     dp_settings = cfg.sample_dp()
     if dp_settings is not None:  # DP-SGD; a client out of budget replies without an update
         outcome, report = sample_dp_round(
             model, task, split, settings=dp_settings, state=context.state, partition_id=pid,
-            epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+            epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=lr,
             momentum=cfg.momentum, seed=seed, device=device(),
         )
         metrics.update(report)
@@ -157,7 +158,7 @@ def train(msg: Message, context: Context) -> Message:
             split,
             epochs=cfg.local_epochs,
             batch_size=cfg.batch_size,
-            lr=cfg.lr,
+            lr=lr,
             momentum=cfg.momentum,
             proximal_mu=float(config.get("proximal-mu", 0.0)),
             seed=seed,

@@ -19,7 +19,7 @@ from client.attacks import ATTACKS
 from tasks.base import TaskOptions
 from tasks.partition import parse_partition
 from tasks.registry import get_task
-from tasks.training import OPTIMIZERS
+from tasks.training import LR_SCHEDULES, OPTIMIZERS
 
 DEFAULTS: dict[str, Any] = {
     "task": "digits",
@@ -35,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "lr": 0.0,
     "momentum": 0.9,
     "optimizer": "sgd",
+    "lr-schedule": "constant",
     "partition": "iid",
     "strategy": "fedavg",
     "seed": 42,
@@ -109,6 +110,7 @@ class RunConfig:
     lr: float
     momentum: float
     optimizer: str
+    lr_schedule: str
     partition: str
     strategy: str
     seed: int
@@ -254,6 +256,7 @@ def parse_run_config(mapping: Mapping[str, Any]) -> RunConfig:
     for key in ("momentum", "server-momentum"):
         _check(0 <= raw[key] < 1, key, raw[key], "0 <= m < 1")
     _check(raw["optimizer"] in OPTIMIZERS, "optimizer", raw["optimizer"], ", ".join(OPTIMIZERS))
+    _check(raw["lr-schedule"] in LR_SCHEDULES, "lr-schedule", raw["lr-schedule"], ", ".join(LR_SCHEDULES))
     if raw["optimizer"] != "sgd" and raw["dp"] == "sample":
         raise ValueError(
             f"optimizer={raw['optimizer']} is not supported with dp=sample "

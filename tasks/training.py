@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -12,6 +13,23 @@ from .base import DataSplit, Task
 
 #: Valid values of the ``optimizer`` run-config key (local training).
 OPTIMIZERS = ("sgd", "adam")
+#: Valid values of the ``lr-schedule`` run-config key (client lr over the rounds).
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def scheduled_lr(lr: float, schedule: str, server_round: int, total_rounds: int) -> float:
+    """The client learning rate of ``server_round`` (1-based) of ``total_rounds``.
+
+    ``constant``: ``lr`` every round. ``cosine``: ``lr * (1 + cos(pi * (r - 1) / R)) / 2``,
+    from ``lr`` in round 1 down towards 0 in the last round (Loshchilov & Hutter's
+    cosine annealing over rounds, without restarts).
+    """
+    if schedule == "constant":
+        return lr
+    if schedule == "cosine":
+        progress = min(max(server_round - 1, 0), total_rounds) / max(total_rounds, 1)
+        return lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"invalid lr-schedule {schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
 
 
 def proximal_term(model: nn.Module, global_params: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -40,3 +40,18 @@ def test_bad_values_name_the_problem(overrides, message):
     with pytest.raises(ValueError) as err:
         parse_run_config(overrides)
     assert message in str(err.value)
+
+
+def test_lr_schedule_cosine_anneals_over_the_rounds_and_bad_names_fail():
+    import math
+
+    from tasks.training import scheduled_lr
+
+    assert [scheduled_lr(0.1, "constant", r, 4) for r in (1, 4)] == [0.1, 0.1]
+    cosine = [scheduled_lr(0.1, "cosine", r, 4) for r in (1, 2, 3, 4)]
+    assert cosine[0] == 0.1 and cosine[2] == pytest.approx(0.05)
+    assert cosine[3] == pytest.approx(0.05 * (1 + math.cos(math.pi * 3 / 4)))
+    assert all(a > b > 0 for a, b in zip(cosine, cosine[1:]))
+    assert parse_run_config({"lr-schedule": "cosine"}).lr_schedule == "cosine"
+    with pytest.raises(ValueError, match="invalid lr-schedule='step'; valid: constant, cosine"):
+        parse_run_config({"lr-schedule": "step"})
