@@ -38,6 +38,7 @@ FLAG_KEYS = {
     "attack": "attack",
     "attack_fraction": "attack-fraction",
     "he": "he",
+    "he_scheme": "he-scheme",
     "compression": "compression",
     "compression_down": "compression-down",
     "dp": "dp",
@@ -130,7 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--he", action="store_const", const=True,
-        help="encrypted aggregation: clients send BFV ciphertexts the server can add but not read",
+        help="encrypted aggregation: clients send ciphertexts the server can add but not read",
+    )
+    p.add_argument(
+        "--he-scheme",
+        help="TenSEAL scheme of --he: bfv (~15 bytes/parameter) or ckks (~32) [default: bfv]",
     )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--fail-rate", type=float, help="fault injection: probability that a client's training raises")
@@ -241,7 +246,7 @@ def provision_keys(cfg: Any, folder: Path) -> Path:
 
     train_size = len(load_task_data(cfg.task, cfg.data_dir, cfg.dataset, cfg.task_options()).train)
     folder = folder.expanduser().resolve()
-    provision(folder, clip=cfg.he_clip, max_weight=train_size, values_per_slot=cfg.he_pack)
+    provision(folder, clip=cfg.he_clip, max_weight=train_size, values_per_slot=cfg.he_pack, scheme=cfg.he_scheme)
     return folder
 
 

@@ -24,7 +24,8 @@ from _common import Parser, fail  # noqa: E402
 
 
 def provision_split(
-    nodes_dir: Path, server_dir: Path, *, clip: float, max_weight: int, values_per_slot: int = 1
+    nodes_dir: Path, server_dir: Path, *, clip: float, max_weight: int, values_per_slot: int = 1,
+    scheme: str = "bfv",
 ) -> None:
     """Generate the keys once; put secret.ctx in ``nodes_dir`` and public.ctx in ``server_dir``."""
     from privacy import he
@@ -32,7 +33,10 @@ def provision_split(
     with tempfile.TemporaryDirectory(prefix="fedloom-he-") as tmp:
         staging = Path(tmp)
         os.chmod(staging, 0o700)
-        he.provision(staging, clip=clip, max_weight=max_weight, values_per_slot=values_per_slot)
+        try:
+            he.provision(staging, clip=clip, max_weight=max_weight, values_per_slot=values_per_slot, scheme=scheme)
+        except ValueError as exc:
+            fail(str(exc))
         for folder, private in ((nodes_dir, True), (server_dir, False)):
             folder.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(staging / he.PARAMS_FILE, folder / he.PARAMS_FILE)
@@ -82,6 +86,13 @@ def main(argv: list[str] | None = None) -> None:
         "(~8 B/param, 1e-5 to 1e-3 error) [default: 1]",
     )
     p.add_argument(
+        "--scheme",
+        default="bfv",
+        choices=("bfv", "ckks"),
+        help="TenSEAL scheme: bfv (~15 B/param) or ckks (~32 B/param, one value per slot); "
+        "params.json tells the server and the nodes which [default: bfv]",
+    )
+    p.add_argument(
         "--max-weight",
         type=int,
         help="largest sum of example counts in one round [default: the task's training-set size]",
@@ -110,7 +121,9 @@ def main(argv: list[str] | None = None) -> None:
             max_weight = train_size(args.task, args.data_dir, args.dataset)
         except (ValueError, FileNotFoundError) as exc:
             fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-    provision_split(nodes, server, clip=args.clip, max_weight=max_weight, values_per_slot=args.pack)
+    provision_split(
+        nodes, server, clip=args.clip, max_weight=max_weight, values_per_slot=args.pack, scheme=args.scheme
+    )
     print(f"wrote {nodes}/secret.ctx + params.json (copy to every SuperNode only)")
     print(f"wrote {server}/public.ctx + params.json (copy to the SuperLink machine)")
     print("run config: he=true fraction-evaluate=1.0 he-dir=<absolute path of the server copy>")

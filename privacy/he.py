@@ -1,10 +1,13 @@
 """Every TenSEAL call in fedloom: contexts, keys, packing, serialization.
 
-Scheme: BFV with batching (exact integer slots). Aggregation only adds, so the
-shortest modulus chain that holds the plaintext plus the noise of a few hundred
-additions suffices. Two profiles (``values_per_slot``), both N=4096 with 109
-bits of coefficient modulus, within the HE standard's 128-bit security bound for
-N=4096 (SEAL enforces it):
+Both schemes carry the same thing: fixed-point integers (:mod:`privacy.fixed_point`)
+that the server only adds. Aggregation only adds, so the shortest modulus chain
+that holds the plaintext plus the noise of a few hundred additions suffices; all
+profiles use N=4096 with 109 bits of coefficient modulus, within the HE
+standard's 128-bit security bound for N=4096 (SEAL enforces it).
+
+``bfv`` (default): BFV with batching, 4,096 exact integer slots per ciphertext.
+Two profiles (``values_per_slot``):
 
 * 1 value per slot (default): moduli [56, 53], a 40-bit plain prime; one
   fixed-point weight per slot, about 15.2 bytes per parameter, aggregate within
@@ -19,6 +22,16 @@ so a ciphertext is two polynomials of 4,096 coefficients mod one prime. The plai
 modulus p = 1 (mod 2N) is the largest such prime below 2**bits, so batching works;
 sums of 256 full-range ciphertexts decrypt exactly with both profiles (a 50-bit
 prime with [60, 49], or 46-bit with [56, 53], does not).
+
+``ckks``: CKKS, 2,048 real slots per ciphertext (N/2), moduli [60, 49], scale
+2**19. A slot holds a fixed-point integer below 2**38 in magnitude as a real;
+after decryption it is rounded back, exactly: the sum of 256 public-key
+encryptions of full-range values decrypts within 0.12 of the integer sum (2**40
+with scale 2**18 was within 0.23; 2**42 with 2**16 was off by 1). Half the slots
+of BFV, so about 32 bytes per parameter (8x float32; TenSEAL's usual N=8192
+settings cost 57-81) at the same ~1e-7 error. One value per slot only: two
+19-bit lanes leave no fixed-point resolution after the headroom for the clients'
+total weight.
 
 Key custody: :func:`provision` writes ``secret.ctx`` (with the secret key, for
 clients only) and ``public.ctx`` (``make_context_public()``: encryption and
@@ -76,14 +89,28 @@ def batching_prime(bits: int, poly_modulus_degree: int) -> int:
     return candidate
 
 
-#: values per slot -> (coefficient modulus bit sizes, plain modulus bits); see above.
-PROFILES: dict[int, tuple[tuple[int, ...], int]] = {1: ((56, 53), 40), 2: ((60, 49), 48)}
+#: Valid values of the ``he-scheme`` run-config key.
+SCHEMES = ("bfv", "ckks")
+#: scheme -> values per slot -> (coefficient modulus bit sizes, bits of a slot's integer
+#: range: BFV's plain prime, CKKS's exactly decodable range); see above.
+PROFILES: dict[str, dict[int, tuple[tuple[int, ...], int]]] = {
+    "bfv": {1: ((56, 53), 40), 2: ((60, 49), 48)},
+    "ckks": {1: ((60, 49), 39)},
+}
+#: CKKS encoding scale (bits): the slot noise after a few hundred additions stays below
+#: 0.5 / 2**19 of a unit, so rounding recovers the integer sums.
+CKKS_SCALE_BITS = 19
 
 
 @dataclass(frozen=True)
 class HEParams:
-    """What both sides must agree on; stored in ``params.json`` beside the contexts."""
+    """What both sides must agree on; stored in ``params.json`` beside the contexts.
 
+    ``plain_modulus`` is the range slot sums live in: BFV's plain prime, or for CKKS
+    ``2**39`` (slots decode to exact integers of magnitude below ``2**38``).
+    """
+
+    scheme: str = "bfv"
     poly_modulus_degree: int = 4096
     coeff_mod_bit_sizes: tuple[int, ...] = (56, 53)
     plain_modulus_bits: int = 40
@@ -97,32 +124,48 @@ class HEParams:
 
     @property
     def slots(self) -> int:
-        return self.poly_modulus_degree
+        """Values per ciphertext: N for BFV's integer slots, N/2 for CKKS's real ones."""
+        return self.poly_modulus_degree if self.scheme == "bfv" else self.poly_modulus_degree // 2
 
     def ciphertexts_for(self, num_values: int) -> int:
         """Ciphertexts one upload of ``num_values`` parameters takes."""
         return -(-num_values // (self.slots * self.values_per_slot))
 
 
-def provision(folder: Path, *, clip: float, max_weight: int, values_per_slot: int = 1) -> HEParams:
+def provision(
+    folder: Path, *, clip: float, max_weight: int, values_per_slot: int = 1, scheme: str = "bfv"
+) -> HEParams:
     """Generate this run's keys: ``secret.ctx`` (clients), ``public.ctx`` (server)."""
     from .fixed_point import fixed_point_scale, lane_radix
 
-    if values_per_slot not in PROFILES:
-        raise ValueError(f"invalid values per slot {values_per_slot}; valid: {', '.join(map(str, PROFILES))}")
-    coeff, plain_bits = PROFILES[values_per_slot]
-    plain = batching_prime(plain_bits, HEParams.poly_modulus_degree)
+    if scheme not in PROFILES:
+        raise ValueError(f"invalid he-scheme {scheme!r}; valid: {', '.join(SCHEMES)}")
+    if values_per_slot not in PROFILES[scheme]:
+        valid = ", ".join(map(str, PROFILES[scheme]))
+        raise ValueError(f"invalid values per slot {values_per_slot} for {scheme}; valid: {valid}")
+    coeff, plain_bits = PROFILES[scheme][values_per_slot]
+    n = HEParams.poly_modulus_degree
+    plain = batching_prime(plain_bits, n) if scheme == "bfv" else 2**plain_bits
     radix = lane_radix(plain, values_per_slot)
+    scale = fixed_point_scale(radix=radix, max_weight=max_weight, clip=clip)
+    if scale < 1:
+        raise ValueError(
+            f"{values_per_slot} value(s) per {scheme} slot cannot hold {max_weight} examples x clip "
+            f"{clip:g}: lower the clip or use one value per slot"
+        )
     params = HEParams(
-        coeff_mod_bit_sizes=coeff, plain_modulus_bits=plain_bits, clip=clip, max_weight=max_weight,
-        plain_modulus=plain, scale=fixed_point_scale(radix=radix, max_weight=max_weight, clip=clip),
-        values_per_slot=values_per_slot, radix=radix,
+        scheme=scheme, coeff_mod_bit_sizes=coeff, plain_modulus_bits=plain_bits, clip=clip,
+        max_weight=max_weight, plain_modulus=plain, scale=scale, values_per_slot=values_per_slot,
+        radix=radix,
     )
-    ctx = ts.context(
-        ts.SCHEME_TYPE.BFV, poly_modulus_degree=params.poly_modulus_degree,
-        plain_modulus=params.plain_modulus, coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes),
-        n_threads=1,
-    )
+    if scheme == "bfv":
+        ctx = ts.context(
+            ts.SCHEME_TYPE.BFV, poly_modulus_degree=n, plain_modulus=plain,
+            coeff_mod_bit_sizes=list(coeff), n_threads=1,
+        )
+    else:
+        ctx = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=n, coeff_mod_bit_sizes=list(coeff), n_threads=1)
+        ctx.global_scale = float(2**CKKS_SCALE_BITS)
     folder.mkdir(parents=True, exist_ok=True)
     secret = folder / SECRET_FILE
     fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -170,23 +213,32 @@ def secret_context(path: Path) -> ts.Context:
 
 
 def encrypt(
-    ctx: ts.Context, values: np.ndarray, slots: int, blocks: Sequence[int] | None = None
+    ctx: ts.Context, values: np.ndarray, slots: int, blocks: Sequence[int] | None = None,
+    *, scheme: str,
 ) -> list[bytes]:
     """int64 values -> serialized ciphertexts of ``slots`` values each (last one shorter);
-    with ``blocks``, only those ciphertexts (block ``b`` holds slots ``b*slots ...``)."""
+    with ``blocks``, only those ciphertexts (block ``b`` holds slots ``b*slots ...``).
+    CKKS encodes the integers as reals (exact in float64 below 2**53)."""
     starts = range(0, len(values), slots) if blocks is None else [b * slots for b in blocks]
+    if scheme == "ckks":
+        return [ts.ckks_vector(ctx, values[i : i + slots].astype(np.float64).tolist()).serialize() for i in starts]
     return [ts.bfv_vector(ctx, values[i : i + slots].tolist()).serialize() for i in starts]
 
 
-def deserialize(ctx: ts.Context, ciphertexts: list[bytes]) -> list[ts.BFVVector]:
+def _load_vector(ctx: ts.Context, data: bytes, scheme: str) -> ts.BFVVector | ts.CKKSVector:
+    # The scheme must come from params.json: bfv_vector_from parses CKKS bytes without complaint.
+    return ts.ckks_vector_from(ctx, data) if scheme == "ckks" else ts.bfv_vector_from(ctx, data)
+
+
+def deserialize(ctx: ts.Context, ciphertexts: list[bytes], *, scheme: str) -> list:
     """Ciphertexts as TenSEAL vectors; ``ValueError`` if any is malformed."""
     try:
-        return [ts.bfv_vector_from(ctx, c) for c in ciphertexts]
+        return [_load_vector(ctx, c, scheme) for c in ciphertexts]
     except Exception as exc:  # TenSEAL raises several types for malformed input
         raise ValueError(f"not a valid ciphertext: {exc}") from None
 
 
-def add_all(uploads: list[list[ts.BFVVector]]) -> list[bytes]:
+def add_all(uploads: list[list]) -> list[bytes]:
     """Slot-wise sum of several clients' (deserialized) ciphertexts, serialized.
 
     Adds in place into the first upload's vectors, so ``uploads`` is consumed:
@@ -204,7 +256,17 @@ def add_all(uploads: list[list[ts.BFVVector]]) -> list[bytes]:
     return [v.serialize() for v in sums]
 
 
-def decrypt(ctx: ts.Context, ciphertexts: list[bytes], length: int) -> np.ndarray:
-    """The first ``length`` int64 slot values of ``ciphertexts``."""
-    parts = [np.asarray(ts.bfv_vector_from(ctx, c).decrypt(), dtype=np.int64) for c in ciphertexts]
+def layerwise_ckks_baseline(layers: Sequence[np.ndarray]) -> tuple[list[bytes], ts.Context]:
+    """The usual TenSEAL setup, for benchmarks to compare against: CKKS with N=8192,
+    moduli [60, 40, 40], scale 2**40, one public-key encrypted vector per layer (NVIDIA
+    FLARE's defaults). Returns the serialized ciphertexts and the public context."""
+    ctx = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=8192, coeff_mod_bit_sizes=[60, 40, 40], n_threads=1)
+    ctx.global_scale = float(2**40)
+    ctx.make_context_public()
+    return [ts.ckks_vector(ctx, layer.ravel().astype(np.float64).tolist()).serialize() for layer in layers], ctx
+
+
+def decrypt(ctx: ts.Context, ciphertexts: list[bytes], length: int, *, scheme: str) -> np.ndarray:
+    """The first ``length`` int64 slot values of ``ciphertexts`` (CKKS: rounded to integers)."""
+    parts = [np.rint(np.asarray(_load_vector(ctx, c, scheme).decrypt())).astype(np.int64) for c in ciphertexts]
     return np.concatenate(parts)[:length] if parts else np.zeros(0, np.int64)

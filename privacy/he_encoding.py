@@ -1,4 +1,4 @@
-"""Model weights <-> encrypted blocks: fixed point, packing and BFV in one place.
+"""Model weights <-> encrypted blocks: fixed point, packing and BFV/CKKS in one place.
 
 Both sides use it: clients encrypt their pre-weighted weights and decrypt the
 global model; under ``--compression randk`` the server also encrypts the
@@ -27,7 +27,7 @@ def encrypt_weights(
     """Ciphertexts of ``weight`` x ``values`` (flat float32), all blocks or only ``blocks``."""
     fixed = encode_weighted(values, weight=weight, scale=params.scale, clip=params.clip)
     packed = pack(fixed, lanes=params.values_per_slot, radix=params.radix)
-    return he.encrypt(ctx, packed, params.slots, blocks)
+    return he.encrypt(ctx, packed, params.slots, blocks, scheme=params.scheme)
 
 
 def value_weights(block_weights: Sequence[int], params: he.HEParams, count: int) -> np.ndarray:
@@ -45,6 +45,6 @@ def decrypt_weights(
     lanes = params.values_per_slot
     if len(block_weights) != len(ciphertexts):
         raise ValueError(f"{len(block_weights)} block weights for {len(ciphertexts)} ciphertexts")
-    slots = he.decrypt(ctx, ciphertexts, -(-count // lanes))
+    slots = he.decrypt(ctx, ciphertexts, -(-count // lanes), scheme=params.scheme)
     sums = unpack(slots, lanes=lanes, radix=params.radix, count=count)
     return decode_mean(sums, total_weight=value_weights(block_weights, params, count), scale=params.scale)

@@ -77,12 +77,15 @@ DEFAULTS: dict[str, Any] = {
     "he-dir": "",
     "he-clip": 8.0,
     "he-pack": 1,
+    "he-scheme": "bfv",
 }
 
 #: Strategies whose aggregation is the weighted mean that encrypted sums compute.
 HE_STRATEGIES = ("fedavg", "fedprox")
-#: Fixed-point values per BFV slot under --he (privacy.he.PROFILES).
+#: Fixed-point values per slot under --he (privacy.he.PROFILES: 2 only with BFV).
 HE_PACKING = (1, 2)
+#: Schemes of --he (privacy.he.SCHEMES; config stays importable without TenSEAL).
+HE_SCHEMES = ("bfv", "ckks")
 
 
 IMAGE_SIZES = (28, 64, 128, 224)
@@ -152,6 +155,7 @@ class RunConfig:
     he_dir: str
     he_clip: float
     he_pack: int
+    he_scheme: str
 
     def task_options(self) -> TaskOptions:
         """The task-specific settings, as the typed argument tasks receive."""
@@ -289,6 +293,12 @@ def parse_run_config(mapping: Mapping[str, Any]) -> RunConfig:
     _check(raw["attack-scale"] > 0, "attack-scale", raw["attack-scale"], "> 0")
     _check(raw["he-clip"] > 0, "he-clip", raw["he-clip"], "> 0")
     _check(raw["he-pack"] in HE_PACKING, "he-pack", raw["he-pack"], ", ".join(map(str, HE_PACKING)))
+    _check(raw["he-scheme"] in HE_SCHEMES, "he-scheme", raw["he-scheme"], ", ".join(HE_SCHEMES))
+    if raw["he-scheme"] == "ckks" and raw["he-pack"] != 1:
+        raise ValueError(
+            f"invalid he-pack={raw['he-pack']} with he-scheme=ckks; valid: 1 (a CKKS slot's 39-bit "
+            "integer range has no room for two lanes; he-scheme=bfv takes he-pack=2)"
+        )
     if raw["he"]:
         check_he_combination(raw)
     return RunConfig(**{k.replace("-", "_"): v for k, v in raw.items()})

@@ -60,7 +60,7 @@ def record_ciphertexts(record: ArrayRecord) -> list[bytes]:
 
 
 class EncryptedFedAvg(FedAvg):
-    """FedAvg whose aggregate is a sum of BFV ciphertexts (Flower Message API)."""
+    """FedAvg whose aggregate is a sum of BFV or CKKS ciphertexts (Flower Message API)."""
 
     def __init__(
         self, *, he_dir: str, num_parameters: int, max_weight: int,
@@ -87,8 +87,9 @@ class EncryptedFedAvg(FedAvg):
         return self.block_fraction < 1
 
     def summary(self) -> None:
-        log(INFO, "\t├──> Encrypted aggregation: BFV N=%d, %d value(s) per slot, %d ciphertexts per model",
-            self.params.poly_modulus_degree, self.params.values_per_slot, self.num_ciphertexts)
+        log(INFO, "\t├──> Encrypted aggregation: %s N=%d, %d value(s) per slot, %d ciphertexts per model",
+            self.params.scheme.upper(), self.params.poly_modulus_degree, self.params.values_per_slot,
+            self.num_ciphertexts)
         if self.partial:
             log(INFO, "\t├──> Uploads: a shared random %g of the ciphertexts per round (randk)",
                 self.block_fraction)
@@ -142,7 +143,8 @@ class EncryptedFedAvg(FedAvg):
                 f"{WEIGHT_KEY}={weight!r} must be an integer in [1, {self.max_weight - weight_so_far}] "
                 f"(the encrypted sum must stay below max weight {self.max_weight})"
             )
-        return he.deserialize(he.public_context(Path(self.he_dir)), ciphertexts), weight
+        ctx = he.public_context(Path(self.he_dir))
+        return he.deserialize(ctx, ciphertexts, scheme=self.params.scheme), weight
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

@@ -49,6 +49,20 @@ def packed(tmp_path_factory):
     return keys, server_copy(keys, tmp_path_factory)
 
 
+@pytest.fixture(scope="module")
+def ckks(tmp_path_factory):
+    """CKKS keys (one value per slot), and the server's copy."""
+    folder = tmp_path_factory.mktemp("he-ckks")
+    keys = folder, he.provision(folder, clip=8.0, max_weight=1000, scheme="ckks")
+    return keys, server_copy(keys, tmp_path_factory)
+
+
+@pytest.fixture
+def profile(request, keys, server_dir, packed, ckks):
+    """(keys, server folder) of the profile named by the test's ``profile`` parameter."""
+    return {"bfv": (keys, server_dir), "bfv-packed": packed, "ckks": ckks}[request.param]
+
+
 def test_batching_prime():
     p = he.batching_prime(40, 4096)
     assert p < 2**40 and p % 8192 == 1 and he._is_prime(p)
@@ -82,14 +96,17 @@ def test_packing_by_hand_and_sums_without_carries():
     assert np.array_equal(unpack(total, lanes=2, radix=radix, count=999), sum(values))
 
 
-def test_server_context_cannot_decrypt(keys, server_dir):
+@pytest.mark.parametrize("profile", ["bfv", "ckks"], indirect=True)
+def test_server_context_cannot_decrypt(profile):
+    keys, server_dir = profile
+    scheme = keys[1].scheme
     secret = he.secret_context(keys[0] / he.SECRET_FILE)
     public = he.public_context(server_dir)
     assert secret.is_private() and not public.is_private()
-    cts = he.encrypt(secret, np.arange(5, dtype=np.int64), keys[1].slots)
-    assert he.decrypt(secret, cts, 5).tolist() == [0, 1, 2, 3, 4]
+    cts = he.encrypt(secret, np.arange(5, dtype=np.int64), keys[1].slots, scheme=scheme)
+    assert he.decrypt(secret, cts, 5, scheme=scheme).tolist() == [0, 1, 2, 3, 4]
     with pytest.raises(ValueError, match="doesn't hold a secret_key"):
-        he.decrypt(public, cts, 5)
+        he.decrypt(public, cts, 5, scheme=scheme)
     with pytest.raises(ValueError, match="clients need secret.ctx"):
         he.secret_context(server_dir / he.PUBLIC_FILE)
     assert not list(server_dir.glob("secret*"))
@@ -110,12 +127,14 @@ def train_reply(instruction, arrays, weight):
     return Message(content=content, reply_to=instruction)
 
 
-@pytest.mark.parametrize(("values_per_slot", "max_error", "max_bytes"), [(1, 1e-6, 16.0), (2, 5e-4, 8.1)])
-def test_encrypted_fedavg_equals_plaintext_fedavg(
-    values_per_slot, max_error, max_bytes, keys, server_dir, packed, task_identity
-):
+@pytest.mark.parametrize(
+    ("profile", "values_per_slot", "max_error", "max_bytes"),
+    [("bfv", 1, 1e-6, 16.0), ("bfv-packed", 2, 5e-4, 8.1), ("ckks", 1, 1e-6, 32.2)],
+    indirect=["profile"],
+)
+def test_encrypted_fedavg_equals_plaintext_fedavg(profile, values_per_slot, max_error, max_bytes, task_identity):
     # Prepare: three clients of the 1,663,370-parameter MNIST CNN with 100, 250, 7 examples.
-    (key_dir, params), server = (keys, server_dir) if values_per_slot == 1 else packed
+    (key_dir, params), server = profile
     assert params.values_per_slot == values_per_slot
     base, states = _models(3)
     weights = [100, 250, 7]
@@ -128,7 +147,9 @@ def test_encrypted_fedavg_equals_plaintext_fedavg(
     arrays, metrics = strategy.aggregate_train(1, replies)
     mean = decrypt_global(arrays, strategy.total_weight, base.state_dict(), secret_key)
     # Assert
-    assert strategy.num_ciphertexts == -(-1_663_370 // (4096 * values_per_slot))
+    slots = 4096 if params.scheme == "bfv" else 2048  # CKKS: N/2 real slots
+    assert params.slots == slots
+    assert strategy.num_ciphertexts == -(-1_663_370 // (slots * values_per_slot))
     assert strategy.total_weight == 357 and metrics["train_loss"] == pytest.approx(1.0)
     for key in mean:
         expected = sum(s[key] * w for s, w in zip(states, weights)) / 357
@@ -191,3 +212,25 @@ def test_randk_under_he_uploads_a_shared_subset_of_ciphertexts(keys, server_dir,
     np.testing.assert_allclose(mean[updated], expected[updated], atol=1e-6)
     np.testing.assert_allclose(mean[~updated], start[~updated], atol=1e-6)
     assert upload / 1_663_370 <= 16.0 * 0.26
+
+
+def test_ckks_slots_round_back_to_exact_integer_sums(ckks):
+    # 64 public-key encryptions of values at the edge of each one's share of the 2**38
+    # range: the CKKS sum, rounded, is the exact integer sum (the slot noise stays < 0.5).
+    (key_dir, params), server = ckks
+    public, secret = he.public_context(server), he.secret_context(key_dir / he.SECRET_FILE)
+    rng = np.random.default_rng(1)
+    limit = 2**38 // 64 - 1
+    values = [rng.integers(-limit, limit, params.slots) for _ in range(64)]
+    uploads = [he.deserialize(public, he.encrypt(public, v, params.slots, scheme="ckks"), scheme="ckks") for v in values]
+    total = he.decrypt(secret, he.add_all(uploads), params.slots, scheme="ckks")
+    assert np.array_equal(total, np.sum(values, axis=0))
+
+
+def test_provision_refuses_lanes_too_narrow_for_the_weights(tmp_path):
+    with pytest.raises(ValueError, match="cannot hold 10000000 examples"):
+        he.provision(tmp_path, clip=8.0, max_weight=10_000_000, values_per_slot=2)
+    with pytest.raises(ValueError, match="valid: bfv, ckks"):
+        he.provision(tmp_path, clip=8.0, max_weight=100, scheme="paillier")
+    with pytest.raises(ValueError, match="for ckks; valid: 1"):
+        he.provision(tmp_path, clip=8.0, max_weight=100, values_per_slot=2, scheme="ckks")

@@ -28,6 +28,12 @@ def test_encrypted_run_matches_plaintext_accuracy(tmp_path):
     # 6% larger: its data prime has 60 bits instead of 56).
     assert abs(packed_rows[-1]["accuracy"] - plain_rows[-1]["accuracy"]) <= 0.005
     assert packed_rows[-1]["bytes_up"] < 0.72 * he_rows[-1]["bytes_up"]
+    # CKKS: 2,048 real slots per ciphertext, so 5 ciphertexts for the same 9,610 weights.
+    assert run_sim.main([*common, "--he", "--he-scheme", "ckks", "--run-dir", str(tmp_path / "ckks")]) == 0
+    ckks_rows = rows(tmp_path / "ckks")
+    assert abs(ckks_rows[-1]["accuracy"] - plain_rows[-1]["accuracy"]) <= 0.005
+    assert 1.6 < ckks_rows[-1]["bytes_up"] / he_rows[-1]["bytes_up"] < 1.8
+    assert json.loads((tmp_path / "ckks" / "he" / "params.json").read_text())["scheme"] == "ckks"
     # randk under HE: each round uploads a shared random 2 of the 3 ciphertexts.
     assert run_sim.main([*common, "--he", "--compression", "randk:0.5", "--run-dir", str(tmp_path / "randk")]) == 0
     randk_rows = rows(tmp_path / "randk")
@@ -69,6 +75,8 @@ def test_decrypt_model_errors_are_one_line(tmp_path, capsys):
         (["--compression", "topk:0.1"], "codecs that work with --he: none"),
         (["--run-config", "fraction-evaluate=0"], "--he needs federated evaluation"),
         (["--run-config", "he-pack=3"], "invalid he-pack=3; valid: 1, 2"),
+        (["--he-scheme", "paillier"], "invalid he-scheme='paillier'; valid: bfv, ckks"),
+        (["--he-scheme", "ckks", "--run-config", "he-pack=2"], "invalid he-pack=2 with he-scheme=ckks; valid: 1"),
     ],
 )
 def test_invalid_he_combinations_exit_2(argv, message, capsys, tmp_path):
