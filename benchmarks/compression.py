@@ -13,30 +13,29 @@ Example: python benchmarks/compression.py --rounds 10 --codecs none fp16 qsgd:8 
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-#: Default codecs and rounds: the whole benchmark takes about 15 minutes on 2 idle cores.
-CODECS = ("none", "topk:0.02+qsgd:4", "topk:0.01+qsgd:4")
+from common import DATA_DIR, RESULTS, markdown_table, simulate
+
+#: Default codecs: every codec alone, then the chains that reach the 100x goal. The whole
+#: benchmark takes about 45 minutes on 2 idle cores at 10 rounds.
+CODECS = (
+    "none", "fp16", "qsgd:8", "qsgd:4", "topk:0.01", "randk:0.1", "lowrank:4",
+    "topk:0.02+qsgd:4", "topk:0.01+qsgd:4",
+)
 
 
 def run_codec(codec: str, args: argparse.Namespace, run_dir: Path) -> dict[str, float]:
     """Run one simulation; return final accuracy, total upload bytes and wall time."""
-    cmd = [
-        sys.executable, str(ROOT / "run_sim.py"), "--task", "mnist",
-        "--data-dir", str(args.data_dir), "--num-clients", "10", "--partition", "dirichlet:0.5",
-        "--rounds", str(args.rounds), "--seed", str(args.seed),
-        "--batch-size", str(args.batch_size), "--compression", codec, "--run-dir", str(run_dir),
-    ]
     started = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = simulate(
+        run_dir, "--task", "mnist", "--data-dir", str(args.data_dir), "--num-clients", "10",
+        "--partition", "dirichlet:0.5", "--rounds", str(args.rounds), "--seed", str(args.seed),
+        "--batch-size", str(args.batch_size), "--compression", codec,
+    )
     return {
         "accuracy": float(rows[-1]["accuracy"]),
         "bytes_up": float(sum(r["bytes_up"] for r in rows)),
@@ -46,21 +45,18 @@ def run_codec(codec: str, args: argparse.Namespace, run_dir: Path) -> dict[str, 
 
 def table(results: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
     base = results["none"]
-    lines = [
-        f"MNIST, 10 clients, Dirichlet(0.5), {args.rounds} rounds, seed {args.seed}, "
-        f"batch size {args.batch_size}, FedAvg; ratios against `none` from the same run.",
-        "",
-        "| codec | final accuracy | Δ accuracy (points) | upload bytes "
-        "| upload reduction (x) | wall time (s) |",
-        "|---|---|---|---|---|---|",
+    rows = [
+        [f"`{codec}`", f"{r['accuracy']:.4f}", f"{100 * (r['accuracy'] - base['accuracy']):+.2f}",
+         f"{int(r['bytes_up']):,}", f"{base['bytes_up'] / r['bytes_up']:.1f}", f"{r['seconds']:.0f}"]
+        for codec, r in results.items()
     ]
-    for codec, r in results.items():
-        lines.append(
-            f"| `{codec}` | {r['accuracy']:.4f} "
-            f"| {100 * (r['accuracy'] - base['accuracy']):+.2f} | {int(r['bytes_up']):,} "
-            f"| {base['bytes_up'] / r['bytes_up']:.1f} | {r['seconds']:.0f} |"
-        )
-    return "\n".join(lines) + "\n"
+    header = ["codec", "final accuracy", "Δ accuracy (points)", "upload bytes", "upload reduction (x)",
+              "wall time (s)"]
+    return (
+        f"MNIST, 10 clients, Dirichlet(0.5), {args.rounds} rounds, seed {args.seed}, "
+        f"batch size {args.batch_size}, FedAvg; ratios against `none` from the same run.\n\n"
+        + markdown_table(header, rows)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,11 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--data-dir", type=Path, default=DATA)
+    p.add_argument("--data-dir", type=Path, default=DATA_DIR)
     p.add_argument(
         "--codecs", nargs="+", default=list(CODECS), help="specs; none is always run first"
     )
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "compression.md")
+    p.add_argument("--out", type=Path, default=RESULTS / "compression.md")
     args = p.parse_args(argv)
     codecs = ["none", *(c for c in args.codecs if c != "none")]
     results: dict[str, dict[str, float]] = {}

@@ -28,7 +28,7 @@ def centralized(args: argparse.Namespace, data_dir: Path) -> list[dict[str, floa
     """Train the same model on the whole train split; test metrics after each epoch."""
     from tasks.base import TaskOptions
     from tasks.registry import get_task, load_task_data
-    from tasks.training import evaluate, train_local
+    from tasks.training import evaluate, scheduled_lr, train_local
 
     torch.set_num_threads(2)
     options = TaskOptions(
@@ -41,8 +41,9 @@ def centralized(args: argparse.Namespace, data_dir: Path) -> list[dict[str, floa
     model = task.build_model(data)
     rows = []
     for epoch in range(1, args.rounds + 1):
+        lr = scheduled_lr(args.lr, args.lr_schedule, epoch, args.rounds)
         train_local(
-            model, task, data.train, epochs=args.local_epochs, batch_size=args.batch_size, lr=args.lr,
+            model, task, data.train, epochs=args.local_epochs, batch_size=args.batch_size, lr=lr,
             seed=epoch, optimizer=args.optimizer,
         )
         rows.append({"epoch": epoch * args.local_epochs, **evaluate(model, task, data.test)})
@@ -64,6 +65,7 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=10)
     p.add_argument("--local-epochs", type=int, default=1)
     p.add_argument("--strategy", default="fedavg", help="any --strategy of run_sim.py")
+    p.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"))
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--output", default="pointcloud.md", help="results file in benchmarks/results")
     args = p.parse_args()
@@ -79,7 +81,7 @@ def main() -> None:
             "--seed", str(args.seed),
             "--run-config",
             f"num-points={args.points} model-width={args.width} pointnet-transforms={args.transforms}"
-            f" optimizer={args.optimizer} augment-rotation={args.rotation}",
+            f" optimizer={args.optimizer} augment-rotation={args.rotation} lr-schedule={args.lr_schedule}",
         )
     t1 = time.perf_counter()
     cen = centralized(args, data_dir)
@@ -87,7 +89,8 @@ def main() -> None:
     setup = (
         f"ModelNet10 ({data_dir / 'modelnet10_1024.npz'}, 3,991 train / 908 test), {args.points} "
         f"points per shape, PointNet (GroupNorm) width x{args.width}, transforms={args.transforms}; "
-        f"{args.optimizer} lr {args.lr}" + (" momentum 0.9" if args.optimizer == "sgd" else "")
+        f"{args.optimizer} lr {args.lr} ({args.lr_schedule} over the rounds)"
+        + (" momentum 0.9" if args.optimizer == "sgd" else "")
         + f", batch {args.batch_size}, augmentation: rotation about z within +-{args.rotation:g} deg, "
         f"scale 0.8-1.25, jitter 0.01. Federated: {args.clients} clients, dirichlet:0.5, {args.strategy}, "
         f"{args.rounds} rounds x {args.local_epochs} local epoch(s) ({(t1 - t0) / 60:.1f} min). "
