@@ -51,6 +51,8 @@ from pathlib import Path
 import numpy as np
 import tenseal as ts
 
+from .he_profiles import PROFILES, SCHEMES
+
 SECRET_FILE = "secret.ctx"
 PUBLIC_FILE = "public.ctx"
 PARAMS_FILE = "params.json"
@@ -89,14 +91,6 @@ def batching_prime(bits: int, poly_modulus_degree: int) -> int:
     return candidate
 
 
-#: Valid values of the ``he-scheme`` run-config key.
-SCHEMES = ("bfv", "ckks")
-#: scheme -> values per slot -> (coefficient modulus bit sizes, bits of a slot's integer
-#: range: BFV's plain prime, CKKS's exactly decodable range); see above.
-PROFILES: dict[str, dict[int, tuple[tuple[int, ...], int]]] = {
-    "bfv": {1: ((56, 53), 40), 2: ((60, 49), 48)},
-    "ckks": {1: ((60, 49), 39)},
-}
 #: CKKS encoding scale (bits): the slot noise after a few hundred additions stays below
 #: 0.5 / 2**19 of a unit, so rounding recovers the integer sums.
 CKKS_SCALE_BITS = 19
@@ -256,14 +250,18 @@ def add_all(uploads: list[list]) -> list[bytes]:
     return [v.serialize() for v in sums]
 
 
-def layerwise_ckks_baseline(layers: Sequence[np.ndarray]) -> tuple[list[bytes], ts.Context]:
+def baseline_ckks_context() -> ts.Context:
     """The usual TenSEAL setup, for benchmarks to compare against: CKKS with N=8192,
-    moduli [60, 40, 40], scale 2**40, one public-key encrypted vector per layer (NVIDIA
-    FLARE's defaults). Returns the serialized ciphertexts and the public context."""
+    moduli [60, 40, 40], scale 2**40 (NVIDIA FLARE's defaults); public (encrypt and add)."""
     ctx = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=8192, coeff_mod_bit_sizes=[60, 40, 40], n_threads=1)
     ctx.global_scale = float(2**40)
     ctx.make_context_public()
-    return [ts.ckks_vector(ctx, layer.ravel().astype(np.float64).tolist()).serialize() for layer in layers], ctx
+    return ctx
+
+
+def encrypt_layers(ctx: ts.Context, layers: Sequence[np.ndarray]) -> list[bytes]:
+    """The baseline's upload: one CKKS vector per layer (TenSEAL splits long ones)."""
+    return [ts.ckks_vector(ctx, layer.ravel().astype(np.float64).tolist()).serialize() for layer in layers]
 
 
 def decrypt(ctx: ts.Context, ciphertexts: list[bytes], length: int, *, scheme: str) -> np.ndarray:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from compression.spec import check_he, parse_down_spec, parse_spec
+from privacy.he_profiles import PACKING_LIMITS, PACKINGS, PROFILES, SCHEMES
 from privacy.accounting import ACCOUNTANTS
 from privacy.dp import SampleDPSettings
 from client.attacks import ATTACKS
@@ -82,10 +83,6 @@ DEFAULTS: dict[str, Any] = {
 
 #: Strategies whose aggregation is the weighted mean that encrypted sums compute.
 HE_STRATEGIES = ("fedavg", "fedprox")
-#: Fixed-point values per slot under --he (privacy.he.PROFILES: 2 only with BFV).
-HE_PACKING = (1, 2)
-#: Schemes of --he (privacy.he.SCHEMES; config stays importable without TenSEAL).
-HE_SCHEMES = ("bfv", "ckks")
 
 
 IMAGE_SIZES = (28, 64, 128, 224)
@@ -292,12 +289,14 @@ def parse_run_config(mapping: Mapping[str, Any]) -> RunConfig:
     _check(raw["attack"] in ATTACKS, "attack", raw["attack"], ", ".join(ATTACKS))
     _check(raw["attack-scale"] > 0, "attack-scale", raw["attack-scale"], "> 0")
     _check(raw["he-clip"] > 0, "he-clip", raw["he-clip"], "> 0")
-    _check(raw["he-pack"] in HE_PACKING, "he-pack", raw["he-pack"], ", ".join(map(str, HE_PACKING)))
-    _check(raw["he-scheme"] in HE_SCHEMES, "he-scheme", raw["he-scheme"], ", ".join(HE_SCHEMES))
-    if raw["he-scheme"] == "ckks" and raw["he-pack"] != 1:
+    _check(raw["he-pack"] in PACKINGS, "he-pack", raw["he-pack"], ", ".join(map(str, PACKINGS)))
+    _check(raw["he-scheme"] in SCHEMES, "he-scheme", raw["he-scheme"], ", ".join(SCHEMES))
+    packs = PROFILES[raw["he-scheme"]]
+    if raw["he-pack"] not in packs:
+        why = PACKING_LIMITS.get(raw["he-scheme"], "")
         raise ValueError(
-            f"invalid he-pack={raw['he-pack']} with he-scheme=ckks; valid: 1 (a CKKS slot's 39-bit "
-            "integer range has no room for two lanes; he-scheme=bfv takes he-pack=2)"
+            f"invalid he-pack={raw['he-pack']} with he-scheme={raw['he-scheme']}; valid: "
+            + ", ".join(map(str, packs)) + (f" ({why})" if why else "")
         )
     if raw["he"]:
         check_he_combination(raw)
