@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from tasks.base import DataSplit, Task
+from tasks.training import seeded_torch
 
 from .accounting import (
     ClientAccount,
@@ -184,17 +185,18 @@ def train_private(
         grad_sample_mode="ghost",
     )
     total, count = 0.0, 0
-    for _ in range(epochs):
-        for xb, yb in dp_loader:
-            optimizer.zero_grad()
-            if len(yb):  # an empty Poisson batch still steps: Opacus adds the noise
-                xb = task.augment(xb, generator)
-            loss = criterion(private(xb.to(device)), yb.to(device))
-            loss.backward()
-            optimizer.step()
-            if len(yb):
-                total += float(loss.detach()) * len(yb)
-                count += len(yb)
+    with seeded_torch(seed + 2, device):  # dropout
+        for _ in range(epochs):
+            for xb, yb in dp_loader:
+                optimizer.zero_grad()
+                if len(yb):  # an empty Poisson batch still steps: Opacus adds the noise
+                    xb = task.augment(xb, generator)
+                loss = criterion(private(xb.to(device)), yb.to(device))
+                loss.backward()
+                optimizer.step()
+                if len(yb):
+                    total += float(loss.detach()) * len(yb)
+                    count += len(yb)
     model.load_state_dict(private._module.state_dict())
     taken = sum(s for *_, s in engine.accountant.history) - sum(s for *_, s in account.history)
     if taken != steps:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -56,6 +57,19 @@ def make_optimizer(
     raise ValueError(f"invalid optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
 
 
+@contextlib.contextmanager
+def seeded_torch(seed: int, device: str = "cpu") -> Iterator[None]:
+    """Seed torch's global RNG for the block and restore it after.
+
+    Dropout draws from the global RNG, not from a passed generator; without
+    this, a client's round depends on what its Ray actor ran before.
+    """
+    devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
 def train_local(
     model: nn.Module,
     task: Task,
@@ -79,21 +93,22 @@ def train_local(
     y_all = torch.from_numpy(split.y)
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu else []
     total, count = 0.0, 0
-    for _ in range(epochs):
-        order = torch.randperm(len(split), generator=generator)
-        for start in range(0, len(split), batch_size):
-            idx = order[start : start + batch_size]
-            xb = task.augment(x_all[idx], generator).to(device)
-            yb = y_all[idx].to(device)
-            opt.zero_grad()
-            loss = loss_fn(model(xb), yb)
-            objective = loss
-            if proximal_mu:
-                objective = loss + 0.5 * proximal_mu * proximal_term(model, global_params)
-            objective.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            count += len(idx)
+    with seeded_torch(seed + 1, device):
+        for _ in range(epochs):
+            order = torch.randperm(len(split), generator=generator)
+            for start in range(0, len(split), batch_size):
+                idx = order[start : start + batch_size]
+                xb = task.augment(x_all[idx], generator).to(device)
+                yb = y_all[idx].to(device)
+                opt.zero_grad()
+                loss = loss_fn(model(xb), yb)
+                objective = loss
+                if proximal_mu:
+                    objective = loss + 0.5 * proximal_mu * proximal_term(model, global_params)
+                objective.backward()
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+                count += len(idx)
     return total / max(count, 1)
 
 

@@ -138,3 +138,28 @@ def test_fedprox_term_pulls_towards_the_global_model():
         train_local(model, task, split, epochs=3, batch_size=16, lr=0.05, proximal_mu=mu, seed=0)
         drift.append(float(proximal_term(model, start)))
     assert drift[1] < drift[0] * 0.7
+
+
+def test_local_training_is_reproducible_whatever_the_global_rng_did_before():
+    # PointNet's head has dropout, which draws from torch's global RNG; a client's
+    # round must not depend on what its Ray actor ran earlier, nor change that RNG.
+    from tasks.pointcloud import PointCloudTask
+    from tasks.pointnet import PointNet
+
+    rng = np.random.default_rng(0)
+    split = DataSplit(rng.normal(size=(24, 32, 3)).astype(np.float32), rng.integers(0, 3, 24))
+    task = PointCloudTask(num_points=32, transforms="none", width=0.125)
+
+    def trained(global_seed: int) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = PointNet(3, transforms="none", width=0.125)
+        torch.manual_seed(global_seed)  # whatever ran before in this process
+        before = torch.get_rng_state()
+        train_local(model, task, split, epochs=1, batch_size=8, lr=0.01, seed=5)
+        assert torch.equal(torch.get_rng_state(), before)
+        return [p.detach().clone() for p in model.parameters()]
+
+    first, second = trained(1), trained(2)
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first, [p.detach() for p in
+               PointNet(3, transforms="none", width=0.125).parameters()], strict=True))
