@@ -67,6 +67,8 @@ def main() -> None:
     p.add_argument("--local-epochs", type=int, default=1)
     p.add_argument("--strategy", default="fedavg", help="any --strategy of run_sim.py")
     p.add_argument("--lr-schedule", default="cosine", choices=("constant", "cosine"))
+    p.add_argument("--run-config", default="",
+                   help="extra run-config pairs for the federated run, e.g. 'server-momentum=0.9'")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--output", default="pointcloud.md", help="results file in benchmarks/results")
     args = p.parse_args()
@@ -82,7 +84,8 @@ def main() -> None:
             "--seed", str(args.seed),
             "--run-config",
             f"num-points={args.points} model-width={args.width} pointnet-transforms={args.transforms}"
-            f" optimizer={args.optimizer} augment-rotation={args.rotation} lr-schedule={args.lr_schedule}",
+            f" optimizer={args.optimizer} augment-rotation={args.rotation} lr-schedule={args.lr_schedule}"
+            + (f" {args.run_config}" if args.run_config else ""),
         )
     t1 = time.perf_counter()
     cen = centralized(args, data_dir)
@@ -93,7 +96,9 @@ def main() -> None:
         f"{args.optimizer} lr {args.lr} ({args.lr_schedule} over the rounds)"
         + (" momentum 0.9" if args.optimizer == "sgd" else "")
         + f", batch {args.batch_size}, augmentation: rotation about z within +-{args.rotation:g} deg, "
-        f"scale 0.8-1.25, jitter 0.01. Federated: {args.clients} clients, dirichlet:0.5, {args.strategy}, "
+        f"scale 0.8-1.25, jitter 0.01. Federated: {args.clients} clients, dirichlet:0.5, {args.strategy}"
+        + (f" ({args.run_config})" if args.run_config else "")
+        + ", "
         f"{args.rounds} rounds x {args.local_epochs} local epoch(s) ({(t1 - t0) / 60:.1f} min). "
         f"Centralized: {args.rounds * args.local_epochs} epochs "
         f"({(t2 - t1) / 60:.1f} min)."
