@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Parser, fail  # noqa: E402
+from privacy.he_profiles import PACKINGS, SCHEMES  # noqa: E402  (plain data, no TenSEAL)
 
 
 def provision_split(
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--scheme",
         default="bfv",
-        choices=("bfv", "ckks"),
+        choices=SCHEMES,
         help="TenSEAL scheme: bfv (~15 B/param) or ckks (~32 B/param, one value per slot); "
         "params.json tells the server and the nodes which [default: bfv]",
     )
@@ -108,8 +109,8 @@ def main(argv: list[str] | None = None) -> None:
         fail("--nodes-dir and --server-dir must differ: the server must never receive secret.ctx")
     if args.clip <= 0:
         fail(f"invalid --clip {args.clip}; valid: > 0")
-    if args.pack not in (1, 2):
-        fail(f"invalid --pack {args.pack}; valid: 1, 2")
+    if args.pack not in PACKINGS:
+        fail(f"invalid --pack {args.pack}; valid: {', '.join(map(str, PACKINGS))}")
     if args.max_weight is not None and args.max_weight < 1:
         fail(f"invalid --max-weight {args.max_weight}; valid: >= 1")
     existing = [str(f) for f in (nodes / "secret.ctx", server / "public.ctx") if f.exists()]
