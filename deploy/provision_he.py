@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Parser, fail  # noqa: E402
-from privacy.he_profiles import PACKINGS, SCHEMES  # noqa: E402  (plain data, no TenSEAL)
+from privacy.he_profiles import PACKINGS, SCHEMES, packing_error  # noqa: E402  (plain data, no TenSEAL)
 
 
 def provision_split(
@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"invalid --clip {args.clip}; valid: > 0")
     if args.pack not in PACKINGS:
         fail(f"invalid --pack {args.pack}; valid: {', '.join(map(str, PACKINGS))}")
+    packing = packing_error(args.scheme, args.pack)
+    if packing:  # before sizing the data set: nothing is loaded or written
+        fail(f"invalid --pack {args.pack} with --scheme {args.scheme}; {packing}")
     if args.max_weight is not None and args.max_weight < 1:
         fail(f"invalid --max-weight {args.max_weight}; valid: >= 1")
     existing = [str(f) for f in (nodes / "secret.ctx", server / "public.ctx") if f.exists()]

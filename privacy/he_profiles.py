@@ -19,3 +19,12 @@ PACKINGS = tuple(sorted({v for packs in PROFILES.values() for v in packs}))
 PACKING_LIMITS = {
     "ckks": "a CKKS slot's 39-bit integer range has no room for two lanes; he-scheme=bfv takes he-pack=2",
 }
+
+
+def packing_error(scheme: str, values_per_slot: int) -> str | None:
+    """The valid values per slot of ``scheme`` and why, when ``values_per_slot`` is not one."""
+    packs = PROFILES[scheme]
+    if values_per_slot in packs:
+        return None
+    why = PACKING_LIMITS.get(scheme, "")
+    return "valid: " + ", ".join(map(str, packs)) + (f" ({why})" if why else "")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from compression.spec import check_he, parse_down_spec, parse_spec
-from privacy.he_profiles import PACKING_LIMITS, PACKINGS, PROFILES, SCHEMES
+from privacy.he_profiles import PACKINGS, SCHEMES, packing_error
 from privacy.accounting import ACCOUNTANTS
 from privacy.dp import SampleDPSettings
 from client.attacks import ATTACKS
@@ -291,13 +291,9 @@ def parse_run_config(mapping: Mapping[str, Any]) -> RunConfig:
     _check(raw["he-clip"] > 0, "he-clip", raw["he-clip"], "> 0")
     _check(raw["he-pack"] in PACKINGS, "he-pack", raw["he-pack"], ", ".join(map(str, PACKINGS)))
     _check(raw["he-scheme"] in SCHEMES, "he-scheme", raw["he-scheme"], ", ".join(SCHEMES))
-    packs = PROFILES[raw["he-scheme"]]
-    if raw["he-pack"] not in packs:
-        why = PACKING_LIMITS.get(raw["he-scheme"], "")
-        raise ValueError(
-            f"invalid he-pack={raw['he-pack']} with he-scheme={raw['he-scheme']}; valid: "
-            + ", ".join(map(str, packs)) + (f" ({why})" if why else "")
-        )
+    packing = packing_error(raw["he-scheme"], raw["he-pack"])
+    if packing:
+        raise ValueError(f"invalid he-pack={raw['he-pack']} with he-scheme={raw['he-scheme']}; {packing}")
     if raw["he"]:
         check_he_combination(raw)
     return RunConfig(**{k.replace("-", "_"): v for k, v in raw.items()})

@@ -320,6 +320,10 @@ def test_encrypted_round_with_the_secret_key_only_on_the_nodes(deployment: Deplo
         ("provision_he.py", ["--nodes-dir", "{tmp}/he", "--server-dir", "{tmp}/he"], "must differ"),
         ("provision_he.py", ["--nodes-dir", "{tmp}/n", "--server-dir", "{tmp}/s", "--pack", "3"],
          "invalid --pack 3; valid: 1, 2"),
+        # refused before the data set is sized: the data folder does not exist
+        ("provision_he.py", ["--nodes-dir", "{tmp}/n", "--server-dir", "{tmp}/s", "--scheme", "ckks",
+                             "--pack", "2", "--data-dir", "{tmp}/missing"],
+         "invalid --pack 2 with --scheme ckks; valid: 1 (a CKKS slot's 39-bit integer range"),
     ],
 )
 def test_scripts_reject_bad_input_in_one_line(
