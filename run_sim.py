@@ -68,10 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     from strategies.registry import strategy_names
     from tasks.registry import task_names
 
-    p = Parser(
-        description="Run a federated simulation whose clients are Ray actor processes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    # Defaults are in the help texts: most options default to None here so that an
+    # unset flag falls through to --run-config / --resume / DEFAULTS.
+    p = Parser(description="Run a federated simulation whose clients are Ray actor processes.")
     d = DEFAULTS
     p.add_argument("--task", help=f"learning task: {', '.join(task_names())} [default: {d['task']}]")
     p.add_argument("--dataset", help="dataset, for tasks that offer several [default: the task's first]")
@@ -122,12 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dp-clipping-norm", type=float, help=f"client: update clipping norm (initial norm when adaptive) [default: {d['dp-clipping-norm']}]")
     p.add_argument(
         "--run-config", default="",
-        help='other run-config keys, e.g. "fraction-evaluate=0.5 momentum=0" (see pyproject.toml)',
+        help='other run-config keys, e.g. "fraction-evaluate=0.5 momentum=0" (see pyproject.toml) [default: none]',
     )
-    p.add_argument("--client-cpus", type=float, default=1.0, help="CPUs per client actor (Ray num_cpus)")
+    p.add_argument("--client-cpus", type=float, default=1.0, help="CPUs per client actor (Ray num_cpus) [default: 1]")
     p.add_argument(
         "--client-gpus", default="auto",
-        help="GPU share per client actor; auto = 1/(clients per GPU) when CUDA is available, else 0",
+        help="GPU share per client actor; auto = 1/(clients per GPU) when CUDA is available, else 0 [default: auto]",
     )
     p.add_argument(
         "--he", action="store_const", const=True,
@@ -138,9 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="TenSEAL scheme of --he: bfv (~15 bytes/parameter) or ckks (~32) [default: bfv]",
     )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
-    p.add_argument("--fail-rate", type=float, help="fault injection: probability that a client's training raises")
-    p.add_argument("--straggler-rate", type=float, help="fault injection: probability that a client sleeps")
-    p.add_argument("--straggler-delay", type=float, help="seconds a straggler sleeps")
+    p.add_argument("--fail-rate", type=float, help="fault injection: probability that a client's training raises [default: 0]")
+    p.add_argument("--straggler-rate", type=float, help="fault injection: probability that a client sleeps [default: 0]")
+    p.add_argument("--straggler-delay", type=float, help="seconds a straggler sleeps [default: 0]")
     p.add_argument("--attack", help="byzantine clients: none, sign-flip, gaussian, scaled [default: none]")
     p.add_argument("--attack-fraction", type=float, help="share of clients that attack [default: 0]")
     p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's own logs")

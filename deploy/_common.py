@@ -75,6 +75,18 @@ def flower_exe(name: str) -> str:
     return found
 
 
+def exec_flower(cmd: list[str]) -> NoReturn:
+    """Replace this process with the Flower command ``cmd`` (``cmd[0]``: from :func:`flower_exe`).
+
+    Flower starts its helpers by name (``flower-superexec`` for the ServerApp and
+    ClientApps), so ``cmd[0]``'s folder goes first on PATH: a venv used without
+    activating it (``.venv/bin/python deploy/start_superlink.py``) then works too.
+    """
+    os.environ["PATH"] = os.pathsep.join([str(Path(cmd[0]).parent), os.environ.get("PATH", "")])
+    print("exec " + " ".join(cmd), file=sys.stderr, flush=True)
+    os.execv(cmd[0], cmd)
+
+
 def flwr_home() -> Path:
     """The Flower CLI's config folder (``FLWR_HOME``, default ``~/.flwr``)."""
     return Path(os.environ.get("FLWR_HOME") or Path.home() / ".flwr").expanduser().resolve()

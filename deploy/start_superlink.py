@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Parser, fail, flower_exe, require_file, warn_insecure  # noqa: E402
+from _common import Parser, exec_flower, fail, flower_exe, require_file, warn_insecure  # noqa: E402
 
 
 def superlink_command(
@@ -118,8 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         node_auth=not args.no_node_auth,
     )
     os.chdir(workdir)
-    print("exec " + " ".join(cmd), file=sys.stderr, flush=True)
-    os.execv(cmd[0], cmd)
+    exec_flower(cmd)
 
 
 if __name__ == "__main__":

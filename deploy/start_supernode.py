@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Parser, fail, flower_exe, parse_host_port, require_file, warn_insecure  # noqa: E402
+from _common import Parser, exec_flower, fail, flower_exe, parse_host_port, require_file, warn_insecure  # noqa: E402
 
 
 def _directory(value: str, flag: str) -> Path:
@@ -149,8 +149,7 @@ def main(argv: list[str] | None = None) -> None:
         ]
     if args.max_wait_time is not None:
         cmd += ["--max-wait-time", str(args.max_wait_time)]
-    print("exec " + " ".join(cmd), file=sys.stderr, flush=True)
-    os.execv(cmd[0], cmd)
+    exec_flower(cmd)
 
 
 if __name__ == "__main__":

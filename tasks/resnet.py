@@ -6,6 +6,14 @@ examples within a batch and is rejected by Opacus). The stem adapts to the
 image size: a 3x3 stride-1 stem for 28 px (as MedMNIST v2 does for its 28 px
 ResNet-18), stride 2 for 64 px, and the standard 7x7 stride-2 stem with max
 pooling for 128 and 224 px. ``width`` scales the channels (64 = ResNet-18).
+
+The classifier starts at zero, so the first logits are all 0 (loss log C) and
+the first updates train the classifier before the features. With PyTorch's
+default init the full-width network started at loss 1.07 on BreastMNIST (0.78
+at width 0.25), SGD at lr 0.01 diverged in epoch 1 (train loss 2.8) and the
+model then stayed at the majority class; zero-initialising the residual branches instead
+(torchvision's ``zero_init_residual``) also fixed that but slowed the narrow
+networks badly on BreastMNIST (test ACC 0.85 -> 0.72 at width 0.25).
 """
 
 from __future__ import annotations
@@ -80,6 +88,8 @@ class ResNetGN(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c_in, num_outputs)
+        nn.init.zeros_(self.fc.weight)  # first logits 0: see the module docstring
+        nn.init.zeros_(self.fc.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(self.stages(self.stem(x))), 1))

@@ -55,6 +55,8 @@ def test_help_explains_every_flag():
                  "--local-epochs", "--batch-size", "--lr", "--partition", "--strategy", "--seed",
                  "--run-dir", "--run-config", "--client-cpus", "--client-gpus"):
         assert flag in out
+    # Unset flags fall through to the run config, so argparse's own default (None) is no default to show.
+    assert "(default: None)" not in out and "[default: digits]" in out
 
 
 def test_process_exit_status_is_2():

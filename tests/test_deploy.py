@@ -9,6 +9,7 @@ that the scripts reject bad input with one line and exit status 2.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,12 @@ from deploy_harness import Processes, flwr_json, free_port, script, wait_for_nod
 HOST = "127.0.0.1"
 CONNECTION = "fedloom-test"
 NUM_NODES = 2
+#: PATH for the SuperLink and SuperNodes without this venv's bin folder, as when a user runs
+#: ``.venv/bin/python deploy/start_superlink.py`` without activating the venv: the scripts
+#: must still find the Flower helpers (``flower-superexec``) they start by name.
+PATH_WITHOUT_VENV = os.pathsep.join(
+    d for d in os.environ.get("PATH", "").split(os.pathsep) if Path(d).resolve() != Path(sys.executable).parent.resolve()
+)
 
 
 def run_script(
@@ -85,7 +92,7 @@ class Deployment:
                 str(free_port()),
                 *extra,
             ],
-            env={"FLWR_HOME": str(home)},
+            env={"FLWR_HOME": str(home), "PATH": PATH_WITHOUT_VENV},
         )
 
 
@@ -132,7 +139,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
                 "--workdir",
                 str(root / "server"),
             ],
-            env={"FLWR_HOME": str(root / "homes" / "superlink")},
+            env={"FLWR_HOME": str(root / "homes" / "superlink"), "PATH": PATH_WITHOUT_VENV},
         )
         wait_for_tls(HOST, port, root / "certs" / "ca.crt", superlink, timeout=60)
         done = run_script(

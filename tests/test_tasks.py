@@ -136,7 +136,7 @@ def test_fedprox_term_pulls_towards_the_global_model():
         model = task.build_model(data)
         start = [p.detach().clone() for p in model.parameters()]
         train_local(model, task, split, epochs=3, batch_size=16, lr=0.05, proximal_mu=mu, seed=0)
-        drift.append(float(proximal_term(model, start)))
+        drift.append(float(proximal_term(model, start).detach()))
     assert drift[1] < drift[0] * 0.7
 
 
