@@ -26,8 +26,9 @@ NUM_NODES = 2
 #: PATH for the SuperLink and SuperNodes without this venv's bin folder, as when a user runs
 #: ``.venv/bin/python deploy/start_superlink.py`` without activating the venv: the scripts
 #: must still find the Flower helpers (``flower-superexec``) they start by name.
+_VENV_BIN = Path(sys.executable).parent.resolve()
 PATH_WITHOUT_VENV = os.pathsep.join(
-    d for d in os.environ.get("PATH", "").split(os.pathsep) if Path(d).resolve() != Path(sys.executable).parent.resolve()
+    d for d in os.environ.get("PATH", "").split(os.pathsep) if Path(d).resolve() != _VENV_BIN
 )
 
 
