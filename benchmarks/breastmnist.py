@@ -13,13 +13,16 @@ split), and, for transparency only, of the best round by test ACC (selection on
 the test set).
 
 Usage: python benchmarks/breastmnist.py [--rounds 30 --width 0.25 --optimizer sgd --lr 0.01
-                                       --lr-schedule cosine --augment]
+                                       --lr-schedule cosine --augment --seeds 42 1 2]
+With several seeds each run gets its own file (``<output>_seed<N>.md``) and ``--output``
+holds the per-seed last rounds with their mean and standard deviation.
 (benchmarks/results/breastmnist.md summarizes the runs in benchmarks/results/breastmnist_runs/.)
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -29,20 +32,8 @@ from common import DATA_DIR, markdown_table, simulate, write_result
 REFERENCE = {"accuracy": 0.863, "auc": 0.901}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=30)
-    p.add_argument("--local-epochs", type=int, default=2)
-    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--width", type=float, default=0.25, help="ResNet-18 channel multiplier")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--output", default="breastmnist_runs/latest.md", help="results file in benchmarks/results")
-    p.add_argument("--clients", type=int, default=5)
-    p.add_argument("--augment", action="store_true", help="random flips and shifts (augment-images)")
-    p.add_argument("--lr-schedule", default="cosine", choices=("constant", "cosine"))
-    args = p.parse_args()
+def run_one(args: argparse.Namespace, seed: int, output: str) -> dict:
+    """One federated run at ``seed``: write its per-round table to ``output``; its last round."""
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         rows = simulate(
@@ -50,7 +41,7 @@ def main() -> None:
             "--task", "medmnist", "--dataset", "breastmnist", "--data-dir", str(DATA_DIR),
             "--num-clients", str(args.clients), "--rounds", str(args.rounds),
             "--local-epochs", str(args.local_epochs), "--lr", str(args.lr),
-            "--batch-size", str(args.batch_size), "--partition", "iid", "--seed", str(args.seed),
+            "--batch-size", str(args.batch_size), "--partition", "iid", "--seed", str(seed),
             "--run-config", f"model-width={args.width} image-size=28 optimizer={args.optimizer} "
             f"augment-images={str(args.augment).lower()} lr-schedule={args.lr_schedule}",
         )
@@ -58,16 +49,6 @@ def main() -> None:
     last = rows[-1]
     best = max(rows, key=lambda r: r["accuracy"])
     chosen = max(rows, key=lambda r: (r["val_accuracy"], r["val_auc"], r["round"]))
-    setup = (
-        f"BreastMNIST 28 px (546 train / 156 test, {DATA_DIR / 'medmnist' / 'breastmnist.npz'}), "
-        f"{args.clients} clients IID, FedAvg, {args.rounds} rounds x {args.local_epochs} local "
-        f"epochs, {args.optimizer} lr {args.lr} ({args.lr_schedule} over the rounds)"
-        + (" momentum 0.9" if args.optimizer == "sgd" else "")
-        + f", batch {args.batch_size}, seed {args.seed}, "
-        f"ResNet-18 GroupNorm width x{args.width}"
-        + (", train-time flips and shifts (augment-images)" if args.augment else "")
-        + f"; {minutes:.1f} min on this machine"
-    )
     table = markdown_table(
         ["model", "ACC", "AUC"],
         [
@@ -84,7 +65,56 @@ def main() -> None:
         [[r["round"], f"{r['val_accuracy']:.3f}", f"{r['val_auc']:.3f}", f"{r['accuracy']:.3f}",
           f"{r['auc']:.3f}"] for r in rows],
     )
-    write_result(args.output, f"# BreastMNIST federated\n\n{setup}\n\n{table}\n## Per round\n\n{curve}")
+    write_result(output, f"# BreastMNIST federated\n\n{setup(args, seed)}; {minutes:.1f} min on this "
+                 f"machine\n\n{table}\n## Per round\n\n{curve}")
+    return {**last, "seed": seed, "minutes": minutes}
+
+
+def setup(args: argparse.Namespace, seed: int | str) -> str:
+    return (
+        f"BreastMNIST 28 px (546 train / 78 val / 156 test, {DATA_DIR / 'medmnist' / 'breastmnist.npz'}), "
+        f"{args.clients} clients IID, FedAvg, {args.rounds} rounds x {args.local_epochs} local "
+        f"epochs, {args.optimizer} lr {args.lr} ({args.lr_schedule} over the rounds)"
+        + (" momentum 0.9" if args.optimizer == "sgd" else "")
+        + f", batch {args.batch_size}, seed {seed}, "
+        f"ResNet-18 GroupNorm width x{args.width}"
+        + (", train-time flips and shifts (augment-images)" if args.augment else "")
+    )
+
+
+def seed_summary(args: argparse.Namespace, lasts: list[dict]) -> str:
+    """Last-round val and test metrics per seed, with their mean and sample standard deviation."""
+    keys = ("val_accuracy", "val_auc", "accuracy", "auc")
+    rows = [[r["seed"], *(f"{r[k]:.3f}" for k in keys), f"{r['minutes']:.1f}"] for r in lasts]
+    for label, fn in (("mean", statistics.mean), ("sd", statistics.stdev)):
+        rows.append([label, *(f"{fn([r[k] for r in lasts]):.3f}" for k in keys), ""])
+    table = markdown_table(["seed", "val ACC", "val AUC", "test ACC", "test AUC", "minutes"], rows)
+    ref = f"MedMNIST v2 centralized ResNet-18 (28): ACC {REFERENCE['accuracy']}, AUC {REFERENCE['auc']}."
+    return (f"# BreastMNIST federated, {len(lasts)} seeds\n\n{setup(args, 'per row')}. Last round of "
+            f"each run.\n\n{table}\n{ref}\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=30)
+    p.add_argument("--local-epochs", type=int, default=2)
+    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--width", type=float, default=0.25, help="ResNet-18 channel multiplier")
+    p.add_argument("--seeds", "--seed", dest="seeds", type=int, nargs="+", default=[42],
+                   help="one run per seed (partition, init, batches); with several, a mean/sd summary too")
+    p.add_argument("--output", default="breastmnist_runs/latest.md", help="results file in benchmarks/results")
+    p.add_argument("--clients", type=int, default=5)
+    p.add_argument("--augment", action="store_true", help="random flips and shifts (augment-images)")
+    p.add_argument("--lr-schedule", default="cosine", choices=("constant", "cosine"))
+    args = p.parse_args()
+    if len(args.seeds) == 1:
+        run_one(args, args.seeds[0], args.output)
+        return
+    stem = args.output.removesuffix(".md")
+    lasts = [run_one(args, seed, f"{stem}_seed{seed}.md") for seed in args.seeds]
+    write_result(args.output, seed_summary(args, lasts))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 It forwards every call to the inner strategy and records what crossed the wire:
 payload bytes down (configure) and up (replies), replies aggregated, failures, and
-the aggregated train / federated-evaluation metrics.
+the aggregated train / federated-evaluation metrics. The one thing it changes is the
+order of the replies, which it puts in :func:`~strategies.ordering.canonical_order` so
+that a seeded run aggregates, and so ends, the same way every time.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from dataclasses import dataclass, field
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
+
+from .ordering import canonical_order
 
 
 def payload_bytes(content: RecordDict) -> int:
@@ -83,7 +87,7 @@ class InstrumentedStrategy(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
+        replies = canonical_order(replies)
         ok = [m for m in replies if not m.has_error()]
         self.stats.failures = self.stats.sampled - len(ok)
         self.stats.bytes_up += sum(payload_bytes(m.content) for m in ok)
@@ -110,7 +114,7 @@ class InstrumentedStrategy(Strategy):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        replies = list(replies)
+        replies = canonical_order(replies)
         self.stats.bytes_up += sum(payload_bytes(m.content) for m in replies if not m.has_error())
         metrics = self.inner.aggregate_evaluate(server_round + self.round_offset, replies)
         self.stats.evaluate_metrics = _scalars(metrics)
