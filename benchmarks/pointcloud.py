@@ -10,7 +10,9 @@ shapes, official split). Reported: overall accuracy (OA) and mean class
 accuracy of the last round / epoch on the test split (no test-set selection).
 
 Usage: python benchmarks/pointcloud.py [--rounds 60 --points 512 --width 0.5 --lr-schedule cosine --batch-size 8]
-(defaults: the README run, about 18 minutes on 2 idle cores)
+(defaults: the README run, about 18 minutes on 2 idle cores). ``--freeze-classifier``:
+FedBABU, both runs keep the classifier at the random init the server draws
+(``--output pointcloud_fedbabu.md`` for the README row); ``--partition iid``: no label skew.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from common import DATA_DIR, markdown_table, simulate, write_result
 def centralized(args: argparse.Namespace, data_dir: Path) -> list[dict[str, float]]:
     """Train the same model on the whole train split; test metrics after each epoch."""
     from tasks.base import TaskOptions
+    from tasks.head import freeze_classifier
     from tasks.registry import get_task, load_task_data
     from tasks.training import evaluate, scheduled_lr, train_local
 
@@ -40,6 +43,8 @@ def centralized(args: argparse.Namespace, data_dir: Path) -> list[dict[str, floa
     data = load_task_data("pointcloud", str(data_dir), "modelnet10", options)
     torch.manual_seed(args.seed)
     model = task.build_model(data)
+    if args.freeze_classifier:  # as the server does: same random head, never trained
+        freeze_classifier(model, reinit=True)
     rows = []
     for epoch in range(1, args.rounds + 1):
         lr = scheduled_lr(args.lr, args.lr_schedule, epoch, args.rounds)
@@ -66,6 +71,9 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=10)
     p.add_argument("--local-epochs", type=int, default=1)
     p.add_argument("--strategy", default="fedavg", help="any --strategy of run_sim.py")
+    p.add_argument("--partition", default="dirichlet:0.5", help="any --partition of run_sim.py")
+    p.add_argument("--freeze-classifier", action="store_true",
+                   help="FedBABU: both runs keep the classifier at its random init (freeze-classifier)")
     p.add_argument("--lr-schedule", default="cosine", choices=("constant", "cosine"))
     p.add_argument("--run-config", default="",
                    help="extra run-config pairs for the federated run, e.g. 'server-momentum=0.9'")
@@ -80,11 +88,12 @@ def main() -> None:
             "--task", "pointcloud", "--dataset", "modelnet10", "--data-dir", str(data_dir),
             "--num-clients", str(args.clients), "--rounds", str(args.rounds), "--local-epochs", str(args.local_epochs),
             "--strategy", args.strategy,
-            "--lr", str(args.lr), "--batch-size", str(args.batch_size), "--partition", "dirichlet:0.5",
+            "--lr", str(args.lr), "--batch-size", str(args.batch_size), "--partition", args.partition,
             "--seed", str(args.seed),
             "--run-config",
             f"num-points={args.points} model-width={args.width} pointnet-transforms={args.transforms}"
             f" optimizer={args.optimizer} augment-rotation={args.rotation} lr-schedule={args.lr_schedule}"
+            + (" freeze-classifier=true" if args.freeze_classifier else "")
             + (f" {args.run_config}" if args.run_config else ""),
         )
     t1 = time.perf_counter()
@@ -96,7 +105,9 @@ def main() -> None:
         f"{args.optimizer} lr {args.lr} ({args.lr_schedule} over the rounds)"
         + (" momentum 0.9" if args.optimizer == "sgd" else "")
         + f", batch {args.batch_size}, augmentation: rotation about z within +-{args.rotation:g} deg, "
-        f"scale 0.8-1.25, jitter 0.01. Federated: {args.clients} clients, dirichlet:0.5, {args.strategy}"
+        f"scale 0.8-1.25, jitter 0.01"
+        + (", classifier frozen at its random init in both runs (freeze-classifier)" if args.freeze_classifier else "")
+        + f". Federated: {args.clients} clients, {args.partition}, {args.strategy}"
         + (f" ({args.run_config})" if args.run_config else "")
         + ", "
         f"{args.rounds} rounds x {args.local_epochs} local epoch(s) ({(t1 - t0) / 60:.1f} min). "

@@ -28,6 +28,7 @@ from privacy.dp import make_dp_ready
 from server.config import RunConfig, parse_run_config
 from strategies.compressed import SEED_KEY
 from strategies.encrypted import BLOCK_WEIGHTS_KEY, TOTAL_WEIGHT_KEY
+from tasks.head import freeze_classifier
 from tasks.registry import client_split, client_test_split, get_task, load_task_data
 from tasks.training import evaluate, scheduled_lr, train_local
 
@@ -82,6 +83,8 @@ def _model(
     model = task.build_model(load_task_data(cfg.task, directory, cfg.dataset, cfg.task_options()))
     if cfg.dp == "sample":
         model = make_dp_ready(model)
+    if cfg.freeze_classifier:
+        freeze_classifier(model)
     if he_total:  # the encrypted weighted sum of last round's clients
         assert he_key is not None
         model.load_state_dict(decrypt_global(arrays, he_total, model.state_dict(), he_key))

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from tasks.base import DataSplit, Task
+from tasks.head import trainable
 from tasks.training import seeded_torch
 
 from .accounting import (
@@ -175,7 +176,7 @@ def train_private(
     # materialising per-sample gradients: same clipping and noise, ~5x faster on CPU.
     private, optimizer, criterion, dp_loader = engine.make_private(
         module=work,
-        optimizer=torch.optim.SGD(work.parameters(), lr=lr, momentum=momentum),
+        optimizer=torch.optim.SGD(trainable(work), lr=lr, momentum=momentum),
         criterion=task.loss_fn(),
         data_loader=loader,
         noise_multiplier=noise,

@@ -26,6 +26,7 @@ from strategies.instrumented import InstrumentedStrategy, TooFewReplies, chain_o
 from strategies.private import PrivacyBudgetExhausted
 from strategies.validation import ValidatingStrategy
 from strategies.registry import StrategyParams, build_strategy
+from tasks.head import freeze_classifier
 from tasks.partition import label_counts
 from tasks.registry import get_task, load_task_data, partitions
 
@@ -134,6 +135,8 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
     model = task.build_model(data)
     if cfg.dp == "sample":
         model = make_dp_ready(model)
+    if cfg.freeze_classifier:  # FedBABU: this random head stays the global head
+        freeze_classifier(model, reinit=True)
     results = ResultsFolder(Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg))
     checkpoint = load_checkpoint(results.path) if cfg.resume else None
     if checkpoint and checkpoint["strategy"] is not None:

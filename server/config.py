@@ -56,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
     "augment-images": False,
     "model-width": 1.0,
     "mnist-model": "mcmahan",
+    "freeze-classifier": False,
     "compression": "none",
     "compression-down": "none",
     "dp": "none",
@@ -91,6 +92,9 @@ MNIST_MODELS = ("mcmahan", "dp-cnn")
 DP_MODES = ("none", "sample", "client")
 DP_CLIPPING = ("fixed", "adaptive")
 DP_CLIPPING_SIDES = ("server", "client")
+#: How a boolean run-config key may be written (any case).
+TRUE_WORDS = ("true", "1", "yes")
+FALSE_WORDS = ("false", "0", "no")
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,7 @@ class RunConfig:
     augment_images: bool
     model_width: float
     mnist_model: str
+    freeze_classifier: bool
     compression: str
     compression_down: str
     dp: str
@@ -186,9 +191,11 @@ class RunConfig:
 
 def _coerce(key: str, value: Any, like: Any) -> Any:
     kind = type(like)
+    if kind is bool:
+        word = str(value).lower()
+        _check(word in TRUE_WORDS + FALSE_WORDS, key, value, f"{', '.join(TRUE_WORDS)} or {', '.join(FALSE_WORDS)}")
+        return word in TRUE_WORDS
     try:
-        if kind is bool:
-            return str(value).lower() in ("1", "true", "yes")
         if kind is int:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError

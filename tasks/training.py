@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .base import DataSplit, Task
+from .head import trainable
 
 #: Valid values of the ``optimizer`` run-config key (local training).
 OPTIMIZERS = ("sgd", "adam")
@@ -87,7 +88,7 @@ def train_local(
     """Train ``model`` in place with ``optimizer`` (see :func:`make_optimizer`); mean loss."""
     generator = torch.Generator().manual_seed(seed)
     model.to(device).train()
-    opt = make_optimizer(model.parameters(), optimizer, lr=lr, momentum=momentum)
+    opt = make_optimizer(trainable(model), optimizer, lr=lr, momentum=momentum)
     loss_fn = task.loss_fn()
     x_all = torch.from_numpy(split.x)
     y_all = torch.from_numpy(split.y)
