@@ -5,7 +5,7 @@ averaging those heads is where FedAvg loses most (Luo et al. 2021, "No Fear of
 Heterogeneity"). FedBABU keeps the classifier at its random initialisation for
 the whole federation, so every client learns features for the same fixed class
 directions. On ModelNet10 (10 clients, Dirichlet 0.5) it raised PointNet's overall
-accuracy from 0.872 to 0.885, against 0.904 centralized
+accuracy from 0.876 to 0.885, against 0.904 centralized
 (benchmarks/results/pointcloud_fedbabu.md).
 
 The classifier is the model's last ``nn.Linear`` (the layer that produces the
