@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import DATA_DIR, markdown_table, simulate, write_result
+from common import DATA_DIR, markdown_table, optimizer_phrase, simulate, write_result
 
 REFERENCE = {"accuracy": 0.863, "auc": 0.901}
 
@@ -74,9 +74,8 @@ def setup(args: argparse.Namespace, seed: int | str) -> str:
     return (
         f"BreastMNIST 28 px (546 train / 78 val / 156 test, {DATA_DIR / 'medmnist' / 'breastmnist.npz'}), "
         f"{args.clients} clients IID, FedAvg, {args.rounds} rounds x {args.local_epochs} local "
-        f"epochs, {args.optimizer} lr {args.lr} ({args.lr_schedule} over the rounds)"
-        + (" momentum 0.9" if args.optimizer == "sgd" else "")
-        + f", batch {args.batch_size}, seed {seed}, "
+        f"epochs, {optimizer_phrase(args.optimizer, args.lr, args.lr_schedule)}"
+        f", batch {args.batch_size}, seed {seed}, "
         f"ResNet-18 GroupNorm width x{args.width}"
         + (", train-time flips and shifts (augment-images)" if args.augment else "")
     )

@@ -29,6 +29,11 @@ def simulate(run_dir: Path, *args: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def optimizer_phrase(optimizer: str, lr: float, schedule: str) -> str:
+    """How a results file names the local optimizer (momentum 0.9 is run_sim's SGD default)."""
+    return f"{optimizer} lr {lr} ({schedule} over the rounds)" + (" momentum 0.9" if optimizer == "sgd" else "")
+
+
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

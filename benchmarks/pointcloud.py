@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from common import DATA_DIR, markdown_table, simulate, write_result
+from common import DATA_DIR, markdown_table, optimizer_phrase, simulate, write_result
 
 
 def centralized(args: argparse.Namespace, data_dir: Path) -> list[dict[str, float]]:
@@ -102,9 +102,8 @@ def main() -> None:
     setup = (
         f"ModelNet10 ({data_dir / 'modelnet10_1024.npz'}, 3,991 train / 908 test), {args.points} "
         f"points per shape, PointNet (GroupNorm) width x{args.width}, transforms={args.transforms}; "
-        f"{args.optimizer} lr {args.lr} ({args.lr_schedule} over the rounds)"
-        + (" momentum 0.9" if args.optimizer == "sgd" else "")
-        + f", batch {args.batch_size}, augmentation: rotation about z within +-{args.rotation:g} deg, "
+        f"{optimizer_phrase(args.optimizer, args.lr, args.lr_schedule)}"
+        f", batch {args.batch_size}, augmentation: rotation about z within +-{args.rotation:g} deg, "
         f"scale 0.8-1.25, jitter 0.01"
         + (", classifier frozen at its random init in both runs (freeze-classifier)" if args.freeze_classifier else "")
         + f". Federated: {args.clients} clients, {args.partition}, {args.strategy}"
