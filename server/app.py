@@ -30,6 +30,7 @@ from tasks.head import freeze_classifier
 from tasks.partition import label_counts
 from tasks.registry import get_task, load_task_data, partitions
 
+from .best import BestRound
 from .checkpoint import load_checkpoint, restore_rng_states
 from .config import RunConfig, parse_run_config
 from .monitor import RoundMonitor, connected_nodes
@@ -174,6 +175,9 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
         results.write_json("config.json", record)
         results.write_json("partitions.json", partitions_record(cfg, record["num_clients"]))
 
+    best = BestRound(cfg.best_metric, results) if cfg.best_metric != "none" else None
+    if best is not None and checkpoint:
+        best.restore()
     title = f"{cfg.task} · {cfg.strategy}"
     remaining = cfg.num_server_rounds - strategy.round_offset
     with RunProgress(cfg.num_server_rounds, title) as progress:
@@ -181,7 +185,7 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
         monitor = RoundMonitor(
             task=task, data=data, model=model, strategy=strategy, results=results,
             progress=progress, total_rounds=cfg.num_server_rounds, on_first_round=first_round_done,
-            central=not cfg.he, initial_arrays=initial,
+            central=not cfg.he, initial_arrays=initial, best=best,
         )
         if remaining > 0:
             try:
@@ -214,6 +218,8 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
         results.save_torch("model.pt", final.to_torch_state_dict())
     plot_metrics(results.rows, results.path, title)
     progress.summary(results.rows, str(results.path))
+    if best is not None and best.round is not None:
+        progress.console.print(f"best round {best.round} by {best.metric} ({best.value:.4f}): best.pt")
     return results.rows
 
 

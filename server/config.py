@@ -57,6 +57,7 @@ DEFAULTS: dict[str, Any] = {
     "model-width": 1.0,
     "mnist-model": "mcmahan",
     "freeze-classifier": False,
+    "best-metric": "auto",
     "compression": "none",
     "compression-down": "none",
     "dp": "none",
@@ -95,6 +96,8 @@ DP_CLIPPING_SIDES = ("server", "client")
 #: How a boolean run-config key may be written (any case).
 TRUE_WORDS = ("true", "1", "yes")
 FALSE_WORDS = ("false", "0", "no")
+#: ``best-metric=auto`` picks the first of these that the task reports.
+BEST_AUTO_ORDER = ("val_auc", "val_accuracy")
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,7 @@ class RunConfig:
     model_width: float
     mnist_model: str
     freeze_classifier: bool
+    best_metric: str
     compression: str
     compression_down: str
     dp: str
@@ -240,6 +244,25 @@ def _check_dp(raw: dict[str, Any]) -> None:
         )
 
 
+def resolve_best_metric(value: str, choices: tuple[str, ...], *, he: bool) -> str:
+    """The metric a run selects on, or ``none``; ``ValueError`` names the valid choices.
+
+    ``auto`` is the validation AUC, else validation accuracy, else ``none``: it never
+    selects on the test set. Under HE the server cannot evaluate the model.
+    """
+    if value == "auto":
+        return "none" if he else next((m for m in BEST_AUTO_ORDER if m in choices), "none")
+    if value != "none" and value not in choices:
+        raise ValueError(f"invalid best-metric={value!r}; valid: auto, none, {', '.join(choices)}")
+    if he and value != "none":
+        raise ValueError(
+            f"best-metric={value} needs the server to evaluate the model, which --he hides "
+            "from it; valid with --he: auto (off), none"
+        )
+    return value
+
+
+
 def parse_run_config(mapping: Mapping[str, Any]) -> RunConfig:
     """Validate a run-config mapping (defaults filled in); ``ValueError`` names the key."""
     unknown = sorted(set(mapping) - set(DEFAULTS))
@@ -301,6 +324,7 @@ def parse_run_config(mapping: Mapping[str, Any]) -> RunConfig:
     packing = packing_error(raw["he-scheme"], raw["he-pack"])
     if packing:
         raise ValueError(f"invalid he-pack={raw['he-pack']} with he-scheme={raw['he-scheme']}; {packing}")
+    raw["best-metric"] = resolve_best_metric(raw["best-metric"], task.selectable_metrics(), he=raw["he"])
     if raw["he"]:
         check_he_combination(raw)
     return RunConfig(**{k.replace("-", "_"): v for k, v in raw.items()})

@@ -13,6 +13,7 @@ from strategies.instrumented import InstrumentedStrategy
 from tasks.base import DataSplit, Task, TaskData
 from tasks.training import evaluate
 
+from .best import BestRound
 from .checkpoint import CHECKPOINT, checkpoint_payload, pickle_strategy
 from .privacy import ledger_of, privacy_row
 from .progress import RunProgress
@@ -39,6 +40,7 @@ class RoundMonitor:
         on_first_round: Any = None,
         central: bool = True,
         initial_arrays: ArrayRecord | None = None,
+        best: BestRound | None = None,
     ) -> None:
         self.task, self.data, self.model = task, data, model
         self.strategy, self.results, self.progress = strategy, results, progress
@@ -49,6 +51,7 @@ class RoundMonitor:
         self.last_arrays = initial_arrays if initial_arrays is not None else ArrayRecord(model.state_dict())
         self.last_round = 0
         self.privacy = ledger_of(strategy)  # None unless the run is differentially private
+        self.best = best
 
     def central_metrics(self, arrays: ArrayRecord) -> dict[str, float]:
         """Test metrics, plus ``val_*`` ones when the data set has a validation split
@@ -93,6 +96,8 @@ class RoundMonitor:
             row.update(privacy_row(self.privacy, self.results.path))
         self.last_arrays, self.last_round = arrays, server_round
         self.results.add_row(row)
+        if self.best is not None:  # before the checkpoint: a resumed run sees this best.json
+            self.best.offer(row, arrays.to_torch_state_dict())
         self.checkpoint(server_round)
         if server_round == 1 and self.on_first_round is not None:
             self.on_first_round()

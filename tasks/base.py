@@ -78,6 +78,10 @@ class Task(ABC):
     datasets: tuple[str, ...] = ()
     #: Local-training settings used when the run config leaves them at 0.
     train_defaults: dict[str, float] = {"lr": 0.01, "batch-size": 32}
+    #: The keys :meth:`metrics` returns (a test keeps them equal).
+    metric_names: tuple[str, ...] = ("accuracy",)
+    #: Whether :meth:`load` puts a validation split in ``TaskData.info["val"]``.
+    validation_split: bool = False
 
     def configure(self, options: TaskOptions) -> Task:
         """This task with ``options`` applied (tasks without options return ``self``)."""
@@ -114,6 +118,13 @@ class Task(ABC):
     def labels_for_partitioning(self, data: TaskData) -> np.ndarray:
         """One integer label per training example, used by label-skew partitioners."""
         return data.train.y
+
+    def selectable_metrics(self) -> tuple[str, ...]:
+        """Per-round metric keys a run can pick its best round by (``best-metric``):
+        ``loss`` and :attr:`metric_names` on the test set, and the same prefixed
+        ``val_`` when the task has a validation split."""
+        names = ("loss", *self.metric_names)
+        return (*(f"val_{n}" for n in names), *names) if self.validation_split else names
 
     def metrics(self, logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """Task metrics from all test logits and labels (accuracy by default)."""

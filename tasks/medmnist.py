@@ -159,6 +159,8 @@ class MedMnistTask(Task):
     """A 2D MedMNIST dataset chosen by ``--dataset``; ResNet-18 (GroupNorm) model."""
 
     name = "medmnist"
+    metric_names = ("accuracy", "auc")
+    validation_split = True
 
     def __init__(self, *, image_size: int = 28, width: float = 1.0, augment: bool = False) -> None:
         if image_size not in IMAGE_SIZES:

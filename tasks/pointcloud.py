@@ -58,6 +58,7 @@ class PointCloudTask(Task):
 
     name = "pointcloud"
     datasets = DATASETS
+    metric_names = ("accuracy", "mean_class_accuracy")
 
     def __init__(
         self,

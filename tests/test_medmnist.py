@@ -252,6 +252,13 @@ def test_breastmnist_federated_accuracy_rises(tmp_path: Path) -> None:
     assert [r["round"] for r in rows] == [1, 2]
     assert rows[-1]["accuracy"] > initial["accuracy"]
     assert rows[-1]["auc"] > initial["auc"]
+    # best-metric=auto: best.pt is the model of the round with the best validation AUC
+    best = json.loads((tmp_path / "best.json").read_text())
+    val_auc = [r["val_auc"] for r in rows]
+    assert (best["metric"], best["round"]) == ("val_auc", 1 + val_auc.index(max(val_auc)))
+    model = task.build_model(data)
+    model.load_state_dict(torch.load(tmp_path / "best.pt"))
+    assert evaluate(model, task, data.info["val"])["auc"] == pytest.approx(best["value"], abs=1e-9)
 
 
 def test_flip_and_shift_gives_flipped_shifted_copies():

@@ -1,0 +1,60 @@
+"""The best round so far by one metric (``best-metric``): ``best.pt`` and ``best.json``.
+
+MedMNIST's protocol keeps the model of the epoch with the best validation AUC;
+this is that, per round. A metric whose name ends in ``loss`` is minimised, any
+other maximised. Ties keep the earlier round; rounds without the metric (or
+with NaN, e.g. an AUC on a single-class split) are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from .results import ResultsFolder
+
+BEST_MODEL = "best.pt"
+BEST_RECORD = "best.json"
+def minimizes(metric: str) -> bool:
+    return metric.endswith("loss")
+
+
+def improves(metric: str, value: float, best: float | None) -> bool:
+    """Whether ``value`` beats ``best`` (``None``: nothing yet) for ``metric``."""
+    if math.isnan(value):
+        return False
+    if best is None:
+        return True
+    return value < best if minimizes(metric) else value > best
+
+
+class BestRound:
+    """Keeps ``best.pt`` (state_dict) and ``best.json`` at the best round so far."""
+
+    def __init__(self, metric: str, results: ResultsFolder) -> None:
+        self.metric, self.results = metric, results
+        self.round: int | None = None
+        self.value: float | None = None
+
+    def restore(self) -> None:
+        """Continue from the ``best.json`` a resumed run left behind (same metric)."""
+        path = self.results.path / BEST_RECORD
+        if path.is_file():
+            record = json.loads(path.read_text())
+            if record.get("metric") == self.metric:
+                self.round, self.value = record["round"], record["value"]
+
+    def offer(self, row: Mapping[str, Any], state_dict: Any) -> bool:
+        """Save ``state_dict`` as the best model if ``row`` beats the best so far."""
+        value = row.get(self.metric)
+        if value is None or not improves(self.metric, float(value), self.value):
+            return False
+        self.round, self.value = int(row["round"]), float(value)
+        self.results.save_torch(BEST_MODEL, state_dict)
+        self.results.write_json(BEST_RECORD, {
+            "round": self.round, "metric": self.metric, "value": self.value,
+            "mode": "min" if minimizes(self.metric) else "max", "row": dict(row),
+        })
+        return True
