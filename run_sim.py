@@ -10,8 +10,11 @@ import argparse
 import json
 import os
 import logging
+import random
 import shlex
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -266,6 +269,39 @@ def gpu_share(value: str, num_clients: int) -> float:
     return max(torch.cuda.device_count() / max(num_clients, 1), 0.25) if num_clients > 1 else 1.0
 
 
+@contextmanager
+def seeded_node_ids(seed: int) -> Iterator[None]:
+    """Register the simulated nodes under IDs drawn from ``seed``, not ``os.urandom``.
+
+    Flower samples a round's clients among node IDs with the global ``random`` (which the
+    server seeds), and node i holds partition i; with random IDs the same seed picked
+    other partitions on every run. Only node registration draws from the seeded stream.
+    """
+    from flwr.server.superlink.fleet.vce import vce_api
+    from flwr.server.superlink.linkstate import in_memory_linkstate
+
+    register, draw = vce_api._register_nodes, in_memory_linkstate.generate_rand_int_from_bytes
+    rng = random.Random(f"fedloom-node-ids-{seed}")
+
+    def seeded_draw(num_bytes: int, exclude: set[int] | None = None) -> int:
+        while (value := rng.getrandbits(8 * num_bytes)) in (exclude or ()):
+            pass
+        return value
+
+    def register_seeded(*args: Any, **kwargs: Any) -> Any:
+        in_memory_linkstate.generate_rand_int_from_bytes = seeded_draw
+        try:
+            return register(*args, **kwargs)
+        finally:
+            in_memory_linkstate.generate_rand_int_from_bytes = draw
+
+    vce_api._register_nodes = register_seeded
+    try:
+        yield
+    finally:
+        vce_api._register_nodes = register
+
+
 def simulate(run_config: dict[str, Any], num_clients: int, client_cpus: float, client_gpus: float, verbose: bool) -> None:
     """Start Flower's simulation runtime (Ray backend) with the ServerApp and ClientApp."""
     from flwr.app import Context, RecordDict
@@ -297,19 +333,20 @@ def simulate(run_config: dict[str, Any], num_clients: int, client_cpus: float, c
             "log_to_driver": verbose,
         },
     }
-    _run_simulation(
-        num_supernodes=num_clients,
-        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-        client_app=client_app,
-        server_app=server_app,
-        backend_name="ray",
-        backend_config=backend_config,
-        server_app_context=context,
-        app_dir=str(APP_DIR),
-        is_app=True,  # clients fuse pyproject defaults with run.override_config
-        run=run,
-        verbose_logging=verbose,
-    )
+    with seeded_node_ids(int(run_config["seed"])):
+        _run_simulation(
+            num_supernodes=num_clients,
+            exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+            client_app=client_app,
+            server_app=server_app,
+            backend_name="ray",
+            backend_config=backend_config,
+            server_app_context=context,
+            app_dir=str(APP_DIR),
+            is_app=True,  # clients fuse pyproject defaults with run.override_config
+            run=run,
+            verbose_logging=verbose,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,6 +38,7 @@ from .plots import plot_metrics
 from .privacy import client_level, privacy_ledger, sample_level, write_epsilons
 from .progress import RunProgress
 from .results import ResultsFolder
+from .sampling import use_private_sampling_rng
 
 PACKAGES = ("flwr", "torch", "numpy", "ray", "opacus", "tenseal", "scikit-learn")
 
@@ -128,7 +129,8 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
     With ``resume`` set, continue from the checkpoint in ``run-dir`` instead of
     starting over: model, strategy state, RNG states and metrics rows come back.
     """
-    random.seed(cfg.seed)  # Flower samples clients with the global `random`
+    use_private_sampling_rng(cfg.seed)  # which clients train each round
+    random.seed(cfg.seed)  # user strategies may draw from the global `random`
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     task = get_task(cfg.task, cfg.task_options())

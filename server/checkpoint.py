@@ -2,8 +2,9 @@
 
 Written atomically after every round (see :class:`server.results.ResultsFolder`).
 The strategy chain (inner strategy and fedloom's wrappers, e.g. FedAdam's moments
-or FedAvgM's momentum) is pickled whole; RNG states make client sampling continue
-as if the run had never stopped.
+or FedAvgM's momentum) is pickled whole; RNG states (with the
+private one clients are sampled with) make sampling continue as if the run had
+never stopped.
 """
 
 from __future__ import annotations
@@ -19,17 +20,24 @@ import numpy as np
 import torch
 from flwr.common.logger import log
 
+from .sampling import SAMPLING_RNG
+
 CHECKPOINT = "checkpoint.pt"
 
 
 def rng_states() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    return {
+        "python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+        "sampling": SAMPLING_RNG.getstate(),
+    }
 
 
 def restore_rng_states(states: dict[str, Any]) -> None:
     random.setstate(states["python"])
     np.random.set_state(states["numpy"])
     torch.set_rng_state(states["torch"])
+    if "sampling" in states:  # checkpoints before the private sampling generator lack it
+        SAMPLING_RNG.setstate(states["sampling"])
 
 
 def pickle_strategy(strategy: object) -> bytes | None:
