@@ -54,3 +54,19 @@ def test_client_state_survives_a_new_process_and_rewinds_for_a_rerun(tmp_path):
     # A process that already holds state keeps it.
     assert load_state(state, tmp_path, server_round=6) is None
     assert load_state(RecordDict(), tmp_path / "none", server_round=2) is None
+
+
+def test_checkpointed_rng_states_include_the_client_sampler():
+    from flwr.serverapp.strategy import strategy_utils
+
+    from server.checkpoint import restore_rng_states, rng_states
+    from server.sampling import SAMPLING_RNG, use_private_sampling_rng
+
+    use_private_sampling_rng(5)
+    assert strategy_utils.random is SAMPLING_RNG  # what Flower's sample_nodes draws from
+    SAMPLING_RNG.random()
+    saved = rng_states()
+    expected = [SAMPLING_RNG.sample(range(100), 3) for _ in range(4)]
+    use_private_sampling_rng(99)  # a resumed process starts from the seed...
+    restore_rng_states(saved)  # ...and the checkpoint puts the sampler where it was
+    assert [SAMPLING_RNG.sample(range(100), 3) for _ in range(4)] == expected
