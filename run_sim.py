@@ -273,9 +273,10 @@ def gpu_share(value: str, num_clients: int) -> float:
 def seeded_node_ids(seed: int) -> Iterator[None]:
     """Register the simulated nodes under IDs drawn from ``seed``, not ``os.urandom``.
 
-    Flower samples a round's clients among node IDs with the global ``random`` (which the
-    server seeds), and node i holds partition i; with random IDs the same seed picked
-    other partitions on every run. Only node registration draws from the seeded stream.
+    The server samples a round's clients among the node IDs with a seeded generator
+    (``server/sampling.py``), and node i holds partition i; with random IDs the same
+    seed picked other partitions on every run. Only node registration draws from the
+    seeded stream.
     """
     from flwr.server.superlink.fleet.vce import vce_api
     from flwr.server.superlink.linkstate import in_memory_linkstate

@@ -17,6 +17,8 @@ from .results import ResultsFolder
 
 BEST_MODEL = "best.pt"
 BEST_RECORD = "best.json"
+
+
 def minimizes(metric: str) -> bool:
     return metric.endswith("loss")
 

@@ -2,9 +2,8 @@
 
 Written atomically after every round (see :class:`server.results.ResultsFolder`).
 The strategy chain (inner strategy and fedloom's wrappers, e.g. FedAdam's moments
-or FedAvgM's momentum) is pickled whole; RNG states (with the
-private one clients are sampled with) make sampling continue as if the run had
-never stopped.
+or FedAvgM's momentum) is pickled whole; the RNG states, including the private one
+clients are sampled with, make the run continue as if it had never stopped.
 """
 
 from __future__ import annotations

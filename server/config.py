@@ -262,7 +262,6 @@ def resolve_best_metric(value: str, choices: tuple[str, ...], *, he: bool) -> st
     return value
 
 
-
 def parse_run_config(mapping: Mapping[str, Any]) -> RunConfig:
     """Validate a run-config mapping (defaults filled in); ``ValueError`` names the key."""
     unknown = sorted(set(mapping) - set(DEFAULTS))
