@@ -13,6 +13,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from flwr.app import ArrayRecord
+
 from .results import ResultsFolder
 
 BEST_MODEL = "best.pt"
@@ -48,13 +50,13 @@ class BestRound:
             if record.get("metric") == self.metric:
                 self.round, self.value = record["round"], record["value"]
 
-    def offer(self, row: Mapping[str, Any], state_dict: Any) -> bool:
-        """Save ``state_dict`` as the best model if ``row`` beats the best so far."""
+    def offer(self, row: Mapping[str, Any], arrays: ArrayRecord) -> bool:
+        """Save ``arrays`` (as a torch ``state_dict``) if ``row`` beats the best so far."""
         value = row.get(self.metric)
         if value is None or not improves(self.metric, float(value), self.value):
             return False
         self.round, self.value = int(row["round"]), float(value)
-        self.results.save_torch(BEST_MODEL, state_dict)
+        self.results.save_torch(BEST_MODEL, arrays.to_torch_state_dict())
         self.results.write_json(BEST_RECORD, {
             "round": self.round, "metric": self.metric, "value": self.value,
             "mode": "min" if minimizes(self.metric) else "max", "row": dict(row),

@@ -97,7 +97,7 @@ class RoundMonitor:
         self.last_arrays, self.last_round = arrays, server_round
         self.results.add_row(row)
         if self.best is not None:  # before the checkpoint: a resumed run sees this best.json
-            self.best.offer(row, arrays.to_torch_state_dict())
+            self.best.offer(row, arrays)
         self.checkpoint(server_round)
         if server_round == 1 and self.on_first_round is not None:
             self.on_first_round()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
+from flwr.app import ArrayRecord
 
 from server.best import BEST_MODEL, BEST_RECORD, BestRound, improves
 from server.config import parse_run_config
@@ -22,8 +22,8 @@ def test_losses_are_minimised_other_metrics_maximised_and_nan_never_wins():
     assert not improves("val_auc", math.nan, None) and not improves("val_auc", math.nan, 0.1)
 
 
-def _state(value: float) -> dict[str, torch.Tensor]:
-    return {"w": torch.full((2, 2), value)}
+def _state(value: float) -> ArrayRecord:
+    return ArrayRecord({"w": torch.full((2, 2), float(value))})
 
 
 def test_offer_keeps_the_best_round_model_and_record(tmp_path):
@@ -35,7 +35,7 @@ def test_offer_keeps_the_best_round_model_and_record(tmp_path):
     record = json.loads((tmp_path / BEST_RECORD).read_text())
     assert (record["round"], record["metric"], record["value"], record["mode"]) == (2, "val_auc", 0.9, "max")
     assert record["row"] == rows[1]
-    assert torch.equal(torch.load(tmp_path / BEST_MODEL)["w"], _state(2)["w"])
+    assert torch.equal(torch.load(tmp_path / BEST_MODEL)["w"], torch.full((2, 2), 2.0))
 
 
 def test_a_resumed_run_continues_from_best_json(tmp_path):
@@ -87,4 +87,4 @@ def test_bad_best_metric_names_the_valid_ones():
 def test_task_without_validation_offers_test_metrics_only():
     assert get_task("digits").selectable_metrics() == ("loss", "accuracy")
     assert "val_auc" in get_task("medmnist").selectable_metrics()
-    assert np.all([not m.startswith("val_") for m in get_task("pointcloud").selectable_metrics()])
+    assert all(not m.startswith("val_") for m in get_task("pointcloud").selectable_metrics())
