@@ -36,6 +36,10 @@ class DPModelError(ValueError):
     """The task's model has layers Opacus can neither handle nor replace."""
 
 
+class DPLossError(ValueError):
+    """The task's loss cannot give one loss per example, so DP-SGD cannot clip per example."""
+
+
 def make_dp_ready(model: nn.Module) -> nn.Module:
     """``model`` if Opacus can compute its per-sample gradients, else a fixed copy.
 
@@ -75,6 +79,46 @@ def make_dp_ready(model: nn.Module) -> nn.Module:
         stacklevel=2,
     )
     return fixed
+
+
+def check_per_example_loss(
+    loss_fn: nn.Module, model: nn.Module, split: DataSplit, device: str = "cpu"
+) -> None:
+    """Raise :class:`DPLossError` unless ``loss_fn`` honours ``reduction="none"``.
+
+    Opacus' ghost clipping sets the criterion's ``reduction`` to "none" and clips
+    each example's gradient by its own loss. A loss that ignores the setting and
+    returns the batch mean would clip the batch's gradient instead, and no single
+    example's influence would be bounded: the privacy guarantee would not hold,
+    silently. Probed on up to two examples, without gradients.
+    """
+    name = type(loss_fn).__name__
+    reduction = getattr(loss_fn, "reduction", None)
+    if reduction not in ("mean", "sum"):
+        raise DPLossError(
+            f"DP-SGD needs a loss with a torch-style reduction attribute; {name}.reduction is "
+            f"{reduction!r}; valid: mean, sum (and it must honour none: one loss per example)"
+        )
+    n = min(2, len(split))
+    if n == 0:
+        return
+    x = torch.from_numpy(split.x[:n]).to(device)
+    y = torch.as_tensor(split.y[:n]).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(x)
+            loss_fn.reduction = "none"
+            per_example = loss_fn(logits, y)
+    finally:
+        loss_fn.reduction = reduction
+        model.train(was_training)
+    if tuple(per_example.shape) != (n,):
+        raise DPLossError(
+            f"DP-SGD needs one loss per example: {name} with reduction='none' returned shape "
+            f"{tuple(per_example.shape)} for {n} examples; valid: ({n},)"
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -166,6 +210,8 @@ def train_private(
             return DPRound(False, account.epsilon(), math.nan, noise, 0)
     generator = torch.Generator().manual_seed(seed)
     work = copy.deepcopy(model).to(device).train()
+    criterion = task.loss_fn()
+    check_per_example_loss(criterion, work, split, device)
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(torch.from_numpy(split.x), torch.from_numpy(split.y)),
         batch_size=batch_size, generator=generator,
@@ -177,7 +223,7 @@ def train_private(
     private, optimizer, criterion, dp_loader = engine.make_private(
         module=work,
         optimizer=torch.optim.SGD(trainable(work), lr=lr, momentum=momentum),
-        criterion=task.loss_fn(),
+        criterion=criterion,
         data_loader=loader,
         noise_multiplier=noise,
         max_grad_norm=settings.max_grad_norm,

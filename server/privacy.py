@@ -15,7 +15,7 @@ from typing import Any
 from flwr.serverapp.strategy import Strategy
 
 from privacy.accounting import EpsilonLedger, poisson_plan
-from privacy.dp import make_dp_ready
+from privacy.dp import check_per_example_loss, make_dp_ready
 from strategies.instrumented import chain_of
 from strategies.private import (
     ClientDPStrategy,
@@ -32,11 +32,13 @@ EPSILON_FILE = "epsilon.jsonl"
 
 def check_privacy(cfg: RunConfig, num_clients: int) -> None:
     """Fail at start-up, with a ``ValueError``, on DP settings that cannot work:
-    a model Opacus cannot train, or a target epsilon no noise level reaches."""
+    a model Opacus cannot train, a loss it cannot split per example, or a target
+    epsilon no noise level reaches."""
     if cfg.dp == "sample":
         options = cfg.task_options()
         data = load_task_data(cfg.task, cfg.data_dir, cfg.dataset, options)
-        make_dp_ready(get_task(cfg.task, options).build_model(data))
+        task = get_task(cfg.task, options)
+        check_per_example_loss(task.loss_fn(), make_dp_ready(task.build_model(data)), data.train)
         settings = cfg.sample_dp()
         assert settings is not None
         parts = partitions(

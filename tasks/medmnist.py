@@ -239,14 +239,28 @@ class MedMnistTask(Task):
 
 
 class MedMnistLoss(nn.Module):
-    """Cross-entropy for class-index targets, BCE-with-logits for multi-label targets."""
+    """Cross-entropy for class-index targets, BCE-with-logits for multi-label targets.
 
-    def __init__(self) -> None:
+    ``reduction`` works as on torch's losses ("mean", "sum" or "none"), one loss
+    per example: Opacus' ghost clipping sets it to "none" to clip each example's
+    gradient, so a multi-label example's loss is the mean over its labels.
+    """
+
+    def __init__(self, reduction: str = "mean") -> None:
         super().__init__()
-        self.ce = nn.CrossEntropyLoss()
-        self.bce = nn.BCEWithLogitsLoss()
+        self.reduction = reduction
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if y.ndim == 2:
-            return self.bce(logits, y.float())
-        return self.ce(logits, y)
+            per_example = nn.functional.binary_cross_entropy_with_logits(
+                logits, y.float(), reduction="none"
+            ).mean(dim=1)
+        else:
+            per_example = nn.functional.cross_entropy(logits, y, reduction="none")
+        if self.reduction == "none":
+            return per_example
+        if self.reduction == "sum":
+            return per_example.sum()
+        if self.reduction == "mean":
+            return per_example.mean()
+        raise ValueError(f"invalid reduction {self.reduction!r}; valid: mean, sum, none")

@@ -21,7 +21,7 @@ from privacy.accounting import (
     epsilon,
     poisson_plan,
 )
-from privacy.dp import DPModelError, SampleDPSettings, make_dp_ready, train_private
+from privacy.dp import DPLossError, DPModelError, SampleDPSettings, make_dp_ready, train_private
 from strategies.private import (
     EPSILON_KEY,
     EXHAUSTED_KEY,
@@ -29,6 +29,7 @@ from strategies.private import (
     PrivacyBudgetExhausted,
     SampleDPStrategy,
 )
+from tasks.base import DataSplit, TaskData, TaskOptions
 from tasks.registry import get_task, load_task_data
 
 DELTA = 1e-5
@@ -261,3 +262,89 @@ def test_default_run_has_no_privacy():
 
     cfg = parse_run_config({})
     assert cfg.dp == "none" and cfg.sample_dp() is None and cfg.dp_delta == DELTA
+
+
+
+def mixed_label_data(task_name: str):
+    """16 random examples with mixed labels, so their gradients differ in size and direction."""
+    rng = np.random.default_rng(0)
+    if task_name == "digits":
+        x, classes, info = rng.random((16, 64)), 10, {}
+        y = rng.integers(0, 10, 16)
+    else:
+        x, classes, info = rng.random((16, 1, 28, 28)), 3, {"channels": 1}
+        y = rng.integers(0, 2, (16, 3)).astype(np.float32) if task_name.endswith("multilabel") else rng.integers(0, 3, 16)
+    split = DataSplit(x.astype(np.float32), y)
+    return TaskData(split, split, num_classes=classes, info=info)
+
+
+@pytest.mark.parametrize("task_name", ["digits", "medmnist", "medmnist-multilabel"])
+def test_dp_sgd_step_is_the_mean_of_clipped_per_example_gradients(task_name):
+    # One full batch (q = 1), lr 1, no momentum, negligible noise: the step must be
+    # the mean of each example's gradient clipped to C, computed here one example at a
+    # time. A loss that Opacus cannot split per example (MedMnistLoss before it took
+    # ``reduction``) clips by the batch-mean gradient instead, which does not bound any
+    # one example's influence.
+    task = get_task(task_name.split("-")[0], TaskOptions(model_width=0.125))
+    data = mixed_label_data(task_name)
+    torch.manual_seed(0)
+    model = make_dp_ready(task.build_model(data))
+    with torch.no_grad():  # move off the zero-initialised classifier so every layer gets gradients
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    before = [p.detach().clone() for p in model.parameters()]
+    grads = []
+    for i in range(len(data.train)):
+        model.zero_grad()
+        x, y = torch.from_numpy(data.train.x[i : i + 1]), torch.from_numpy(np.asarray(data.train.y[i : i + 1]))
+        task.loss_fn()(model(x), y).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    norms = torch.stack([g.norm() for g in grads])
+    clip = float(norms.median())  # about half the examples are clipped
+    expected = -torch.stack([g * min(1.0, clip / float(g.norm())) for g in grads]).mean(dim=0)
+    outcome = train_private(
+        model, task, data.train, settings=settings(noise_multiplier=1e-6, max_grad_norm=clip),
+        account=ClientAccount("rdp", DELTA), epochs=1, batch_size=len(data.train), lr=1.0,
+        momentum=0.0, seed=0,
+    )
+    assert outcome.trained and outcome.steps == 1
+    step = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+    torch.testing.assert_close(step, expected, rtol=1e-3, atol=1e-5 * clip)
+
+
+class BatchMeanLoss(nn.Module):
+    """A loss that has ``reduction`` but always returns the batch mean."""
+
+    reduction = "mean"
+
+    def forward(self, logits, y):
+        return nn.functional.cross_entropy(logits, y)
+
+
+@pytest.mark.parametrize(
+    ("loss", "message"),
+    [
+        (nn.Module, r"Module.reduction is None; valid: mean, sum"),
+        (BatchMeanLoss, r"BatchMeanLoss with reduction='none' returned shape \(\) for 2 examples; valid: \(2,\)"),
+    ],
+)
+def test_a_loss_that_cannot_give_per_example_losses_is_refused(digits, monkeypatch, loss, message):
+    task, data = digits
+    monkeypatch.setattr(task, "loss_fn", loss)
+    model = task.build_model(data)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(DPLossError, match=message):
+        train_private(model, task, data.train.subset(np.arange(8)), settings=settings(),
+                      account=ClientAccount("rdp", DELTA), epochs=1, batch_size=4, lr=0.05,
+                      momentum=0.0, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_a_batch_mean_loss_fails_dp_sample_at_start_up(monkeypatch, capsys):
+    from tasks.digits import DigitsTask
+
+    monkeypatch.setattr(DigitsTask, "loss_fn", lambda self: BatchMeanLoss())
+    assert run_sim.main(["--num-clients", "3", "--dp", "sample", "--dp-noise", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "BatchMeanLoss with reduction='none' returned shape () for 2 examples" in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
