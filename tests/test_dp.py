@@ -268,27 +268,32 @@ def test_default_run_has_no_privacy():
 def mixed_label_data(task_name: str):
     """16 random examples with mixed labels, so their gradients differ in size and direction."""
     rng = np.random.default_rng(0)
-    if task_name == "digits":
-        x, classes, info = rng.random((16, 64)), 10, {}
-        y = rng.integers(0, 10, 16)
+    shapes = {"digits": (64,), "mnist": (1, 28, 28), "pointcloud": (64, 3)}
+    x = rng.random((16, *shapes.get(task_name, (1, 28, 28))))
+    if task_name == "medmnist-multilabel":
+        y = rng.integers(0, 2, (16, 3)).astype(np.float32)
     else:
-        x, classes, info = rng.random((16, 1, 28, 28)), 3, {"channels": 1}
-        y = rng.integers(0, 2, (16, 3)).astype(np.float32) if task_name.endswith("multilabel") else rng.integers(0, 3, 16)
+        y = rng.integers(0, 3, 16)
     split = DataSplit(x.astype(np.float32), y)
-    return TaskData(split, split, num_classes=classes, info=info)
+    return TaskData(split, split, num_classes=10 if task_name in shapes else 3, info={"channels": 1})
 
 
-@pytest.mark.parametrize("task_name", ["digits", "medmnist", "medmnist-multilabel"])
-def test_dp_sgd_step_is_the_mean_of_clipped_per_example_gradients(task_name):
+@pytest.mark.parametrize("task_name", ["digits", "mnist", "medmnist", "medmnist-multilabel", "pointcloud"])
+def test_dp_sgd_step_is_the_mean_of_clipped_per_example_gradients(task_name, monkeypatch):
     # One full batch (q = 1), lr 1, no momentum, negligible noise: the step must be
     # the mean of each example's gradient clipped to C, computed here one example at a
     # time. A loss that Opacus cannot split per example (MedMnistLoss before it took
     # ``reduction``) clips by the batch-mean gradient instead, which does not bound any
     # one example's influence.
-    task = get_task(task_name.split("-")[0], TaskOptions(model_width=0.125))
+    options = TaskOptions(model_width=0.125, num_points=64, pointnet_transforms="both", mnist_model="dp-cnn")
+    task = get_task(task_name.split("-")[0], options)
+    monkeypatch.setattr(task, "augment", lambda x, generator: x)  # the same inputs as below
     data = mixed_label_data(task_name)
     torch.manual_seed(0)
     model = make_dp_ready(task.build_model(data))
+    for module in model.modules():  # the same network as below: no dropout masks
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
     with torch.no_grad():  # move off the zero-initialised classifier so every layer gets gradients
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
