@@ -93,6 +93,22 @@ def test_multilabel_loss_is_bce_and_partition_labels_are_ints() -> None:
     assert float(MedMnistLoss()(torch.zeros(2, 4), torch.tensor([0, 3]))) == pytest.approx(np.log(4))
 
 
+def test_loss_reduction_gives_one_loss_per_example() -> None:
+    # Opacus sets reduction="none" to clip per example; a multi-label example's loss
+    # is the mean over its labels, so "mean" is unchanged from BCE's element mean.
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 1.0, -3.0]])
+    multi = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    loss = MedMnistLoss(reduction="none")
+    per_label = torch.nn.functional.binary_cross_entropy_with_logits(logits, multi, reduction="none")
+    torch.testing.assert_close(loss(logits, multi), per_label.mean(dim=1))
+    classes = torch.tensor([0, 2])
+    torch.testing.assert_close(loss(logits, classes), torch.nn.functional.cross_entropy(logits, classes, reduction="none"))
+    assert float(MedMnistLoss()(logits, multi)) == pytest.approx(float(per_label.mean()))
+    assert float(MedMnistLoss("sum")(logits, classes)) == pytest.approx(float(loss(logits, classes).sum()))
+    with pytest.raises(ValueError, match="invalid reduction 'max'; valid: mean, sum, none"):
+        MedMnistLoss("max")(logits, classes)
+
+
 def test_chestmnist_style_npz_loads_float_targets(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     arrays = {}
