@@ -203,7 +203,7 @@ def train_private(
     from opacus import PrivacyEngine
 
     sample_rate, steps = poisson_plan(len(split), batch_size, epochs)
-    noise = settings.noise_for(sample_rate=sample_rate, steps_per_round=steps // epochs)
+    noise = settings.noise_for(sample_rate=sample_rate, steps_per_round=steps)
     if settings.target_epsilon > 0:
         projected = account.projected(noise_multiplier=noise, sample_rate=sample_rate, steps=steps)
         if projected > settings.target_epsilon:

@@ -46,7 +46,7 @@ def check_privacy(cfg: RunConfig, num_clients: int) -> None:
         )
         for part in parts:
             rate, steps = poisson_plan(len(part), cfg.batch_size, cfg.local_epochs)
-            settings.noise_for(sample_rate=rate, steps_per_round=steps // cfg.local_epochs)
+            settings.noise_for(sample_rate=rate, steps_per_round=steps)
     elif cfg.dp == "client":
         per_round = min(
             clients_per_round(num_clients, cfg.fraction_train, cfg.min_train_nodes), num_clients

@@ -148,19 +148,23 @@ def test_a_round_past_the_budget_is_refused(digits):
     assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
 
 
-def test_calibrated_rounds_end_at_or_below_the_target(digits):
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_calibrated_rounds_end_at_or_below_the_target(digits, epochs):
+    # The noise is calibrated for all the steps of the planned rounds, every local
+    # epoch included: the planned rounds fit the budget and the next one does not.
     task, data = digits
     model = task.build_model(data)
     split = data.train.subset(np.arange(40))
     budget = settings(noise_multiplier=0.0, target_epsilon=2.0, planned_rounds=3)
     account = ClientAccount("rdp", DELTA)
     outcomes = [
-        train_private(model, task, split, settings=budget, account=account, epochs=1,
+        train_private(model, task, split, settings=budget, account=account, epochs=epochs,
                       batch_size=8, lr=0.05, momentum=0.9, seed=s)
         for s in range(4)
     ]
     assert [o.trained for o in outcomes] == [True, True, True, False]
     assert 1.9 < outcomes[2].epsilon <= 2.0
+    assert outcomes[2].steps == 5 * epochs
 
 
 class ScaleWithBuffer(nn.Module):
