@@ -81,7 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-clients", type=int, help="number of simulated clients (SuperNodes) [default: 10]")
     p.add_argument("--rounds", type=int, help=f"federated rounds [default: {d['num-server-rounds']}]")
     p.add_argument("--fraction", type=float, help=f"share of clients sampled per round [default: {d['fraction-train']}]")
-    p.add_argument("--local-epochs", type=int, help=f"local epochs per round [default: {d['local-epochs']}]")
+    p.add_argument(
+        "--local-epochs", type=float,
+        help=f"local epochs per round; a fraction such as 0.5 trains on a fresh random half of the "
+        f"client's data each round [default: {d['local-epochs']}]",
+    )
     p.add_argument("--batch-size", type=int, help="local batch size [default: the task's, digits 16, others 32]")
     p.add_argument("--lr", type=float, help="client learning rate [default: the task's, digits 0.05, others 0.01]")
     p.add_argument("--partition", help=f"iid, dirichlet:ALPHA or shards:K [default: {d['partition']}]")

@@ -45,7 +45,7 @@ def sample_dp_round(
     settings: SampleDPSettings,
     state: RecordDict,
     partition_id: int,
-    epochs: int,
+    epochs: float,
     batch_size: int,
     lr: float,
     momentum: float,

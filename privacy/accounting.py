@@ -86,19 +86,20 @@ def calibrate_noise(
         ) from None
 
 
-def poisson_plan(num_examples: int, batch_size: int, epochs: int) -> tuple[float, int]:
+def poisson_plan(num_examples: int, batch_size: int, epochs: float) -> tuple[float, int]:
     """Sample rate and number of steps of ``epochs`` local epochs with Poisson batches.
 
     Matches Opacus's ``make_private``: the sample rate is 1 / (batches of the
-    original loader), and every epoch takes that many steps.
+    original loader), and every epoch takes that many steps. A fractional
+    ``epochs`` takes that share of an epoch's steps, rounded up (at least one).
     """
-    if num_examples < 1 or batch_size < 1 or epochs < 1:
+    if num_examples < 1 or batch_size < 1 or epochs <= 0:
         raise ValueError(
             f"invalid plan num_examples={num_examples}, batch_size={batch_size}, "
-            f"epochs={epochs}; valid: all >= 1"
+            f"epochs={epochs}; valid: examples and batch size >= 1, epochs > 0"
         )
     batches = math.ceil(num_examples / batch_size)
-    return 1.0 / batches, batches * epochs
+    return 1.0 / batches, math.ceil(round(batches * epochs, 9))
 
 
 @dataclass

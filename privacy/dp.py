@@ -11,6 +11,7 @@ every round the client took part in. Opacus is imported lazily.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import warnings
 from dataclasses import dataclass
@@ -186,7 +187,7 @@ def train_private(
     *,
     settings: SampleDPSettings,
     account: ClientAccount,
-    epochs: int,
+    epochs: float,
     batch_size: int,
     lr: float,
     momentum: float,
@@ -231,10 +232,11 @@ def train_private(
         noise_generator=torch.Generator().manual_seed(seed + 1),
         grad_sample_mode="ghost",
     )
-    total, count = 0.0, 0
+    total, count, done = 0.0, 0, 0
     with seeded_torch(seed + 2, device):  # dropout
-        for _ in range(epochs):
-            for xb, yb in dp_loader:
+        while done < steps:  # whole passes of the Poisson loader, the last one cut at ``steps``
+            for xb, yb in itertools.islice(dp_loader, steps - done):
+                done += 1
                 optimizer.zero_grad()
                 if len(yb):  # an empty Poisson batch still steps: Opacus adds the noise
                     xb = task.augment(xb, generator)

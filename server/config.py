@@ -112,7 +112,7 @@ class RunConfig:
     fraction_evaluate: float
     min_train_nodes: int
     min_available_nodes: int
-    local_epochs: int
+    local_epochs: float  # an int when whole; 0.5 = half an epoch per round
     batch_size: int
     lr: float
     momentum: float
@@ -193,6 +193,9 @@ class RunConfig:
         return {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
+FRACTIONAL_KEYS = ("local-epochs",)
+
+
 def _coerce(key: str, value: Any, like: Any) -> Any:
     kind = type(like)
     if kind is bool:
@@ -200,6 +203,9 @@ def _coerce(key: str, value: Any, like: Any) -> Any:
         _check(word in TRUE_WORDS + FALSE_WORDS, key, value, f"{', '.join(TRUE_WORDS)} or {', '.join(FALSE_WORDS)}")
         return word in TRUE_WORDS
     try:
+        if key in FRACTIONAL_KEYS:  # whole numbers stay ints (config.json keeps 1, not 1.0)
+            number = float(value)
+            return int(number) if number.is_integer() else number
         if kind is int:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
@@ -279,8 +285,9 @@ def parse_run_config(mapping: Mapping[str, Any]) -> RunConfig:
     _check(raw["num-server-rounds"] >= 1, "num-server-rounds", raw["num-server-rounds"], ">= 1")
     _check(0 < raw["fraction-train"] <= 1, "fraction-train", raw["fraction-train"], "0 < f <= 1")
     _check(0 <= raw["fraction-evaluate"] <= 1, "fraction-evaluate", raw["fraction-evaluate"], "0 <= f <= 1")
-    for key in ("min-train-nodes", "min-available-nodes", "local-epochs", "batch-size"):
+    for key in ("min-train-nodes", "min-available-nodes", "batch-size"):
         _check(raw[key] >= 1, key, raw[key], ">= 1")
+    _check(raw["local-epochs"] > 0, "local-epochs", raw["local-epochs"], "> 0 (fractions such as 0.5 allowed)")
     for key in ("lr", "round-timeout", "server-lr", "server-adaptive-lr"):
         _check(raw[key] > 0, key, raw[key], "> 0")
     for key in ("momentum", "server-momentum"):

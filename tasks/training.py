@@ -71,12 +71,27 @@ def seeded_torch(seed: int, device: str = "cpu") -> Iterator[None]:
         yield
 
 
+def epoch_orders(num_examples: int, epochs: float, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """The example order of each (partial) epoch: ``epochs`` = 2.5 gives two fresh
+    permutations and the first half (rounded up) of a third; 0.5 gives half of one.
+
+    Whole epochs draw exactly what a plain ``for _ in range(epochs)`` loop draws.
+    """
+    if epochs <= 0:
+        raise ValueError(f"invalid epochs={epochs!r}; valid: > 0")
+    whole = math.floor(epochs)
+    for _ in range(whole):
+        yield torch.randperm(num_examples, generator=generator)
+    if epochs > whole:
+        yield torch.randperm(num_examples, generator=generator)[: math.ceil((epochs - whole) * num_examples)]
+
+
 def train_local(
     model: nn.Module,
     task: Task,
     split: DataSplit,
     *,
-    epochs: int,
+    epochs: float,
     batch_size: int,
     lr: float,
     momentum: float = 0.9,
@@ -85,7 +100,10 @@ def train_local(
     device: str = "cpu",
     optimizer: str = "sgd",
 ) -> float:
-    """Train ``model`` in place with ``optimizer`` (see :func:`make_optimizer`); mean loss."""
+    """Train ``model`` in place with ``optimizer`` (see :func:`make_optimizer`); mean loss.
+
+    ``epochs`` may be fractional (see :func:`epoch_orders`).
+    """
     generator = torch.Generator().manual_seed(seed)
     model.to(device).train()
     opt = make_optimizer(trainable(model), optimizer, lr=lr, momentum=momentum)
@@ -95,9 +113,8 @@ def train_local(
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu else []
     total, count = 0.0, 0
     with seeded_torch(seed + 1, device):
-        for _ in range(epochs):
-            order = torch.randperm(len(split), generator=generator)
-            for start in range(0, len(split), batch_size):
+        for order in epoch_orders(len(split), epochs, generator):
+            for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
                 xb = task.augment(x_all[idx], generator).to(device)
                 yb = y_all[idx].to(device)
