@@ -247,11 +247,16 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
 
 def provision_keys(cfg: Any, folder: Path) -> Path:
     """The provisioning step of --he: this run's keys, secret for clients, public for the server."""
-    from privacy.he import provision
+    from privacy.he import SECRET_FILE, provision
     from tasks.registry import load_task_data
 
     train_size = len(load_task_data(cfg.task, cfg.data_dir, cfg.dataset, cfg.task_options()).train)
     folder = folder.expanduser().resolve()
+    if cfg.he_dir and (folder / SECRET_FILE).exists():  # the default <run-dir>/he goes with its run
+        raise UsageError(
+            f"he-dir {folder} already holds keys ({SECRET_FILE}): new keys would make the run that "
+            "made them undecryptable; use an empty folder, leave he-dir unset (<run-dir>/he), or --resume"
+        )
     provision(folder, clip=cfg.he_clip, max_weight=train_size, values_per_slot=cfg.he_pack, scheme=cfg.he_scheme)
     return folder
 

@@ -3,8 +3,9 @@
 A client with ``weight`` examples sends ``round(weight * w * scale)`` per parameter
 (``w`` clipped to ``[-clip, clip]``); the sum over clients, divided by
 ``scale * total_weight``, is FedAvg's weighted mean. ``scale`` is the largest value
-for which any sum of weights up to ``max_weight`` cannot overflow its lane:
-``|sum| <= max_weight * clip * scale < radix / 2``.
+for which any sum of weights up to ``max_weight`` cannot overflow its lane, each
+client's rounding (at most 1/2, and at most ``max_weight`` clients) included:
+``|sum| <= max_weight * clip * scale + ceil(max_weight / 2) < radix / 2``.
 
 Packing (BatchCrypt-style): ``lanes`` such integers share one plaintext slot as
 balanced base-``radix`` digits, ``slot = sum_j x_j * radix**j`` with every
@@ -34,15 +35,26 @@ def lane_radix(plain_modulus: int, lanes: int) -> int:
 
 
 def fixed_point_scale(*, radix: int, max_weight: int, clip: float) -> float:
-    """Units per 1.0 such that sums of weighted, clipped values never leave a lane."""
+    """Units per 1.0 such that sums of weighted, clipped, rounded values never leave a lane."""
     if max_weight < 1 or clip <= 0:
         raise ValueError(f"need max_weight >= 1 and clip > 0, got {max_weight}, {clip}")
-    return float((radix // 2 - 1) // (max_weight * clip))
+    return float((radix // 2 - 1 - (max_weight + 1) // 2) // (max_weight * clip))
 
 
 def encode_weighted(values: np.ndarray, *, weight: int, scale: float, clip: float) -> np.ndarray:
-    """int64 fixed-point of ``weight * clip(values)``."""
-    clipped = np.clip(values.astype(np.float64), -clip, clip)
+    """int64 fixed-point of ``weight * clip(values)``; ``ValueError`` on NaN or inf.
+
+    Clipping would keep a NaN, which rounds to an out-of-range integer that garbles
+    its whole ciphertext in the sum; the server cannot see it, so it stops here.
+    """
+    values = values.astype(np.float64)
+    bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+    if bad:
+        raise ValueError(
+            f"{bad} non-finite value(s) (NaN or inf) in the local model: an encrypted update "
+            "cannot be checked by the server, so none is sent"
+        )
+    clipped = np.clip(values, -clip, clip)
     return np.rint(clipped * (weight * scale)).astype(np.int64)
 
 

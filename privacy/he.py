@@ -232,6 +232,14 @@ def deserialize(ctx: ts.Context, ciphertexts: list[bytes], *, scheme: str) -> li
         raise ValueError(f"not a valid ciphertext: {exc}") from None
 
 
+def layout(vector: ts.BFVVector | ts.CKKSVector) -> tuple[tuple[int, ...], float]:
+    """What must match for two ciphertexts to add: modulus level (``parms_id``) and,
+    for CKKS, scale (1.0 for BFV). TenSEAL's own ``CKKSVector.scale()`` is broken in
+    0.3.x, so both come from the underlying SEAL ciphertext."""
+    (ct,) = vector.data.ciphertext()
+    return tuple(ct.parms_id()), float(ct.scale)
+
+
 def add_all(uploads: list[list]) -> list[bytes]:
     """Slot-wise sum of several clients' (deserialized) ciphertexts, serialized.
 

@@ -25,9 +25,20 @@ def encrypt_weights(
     blocks: Sequence[int] | None = None,
 ) -> list[bytes]:
     """Ciphertexts of ``weight`` x ``values`` (flat float32), all blocks or only ``blocks``."""
+    if not 1 <= weight <= params.max_weight:
+        raise ValueError(
+            f"weight {weight} is outside [1, {params.max_weight}], the max weight the HE keys "
+            "were made for: sums could overflow; provision keys with a larger max weight"
+        )
     fixed = encode_weighted(values, weight=weight, scale=params.scale, clip=params.clip)
     packed = pack(fixed, lanes=params.values_per_slot, radix=params.radix)
     return he.encrypt(ctx, packed, params.slots, blocks, scheme=params.scheme)
+
+
+def block_sizes(params: he.HEParams, count: int) -> list[int]:
+    """Slots in each ciphertext of an upload of ``count`` values (the last one shorter)."""
+    total = -(-count // params.values_per_slot)
+    return [min(params.slots, total - start) for start in range(0, total, params.slots)]
 
 
 def value_weights(block_weights: Sequence[int], params: he.HEParams, count: int) -> np.ndarray:

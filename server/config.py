@@ -346,6 +346,11 @@ def check_he_combination(raw: Mapping[str, Any]) -> None:
             + ", ".join(HE_STRATEGIES)
         )
     check_he(raw["compression"], he=True)
+    if raw.get("compression-down", "none") != "none":
+        raise ValueError(
+            f"compression-down={raw['compression-down']} does not work with --he: the global model "
+            "goes down as ciphertexts the server cannot decode or re-encode; valid with --he: none"
+        )
     if raw.get("dp") == "client":
         raise ValueError(
             "--dp client does not work with --he: the server would have to clip or noise "

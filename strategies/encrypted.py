@@ -30,7 +30,7 @@ from flwr.serverapp.strategy import FedAvg
 from compression.flat import flatten
 from compression.sparse import randk_indices
 from privacy import he
-from privacy.he_encoding import encrypt_weights
+from privacy.he_encoding import block_sizes, encrypt_weights
 
 from .compressed import SEED_KEY, round_seed
 from .validation import WEIGHT_KEY, Rejection
@@ -71,7 +71,16 @@ class EncryptedFedAvg(FedAvg):
             raise ValueError(f"block fraction must be in (0, 1], got {block_fraction}")
         self.he_dir = he_dir
         self.params = he.load_params(Path(he_dir))
+        if max_weight > self.params.max_weight:
+            raise ValueError(
+                f"the HE keys in {he_dir} were made for at most {self.params.max_weight} examples per "
+                f"round, but this task's training set has {max_weight}: sums could overflow; "
+                f"make keys with a max weight >= {max_weight} (deploy/provision_he.py --max-weight)"
+            )
         self.num_ciphertexts = self.params.ciphertexts_for(num_parameters)
+        self.block_sizes = block_sizes(self.params, num_parameters)
+        fresh = he.encrypt(he.public_context(Path(he_dir)), np.zeros(1, np.int64), 1, scheme=self.params.scheme)
+        self.layout = he.layout(he.deserialize(he.public_context(Path(he_dir)), fresh, scheme=self.params.scheme)[0])
         self.max_weight = max_weight
         self.proximal_mu = proximal_mu
         self.block_fraction, self.seed = block_fraction, seed
@@ -144,7 +153,17 @@ class EncryptedFedAvg(FedAvg):
                 f"(the encrypted sum must stay below max weight {self.max_weight})"
             )
         ctx = he.public_context(Path(self.he_dir))
-        return he.deserialize(ctx, ciphertexts, scheme=self.params.scheme), weight
+        vectors = he.deserialize(ctx, ciphertexts, scheme=self.params.scheme)
+        for block, vector in zip(self.selected.tolist(), vectors, strict=True):
+            if vector.size() != self.block_sizes[block]:
+                raise ValueError(f"ciphertext {block} holds {vector.size()} slots, expected {self.block_sizes[block]}")
+            if he.layout(vector) != self.layout:
+                level, scale = he.layout(vector)
+                raise ValueError(
+                    f"ciphertext {block} has another modulus level or scale ({scale:g}) than this "
+                    f"run's fresh ciphertexts ({self.layout[1]:g}): it cannot be added"
+                )
+        return vectors, weight
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

@@ -182,6 +182,69 @@ def test_bad_uploads_are_rejected_not_added(keys, server_dir, task_identity):
     assert torch.allclose(mean["classifier.3.bias"], states[0]["classifier.3.bias"], atol=1e-6)
 
 
+def _small_state(value: float = 0.5) -> dict[str, torch.Tensor]:
+    """5,000 parameters: two BFV ciphertexts (4,096 + 904 slots), three CKKS ones."""
+    return {"w": torch.full((5000,), value)}
+
+
+@pytest.mark.parametrize("profile", ["bfv", "ckks"], indirect=True)
+def test_ciphertexts_of_the_wrong_size_or_scale_are_rejected_not_added(profile, task_identity):
+    # A reply whose ciphertexts parse but cannot be added (fewer slots; for CKKS another
+    # scale) is rejected like any bad reply, instead of crashing the server's sum.
+    import tenseal as ts
+
+    (key_dir, params), server = profile
+    secret_key = key_dir / he.SECRET_FILE
+    ctx = he.secret_context(secret_key)
+    strategy = EncryptedFedAvg(he_dir=str(server), num_parameters=5000, max_weight=1000)
+    instruction = Message(content=RecordDict({"config": ConfigRecord()}), dst_node_id=1, message_type="train")
+    good = encrypt_local(_small_state(), 10, secret_key)
+    cts = [a.numpy().tobytes() for a in good.values()]
+    if params.scheme == "bfv":
+        odd = ts.bfv_vector(ctx, [1, 2, 3]).serialize()
+    else:
+        odd = ts.ckks_vector(ctx, [1.0] * params.slots, scale=2.0**20).serialize()
+    replies = [train_reply(instruction, ciphertext_record([odd] + cts[1:]), 10), train_reply(instruction, good, 10)]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    reason = strategy.rejected[0].reason
+    assert len(strategy.rejected) == 1 and strategy.total_weight == 10
+    expected = (
+        "holds 3 slots, expected 4096" if params.scheme == "bfv"
+        else "has another modulus level or scale (1.04858e+06) than this run's fresh ciphertexts (524288)"
+    )
+    assert f"ciphertext 0 {expected}" in reason, reason
+    mean = decrypt_global(arrays, 10, _small_state(), secret_key)
+    assert torch.allclose(mean["w"], _small_state()["w"], atol=1e-6)
+
+
+def test_a_client_refuses_to_encrypt_non_finite_values_or_too_large_a_weight(keys):
+    # Clipping keeps a NaN, which would garble its whole ciphertext in the sum unseen.
+    secret_key = keys[0] / he.SECRET_FILE
+    state = _small_state()
+    state["w"][[3, 4100]] = torch.tensor([float("nan"), float("inf")])
+    with pytest.raises(ValueError, match=r"2 non-finite value\(s\) \(NaN or inf\) in the local model"):
+        encrypt_local(state, 10, secret_key)
+    with pytest.raises(ValueError, match=r"weight 1001 is outside \[1, 1000\], the max weight the HE keys"):
+        encrypt_local(_small_state(), 1001, secret_key)
+
+
+def test_the_server_refuses_keys_made_for_fewer_examples(server_dir):
+    with pytest.raises(ValueError, match="made for at most 1000 examples per round, but this task's training set has 60000"):
+        EncryptedFedAvg(he_dir=str(server_dir), num_parameters=5000, max_weight=60_000)
+
+
+@pytest.mark.parametrize("clip", [0.3, 1.85, 2.5, 8.0])
+def test_rounding_cannot_push_a_full_round_out_of_its_lane(clip):
+    # Worst case: max_weight clients of weight 1, every value at +clip, each rounded up.
+    for radix in range(1001, 3001, 97):
+        for max_weight in range(1, 60):
+            scale = fixed_point_scale(radix=radix, max_weight=max_weight, clip=clip)
+            if scale < 1:
+                continue
+            one = encode_weighted(np.array([clip, -clip]), weight=1, scale=scale, clip=clip)
+            assert max_weight * abs(one).max() <= radix // 2 - 1, (radix, max_weight)
+
+
 def test_randk_under_he_uploads_a_shared_subset_of_ciphertexts(keys, server_dir, task_identity):
     # Prepare: the MNIST CNN in 407 ciphertexts; randk:0.25 uploads ceil(0.25 * 407) = 102 of them.
     base, states = _models(2)

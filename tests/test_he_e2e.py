@@ -77,9 +77,22 @@ def test_decrypt_model_errors_are_one_line(tmp_path, capsys):
         (["--run-config", "he-pack=3"], "invalid he-pack=3; valid: 1, 2"),
         (["--he-scheme", "paillier"], "invalid he-scheme='paillier'; valid: bfv, ckks"),
         (["--he-scheme", "ckks", "--run-config", "he-pack=2"], "invalid he-pack=2 with he-scheme=ckks; valid: 1"),
+        (["--compression-down", "fp16"], "compression-down=fp16 does not work with --he"),
     ],
 )
 def test_invalid_he_combinations_exit_2(argv, message, capsys, tmp_path):
     assert run_sim.main(["--he", *argv, "--run-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_a_new_run_does_not_overwrite_keys_in_an_explicit_he_dir(tmp_path, capsys):
+    # Another run's keys: new ones would make its encrypted model undecryptable.
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "secret.ctx").write_bytes(b"another run's key")
+    code = run_sim.main(["--he", "--run-dir", str(tmp_path / "run"), "--run-config", f'he-dir="{keys}"'])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"he-dir {keys} already holds keys (secret.ctx)" in err and err.count("\n") == 1
+    assert (keys / "secret.ctx").read_bytes() == b"another run's key"
