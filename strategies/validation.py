@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from logging import WARNING
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -60,6 +60,21 @@ def check_train_reply(content: RecordDict, layout: Layout, *, max_examples: int)
     return None
 
 
+def cast_to_layout(arrays: ArrayRecord, layout: Layout) -> ArrayRecord:
+    """``arrays`` with each array in the dtype ``layout`` gives it (as sent to the clients).
+
+    Flower's FedAdam and QFedAvg compute in float64 (numpy 2 promotes float32 arrays
+    times float64 scalars); a float64 global model would make every float32 reply of
+    the next round fail :func:`check_train_reply`, and the model would stop changing.
+    """
+    if all(str(arrays[k].dtype) == layout[k][1] for k in arrays.keys() if k in layout):
+        return arrays
+    return ArrayRecord({
+        k: Array(np.ascontiguousarray(v.numpy().astype(layout[k][1]))) if k in layout else v
+        for k, v in arrays.items()
+    })
+
+
 @dataclass
 class Rejection:
     node_id: int
@@ -98,4 +113,5 @@ class ValidatingStrategy(DelegatingStrategy):
                 server_round, msg.metadata.src_node_id, reason)
         if not any(not m.has_error() for m in keep):
             return None, None
-        return self.inner.aggregate_train(server_round, keep)
+        arrays, metrics = self.inner.aggregate_train(server_round, keep)
+        return (None if arrays is None else cast_to_layout(arrays, self.layout)), metrics

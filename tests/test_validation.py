@@ -5,6 +5,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
+from strategies.registry import strategy_names
 from strategies.validation import ValidatingStrategy, check_train_reply, layout_of
 
 GLOBAL = ArrayRecord({"w": Array(np.zeros((2, 2), np.float32)), "b": Array(np.zeros(2, np.float32))})
@@ -73,3 +74,39 @@ def test_only_bad_replies_means_no_update(task_identity):
     bad = reply(5, content(np.full((2, 2), np.inf, np.float32), GOOD[1]))
     assert strategy.aggregate_train(1, [bad]) == (None, None)
     assert len(strategy.rejected) == 1
+
+
+@pytest.mark.parametrize("name", strategy_names())
+def test_every_strategy_keeps_learning_after_round_one(name, task_identity):
+    # FedAdam and QFedAvg compute in float64; the global model must still go out as the
+    # float32 the clients send back, or every round-2 reply fails validation and the
+    # model stops changing.
+    from unittest.mock import Mock
+
+    from flwr.serverapp import Grid
+
+    from server.app import strategy_params
+    from server.config import parse_run_config
+    from strategies.registry import build_strategy
+
+    grid = Mock(spec=Grid)
+    grid.get_node_ids.return_value = list(range(1, 8))
+    rng = np.random.default_rng(0)
+    cfg = parse_run_config({"strategy": name, "min-train-nodes": 7, "min-available-nodes": 7})
+    strategy = ValidatingStrategy(build_strategy(name, strategy_params(cfg)), max_examples=1000)
+    arrays = ArrayRecord({"w": Array(rng.standard_normal(20).astype(np.float32))})
+    models = [arrays["w"].numpy()]
+    for server_round in (1, 2, 3):
+        replies = []
+        for msg in strategy.configure_train(server_round, arrays, ConfigRecord(), grid):
+            sent = msg.content["arrays"]["w"].numpy()
+            body = RecordDict({
+                "arrays": ArrayRecord({"w": Array((sent + 0.1 * rng.standard_normal(20)).astype(np.float32))}),
+                "metrics": MetricRecord({"num-examples": 10, "train_loss": 1.0, "train_loss_initial": 1.0}),
+            })
+            replies.append(Message(content=body, reply_to=msg))
+        arrays, _ = strategy.aggregate_train(server_round, replies)
+        assert strategy.rejected == [], (server_round, strategy.rejected[:1])
+        assert arrays["w"].numpy().dtype == np.float32
+        models.append(arrays["w"].numpy())
+    assert all(not np.array_equal(a, b) for a, b in zip(models, models[1:]))
