@@ -85,6 +85,8 @@ DEFAULTS: dict[str, Any] = {
 
 #: Strategies whose aggregation is the weighted mean that encrypted sums compute.
 HE_STRATEGIES = ("fedavg", "fedprox")
+#: Client-level DP's accounting holds for a plain mean of the clipped updates only.
+CLIENT_DP_STRATEGIES = ("fedavg", "fedprox")
 
 
 IMAGE_SIZES = (28, 64, 128, 224)
@@ -214,7 +216,8 @@ def _coerce(key: str, value: Any, like: Any) -> Any:
             return float(value)
         return str(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{key}={value!r} is not a valid {kind.__name__}") from None
+        kind_name = "number" if key in FRACTIONAL_KEYS else kind.__name__
+        raise ValueError(f"{key}={value!r} is not a valid {kind_name}") from None
 
 
 def _check(cond: bool, key: str, value: Any, valid: str) -> None:
@@ -241,6 +244,13 @@ def _check_dp(raw: dict[str, Any]) -> None:
     if raw["dp"] == "client" and raw["dp-accountant"] != "rdp":
         raise ValueError(
             f"invalid dp-accountant={raw['dp-accountant']!r} with dp=client; valid: rdp"
+        )
+    if raw["dp"] == "client" and raw["strategy"] not in CLIENT_DP_STRATEGIES:
+        raise ValueError(
+            f"strategy {raw['strategy']!r} does not work with dp=client: its noise and epsilon "
+            "assume the release is the plain mean of the clipped updates (a median or Krum moves "
+            "up to 3x further for one client; a server optimizer's momentum replays un-noised "
+            f"past means); strategies that work with dp=client: {', '.join(CLIENT_DP_STRATEGIES)}"
         )
     compressed = raw["compression"] != "none" or raw["compression-down"] != "none"
     if raw["dp"] == "client" and raw["dp-clipping-side"] == "client" and compressed:

@@ -236,11 +236,22 @@ class ClientDPStrategy(DelegatingStrategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         assert self.dp is not None, "configure_train runs first"
-        replies = list(replies)
-        for msg in replies:
-            if not msg.has_error():
-                _metrics(msg)[self.weight_key] = 1
-        arrays, metrics = self.dp.aggregate_train(server_round, replies)
+        # Flower's wrapper skips the round on any failed reply, and noises the mean of
+        # the replies it gets at z*C / (clients planned): with fewer (failures, stragglers,
+        # rejected replies) one client moves that mean by up to C / (replies), more than
+        # the noise covers. So failed replies are dropped and the noise is sized for the
+        # replies actually averaged.
+        good = [msg for msg in replies if not msg.has_error()]
+        if not good:
+            return None, None
+        for msg in good:
+            _metrics(msg)[self.weight_key] = 1
+        planned = self.dp.num_sampled_clients  # type: ignore[attr-defined]
+        self.dp.num_sampled_clients = len(good)  # type: ignore[attr-defined]
+        try:
+            arrays, metrics = self.dp.aggregate_train(server_round, good)
+        finally:
+            self.dp.num_sampled_clients = planned  # type: ignore[attr-defined]
         if arrays is not None:
             self.releases += 1
             self.ledger.record_population(server_round, self.epsilon_after(self.releases))

@@ -29,7 +29,9 @@ def test_parse_fills_defaults_and_coerces_strings():
         ({"num-server-rounds": 0}, "invalid num-server-rounds=0; valid: >= 1"),
         ({"fraction-train": 1.5}, "invalid fraction-train=1.5; valid: 0 < f <= 1"),
         ({"batch-size": "many"}, "batch-size='many' is not a valid int"),
-        ({"local-epochs": 1.5}, "local-epochs=1.5 is not a valid int"),
+        ({"local-epochs": "one"}, "local-epochs='one' is not a valid number"),
+        ({"local-epochs": 0}, "invalid local-epochs=0; valid: > 0 (fractions such as 0.5 allowed)"),
+        ({"batch-size": 1.5}, "batch-size=1.5 is not a valid int"),
         ({"partition": "zipf"}, "invalid partition 'zipf'"),
         ({"learning-rate": 0.1}, "unknown run-config key(s) learning-rate; valid: task"),
         ({"optimizer": "rmsprop"}, "invalid optimizer='rmsprop'; valid: sgd, adam"),
@@ -55,3 +57,9 @@ def test_lr_schedule_cosine_anneals_over_the_rounds_and_bad_names_fail():
     assert parse_run_config({"lr-schedule": "cosine"}).lr_schedule == "cosine"
     with pytest.raises(ValueError, match="invalid lr-schedule='step'; valid: constant, cosine"):
         parse_run_config({"lr-schedule": "step"})
+
+
+def test_local_epochs_take_fractions_and_whole_numbers_stay_ints():
+    assert parse_run_config({"local-epochs": "0.5"}).local_epochs == 0.5
+    whole = parse_run_config({"local-epochs": 2.0}).to_run_config()["local-epochs"]
+    assert whole == 2 and isinstance(whole, int)  # config.json keeps 2, not 2.0

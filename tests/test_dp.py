@@ -8,7 +8,7 @@ from unittest.mock import Mock
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from opacus.accountants.analysis import rdp as rdp_analysis
 from torch import nn
 
@@ -251,6 +251,10 @@ def test_server_wrapper_drops_a_report_above_the_target_and_stops_when_all_are_s
          "dp-clipping-side=client clips the plain update on the client and cannot be combined with compression"),
         (["--dp", "sample", "--dp-target-epsilon", "1e-9"], "target epsilon 1e-09 at delta 1e-05 is out of reach"),
         (["--dp", "client", "--dp-target-epsilon", "1e-9"], "target epsilon 1e-09 at delta 1e-05 is out of reach"),
+        (["--dp", "client", "--dp-noise", "1", "--strategy", "krum"],
+         "strategy 'krum' does not work with dp=client"),
+        (["--dp", "client", "--dp-noise", "1", "--strategy", "fedadam"],
+         "strategies that work with dp=client: fedavg, fedprox"),
     ],
 )
 def test_bad_dp_options_exit_2_with_one_line(argv, message, capsys):
@@ -357,3 +361,53 @@ def test_a_batch_mean_loss_fails_dp_sample_at_start_up(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "BatchMeanLoss with reduction='none' returned shape () for 2 examples" in err, err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("third", ["failed", "missing"])
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_client_dp_noise_covers_the_replies_actually_averaged(side, third, task_identity):
+    # 3 clients planned; the third fails or never replies (straggler, rejected). The release is the mean of 2 clipped updates, which
+    # one client moves by up to C / 2, so the noise must be z * C / 2, not z * C / 3;
+    # and the round is still released (Flower's wrapper alone skips it on any error).
+    from flwr.app import Error
+    from flwr.serverapp import Grid
+    from flwr.serverapp.strategy import FedAvg
+
+    from strategies.private import ClientDPStrategy
+
+    grid = Mock(spec=Grid)
+    grid.get_node_ids.return_value = [1, 2, 3]
+    strategy = ClientDPStrategy(
+        FedAvg(fraction_evaluate=0.0, min_train_nodes=3, min_available_nodes=3),
+        ledger=EpsilonLedger(), clipping="fixed", side=side, noise_multiplier=1.0, clipping_norm=0.5,
+        target_epsilon=0.0, delta=DELTA, num_rounds=3, fraction_train=1.0, min_train_nodes=3,
+        min_available_nodes=3,
+    )
+    start = ArrayRecord({"w": Array(np.zeros(50_000, np.float32))})
+    sent = list(strategy.configure_train(1, start, ConfigRecord(), grid))
+    update = np.full(50_000, 0.1 / np.sqrt(50_000), np.float32)  # norm 0.1 < C: not clipped
+    trained = ArrayRecord({"w": Array(update)})
+    replies = [
+        Message(content=RecordDict({"arrays": trained, "metrics": MetricRecord({"num-examples": 7})}), reply_to=m)
+        for m in sent[:2]
+    ]
+    if third == "failed":
+        replies.append(Message(Error(code=0, reason="client crashed"), reply_to=sent[2]))
+    np.random.seed(0)
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None and strategy.releases == 1
+    noise = arrays["w"].numpy() - update
+    assert float(noise.std()) == pytest.approx(1.0 * 0.5 / 2, rel=0.03)
+
+
+def test_half_an_epoch_of_dp_sgd_takes_half_the_steps_and_accounts_for_them(digits):
+    # 40 examples in batches of 8: q = 1/5, 5 steps per epoch; half an epoch: 3 steps.
+    task, data = digits
+    assert poisson_plan(40, 8, 0.5) == (pytest.approx(0.2), 3)
+    assert poisson_plan(40, 8, 2.5) == (pytest.approx(0.2), 13)
+    account = ClientAccount("rdp", DELTA)
+    outcome = train_private(task.build_model(data), task, data.train.subset(np.arange(40)),
+                            settings=settings(), account=account, epochs=0.5, batch_size=8,
+                            lr=0.05, momentum=0.9, seed=0)
+    assert outcome.trained and outcome.steps == 3 and sum(s for *_, s in account.history) == 3
+    assert outcome.epsilon == pytest.approx(independent_epsilon(1.0, 0.2, 3), rel=0.01)

@@ -164,3 +164,28 @@ def test_local_training_is_reproducible_whatever_the_global_rng_did_before():
     torch.manual_seed(0)
     untrained = [p.detach() for p in PointNet(3, transforms="none", width=0.125).parameters()]
     assert not all(torch.equal(a, b) for a, b in zip(first, untrained, strict=True))  # it did train
+
+
+def test_epoch_orders_whole_and_fractional():
+    from tasks.training import epoch_orders
+
+    plain = torch.Generator().manual_seed(3)
+    expected = [torch.randperm(10, generator=plain) for _ in range(2)]
+    whole = list(epoch_orders(10, 2, torch.Generator().manual_seed(3)))
+    assert all(torch.equal(a, b) for a, b in zip(whole, expected))  # as range(epochs) drew them
+    parts = list(epoch_orders(10, 2.25, torch.Generator().manual_seed(3)))
+    assert [len(p) for p in parts] == [10, 10, 3] and torch.equal(parts[0], expected[0])
+    half = list(epoch_orders(7, 0.5, torch.Generator().manual_seed(0)))
+    assert [len(p) for p in half] == [4] and len(set(half[0].tolist())) == 4
+    with pytest.raises(ValueError, match="invalid epochs=0; valid: > 0"):
+        list(epoch_orders(7, 0, torch.Generator()))
+
+
+def test_half_an_epoch_trains_on_half_the_examples():
+    task = DigitsTask()  # its own instance: the registered one is left alone
+    data = load_task_data("digits", "", "digits")
+    seen = []
+    task.augment = lambda x, generator: seen.append(len(x)) or x
+    train_local(task.build_model(data), task, data.train.subset(np.arange(100)), epochs=0.5,
+                batch_size=16, lr=0.05, seed=1)
+    assert sum(seen) == 50 and len(seen) == 4  # batches of 16, 16, 16, 2
