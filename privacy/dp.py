@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import secrets
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
@@ -137,6 +138,10 @@ class SampleDPSettings:
     accountant: str
     target_epsilon: float
     planned_rounds: int
+    #: Draw DP-SGD's noise and Poisson batches from the run seed (reproducible
+    #: simulations) instead of secret entropy: anyone who knows the seed can then
+    #: regenerate the noise, so the guarantee does not hold against them.
+    seeded_noise: bool = False
 
     def __post_init__(self) -> None:
         if self.noise_multiplier < 0:
@@ -213,9 +218,14 @@ def train_private(
     work = copy.deepcopy(model).to(device).train()
     criterion = task.loss_fn()
     check_per_example_loss(criterion, work, split, device)
+    if settings.seeded_noise:  # reproducible, and predictable to whoever knows the seed
+        sampling, noise_generator = generator, torch.Generator().manual_seed(seed + 1)
+    else:  # secret: 63 bits of OS entropy each
+        sampling = torch.Generator().manual_seed(secrets.randbits(63))
+        noise_generator = torch.Generator().manual_seed(secrets.randbits(63))
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(torch.from_numpy(split.x), torch.from_numpy(split.y)),
-        batch_size=batch_size, generator=generator,
+        batch_size=batch_size, generator=sampling,
     )
     engine = PrivacyEngine(accountant=account.accountant)
     engine.accountant.history = list(account.history)
@@ -229,7 +239,7 @@ def train_private(
         noise_multiplier=noise,
         max_grad_norm=settings.max_grad_norm,
         poisson_sampling=True,
-        noise_generator=torch.Generator().manual_seed(seed + 1),
+        noise_generator=noise_generator,
         grad_sample_mode="ghost",
     )
     total, count, done = 0.0, 0, 0

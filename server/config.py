@@ -69,6 +69,7 @@ DEFAULTS: dict[str, Any] = {
     "dp-clipping": "fixed",
     "dp-clipping-side": "server",
     "dp-clipping-norm": 1.0,
+    "dp-seeded-noise": False,
     "resume": False,
     "fail-rate": 0.0,
     "straggler-rate": 0.0,
@@ -152,6 +153,7 @@ class RunConfig:
     dp_clipping: str
     dp_clipping_side: str
     dp_clipping_norm: float
+    dp_seeded_noise: bool
     resume: bool
     fail_rate: float
     straggler_rate: float
@@ -188,6 +190,7 @@ class RunConfig:
             accountant=self.dp_accountant,
             target_epsilon=self.dp_target_epsilon,
             planned_rounds=self.num_server_rounds,
+            seeded_noise=self.dp_seeded_noise,
         )
 
     def to_run_config(self) -> dict[str, Any]:

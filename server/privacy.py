@@ -78,6 +78,7 @@ def client_level(inner: Strategy, cfg: RunConfig, ledger: EpsilonLedger | None) 
         fraction_train=cfg.fraction_train,
         min_train_nodes=cfg.min_train_nodes,
         min_available_nodes=cfg.min_available_nodes,
+        seeded_noise=cfg.dp_seeded_noise,
     )
 
 
