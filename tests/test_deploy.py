@@ -213,8 +213,8 @@ def test_two_rounds_of_digits_over_tls(deployment: Deployment) -> None:
     """DP-SGD and top-k uploads: accountant and residuals must survive rounds on each node."""
     run_dir = deployment.root / "server" / "runs" / "digits"
     run_config = (
-        f'num-server-rounds=2 seed=7 dp="sample" dp-noise=0.5 compression="topk:0.5" '
-        f'run-dir="{run_dir}"'
+        f'num-server-rounds=2 seed=7 dp="sample" dp-noise=0.5 dp-seeded-noise=true '
+        f'compression="topk:0.5" run-dir="{run_dir}"'
     )
 
     done = submit(deployment, run_config)
