@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterable, Iterator
 from logging import INFO, WARNING
@@ -281,6 +282,45 @@ def secret_numpy_rng() -> Iterator[None]:
         np.random.set_state(state)
 
 
+class _AndrewEtAlUpdate:
+    """Two fixes to Flower 1.41's adaptive clipping wrappers (Andrew et al. 2021).
+
+    1. The paper moves the norm by the fraction of updates that were *not* clipped,
+       ``C <- C * exp(-lr * (unclipped - target))``: many small updates shrink it.
+       Flower passes the clipped fraction, so the norm moved the wrong way (all
+       updates clipped made it shrink further). ``target_clipped_quantile`` is
+       therefore the target unclipped quantile (default 0.5 either way).
+    2. Flower updates the norm before it noises the round's release, so the noise
+       was sized for next round's norm, not the one that clipped this round (too
+       little noise while the norm shrinks). The noise uses the clipping norm.
+    """
+
+    clipping_norm: float
+    clip_norm_lr: float
+    target_clipped_quantile: float
+
+    def _geometric_update(self, clipped_fraction: float) -> None:
+        self._round_norm = self.clipping_norm
+        unclipped = 1.0 - clipped_fraction
+        self.clipping_norm *= math.exp(-self.clip_norm_lr * (unclipped - self.target_clipped_quantile))
+
+    def _add_noise_to_aggregated_arrays(self, aggregated: ArrayRecord) -> ArrayRecord:
+        next_norm = self.clipping_norm
+        self.clipping_norm = getattr(self, "_round_norm", next_norm)
+        try:
+            return super()._add_noise_to_aggregated_arrays(aggregated)  # type: ignore[misc]
+        finally:
+            self.clipping_norm = next_norm
+
+
+class ServerSideAdaptiveClipping(_AndrewEtAlUpdate, DifferentialPrivacyServerSideAdaptiveClipping):
+    """Flower's server-side adaptive clipping with :class:`_AndrewEtAlUpdate`'s fixes."""
+
+
+class ClientSideAdaptiveClipping(_AndrewEtAlUpdate, DifferentialPrivacyClientSideAdaptiveClipping):
+    """Flower's client-side adaptive clipping with :class:`_AndrewEtAlUpdate`'s fixes."""
+
+
 def flower_dp_wrapper(
     inner: Strategy,
     *,
@@ -303,11 +343,7 @@ def flower_dp_wrapper(
             else DifferentialPrivacyClientSideFixedClipping
         )
         return cls(inner, noise_multiplier, clipping_norm, clients_per_round)
-    adaptive = (
-        DifferentialPrivacyServerSideAdaptiveClipping
-        if side == "server"
-        else DifferentialPrivacyClientSideAdaptiveClipping
-    )
+    adaptive = ServerSideAdaptiveClipping if side == "server" else ClientSideAdaptiveClipping
     return adaptive(
         inner, noise_multiplier, clients_per_round, initial_clipping_norm=clipping_norm,
         clipped_count_stddev=max(clients_per_round / 20, noise_multiplier),

@@ -462,3 +462,34 @@ def test_client_dp_noise_is_secret_unless_seeded_and_leaves_numpys_stream_alone(
     if not seeded:  # the secret draw does not move the run's own numpy stream
         np.random.seed(0)
         assert after == [np.random.random()] * 2
+
+
+def test_adaptive_clipping_follows_andrew_et_al_and_noises_with_the_norm_that_clipped(task_identity):
+    # 20 clients whose updates all have norm 2 > C = 1: every update is clipped, so the
+    # norm must grow (Flower 1.41 shrank it), and the round's noise must be sized for
+    # C = 1, the norm that clipped it (Flower used the already updated norm).
+    from flwr.serverapp import Grid
+    from flwr.serverapp.strategy import FedAvg
+
+    from strategies.private import ClientDPStrategy
+
+    m, size = 20, 50_000
+    grid = Mock(spec=Grid)
+    grid.get_node_ids.return_value = list(range(1, m + 1))
+    strategy = ClientDPStrategy(
+        FedAvg(fraction_evaluate=0.0, min_train_nodes=m, min_available_nodes=m), ledger=EpsilonLedger(),
+        clipping="adaptive", side="server", noise_multiplier=1.0, clipping_norm=1.0, target_epsilon=0.0,
+        delta=DELTA, num_rounds=3, fraction_train=1.0, min_train_nodes=m, min_available_nodes=m,
+        seeded_noise=True,
+    )
+    start = ArrayRecord({"w": Array(np.zeros(size, np.float32))})
+    sent = list(strategy.configure_train(1, start, ConfigRecord(), grid))
+    update = np.full(size, 2.0 / np.sqrt(size), np.float32)
+    replies = [Message(content=RecordDict({"arrays": ArrayRecord({"w": Array(update)}),
+                                           "metrics": MetricRecord({"num-examples": 3})}), reply_to=msg)
+               for msg in sent]
+    np.random.seed(0)
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert strategy.dp.clipping_norm > 1.05  # exp(0.2 * 0.5) = 1.105 with no count noise
+    noise = arrays["w"].numpy() - update / 2  # the mean of the updates clipped to norm 1
+    assert float(noise.std()) == pytest.approx(strategy.dp.noise_multiplier * 1.0 / m, rel=0.03)
