@@ -240,6 +240,11 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
         from server.app import default_run_dir
 
         resolved["run-dir"] = str((Path.cwd() / default_run_dir(cfg)).resolve())
+    if not cfg.resume and (Path(resolved["run-dir"]) / "config.json").exists():
+        raise UsageError(
+            f"run-dir {resolved['run-dir']} already holds a run (config.json): --resume continues "
+            "it; a new run needs another --run-dir (its files would be overwritten or mixed)"
+        )
     if cfg.he and not cfg.resume:
         resolved["he-dir"] = str(provision_keys(cfg, Path(resolved["he-dir"] or Path(resolved["run-dir"]) / "he")))
     return resolved

@@ -25,7 +25,7 @@ from compression.flat import flatten, unflatten
 from compression.sparse import randk_indices
 from compression.spec import Chain, parse_down_spec, parse_spec
 from privacy.dp import make_dp_ready
-from server.config import RunConfig, parse_run_config
+from server.config import RUN_ID_KEY, RunConfig, parse_run_config
 from strategies.compressed import SEED_KEY
 from strategies.encrypted import BLOCK_WEIGHTS_KEY, TOTAL_WEIGHT_KEY
 from tasks.head import freeze_classifier
@@ -65,10 +65,16 @@ def data_dir(cfg: RunConfig, context: Context) -> str:
     return str(context.node_config.get("data-dir", cfg.data_dir))
 
 
-def client_state_dir(cfg: RunConfig, context: Context, partition_id: int) -> Path:
-    """Where this client's persistent state lives: node config ``state-dir``, else the run dir."""
+def client_state_dir(cfg: RunConfig, context: Context, partition_id: int, run_id: str = "") -> Path:
+    """Where this client's persistent state lives: node config ``state-dir``, else the run dir,
+    then the run's ID (from the server; a resumed run keeps it) and the partition.
+
+    Keyed by run so that a node's runs never share a DP account or residuals: a new run
+    must not inherit an old one's, nor prune its files by round number.
+    """
     root = context.node_config.get("state-dir") or str(Path(cfg.run_dir or "runs") / "client-state")
-    return Path(str(root)).expanduser() / str(partition_id)
+    folder = Path(str(root)).expanduser()
+    return (folder / run_id if run_id else folder) / str(partition_id)
 
 
 def device() -> str:
@@ -124,7 +130,7 @@ def train(msg: Message, context: Context) -> Message:
     )
     config = msg.content["config"]
     server_round = int(config.get("server-round", 0))
-    state_dir = client_state_dir(cfg, context, pid)
+    state_dir = client_state_dir(cfg, context, pid, str(config.get(RUN_ID_KEY, "")))
     load_state(context.state, state_dir, server_round)
     inject_faults(
         fail_rate=cfg.fail_rate, straggler_rate=cfg.straggler_rate,

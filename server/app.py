@@ -6,6 +6,7 @@ import json
 import pickle
 import random
 import re
+import secrets
 import time
 from dataclasses import asdict
 from importlib import metadata
@@ -32,7 +33,7 @@ from tasks.registry import get_task, load_task_data, partitions
 
 from .best import BestRound
 from .checkpoint import load_checkpoint, restore_rng_states
-from .config import RunConfig, parse_run_config
+from .config import RUN_ID_KEY, RunConfig, parse_run_config
 from .monitor import RoundMonitor, connected_nodes
 from .plots import plot_metrics
 from .privacy import client_level, privacy_ledger, sample_level, write_epsilons
@@ -149,7 +150,9 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
             cfg, max_examples=len(data.train), num_parameters=sum(v.numel() for v in model.state_dict().values())
         )
     strategy = InstrumentedStrategy(chain, min_replies=cfg.min_train_nodes)
+    previous = json.loads((results.path / "config.json").read_text()) if checkpoint else {}
     record: dict[str, Any] = {
+        "run_id": previous.get("run_id", "") if checkpoint else secrets.token_hex(8),
         "run_config": cfg.to_run_config(),
         "seed": cfg.seed,
         "num_parameters": sum(p.numel() for p in model.parameters()),
@@ -167,7 +170,6 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
         results.restore_rows(checkpoint["rows"])
         restore_rng_states(checkpoint["rng"])
         strategy.round_offset = checkpoint["round"]
-        previous = json.loads((results.path / "config.json").read_text())
         record["resumed_at_rounds"] = [*previous.get("resumed_at_rounds", []), checkpoint["round"]]
         record["num_clients"] = previous.get("num_clients")
     results.write_json("config.json", record)
@@ -196,7 +198,7 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
                     initial_arrays=initial,
                     num_rounds=remaining,
                     timeout=cfg.round_timeout,
-                    train_config=ConfigRecord(),
+                    train_config=ConfigRecord({RUN_ID_KEY: record["run_id"]}),
                     evaluate_fn=monitor.evaluate_fn,
                 )
             except PrivacyBudgetExhausted as exc:  # a clean end: the last model stands

@@ -86,6 +86,9 @@ DEFAULTS: dict[str, Any] = {
 
 #: Strategies whose aggregation is the weighted mean that encrypted sums compute.
 HE_STRATEGIES = ("fedavg", "fedprox")
+#: Train-instruction config key: the run's ID (``config.json``'s ``run_id``, kept on
+#: resume), under which clients keep their persistent state.
+RUN_ID_KEY = "fedloom-run-id"
 #: Client-level DP's accounting holds for a plain mean of the clipped updates only.
 CLIENT_DP_STRATEGIES = ("fedavg", "fedprox")
 

@@ -235,8 +235,8 @@ def test_two_rounds_of_digits_over_tls(deployment: Deployment) -> None:
     assert sorted(c["partition_id"] for c in partitions["clients"]) == [0, 1]
     for name in ("metrics.csv", "model.pt", "accuracy.png", "loss.png"):
         assert (run_dir / name).is_file(), name
-    for i in range(NUM_NODES):  # client state on the node's disk, one folder per partition
-        saved = sorted(p.name for p in (deployment.root / f"node-{i}" / "state" / str(i)).iterdir())
+    for i in range(NUM_NODES):  # client state on the node's disk: one folder per run, then partition
+        saved = sorted(p.name for p in (deployment.root / f"node-{i}" / "state" / config["run_id"] / str(i)).iterdir())
         assert saved == ["round-1.pkl", "round-2.pkl"]
 
 

@@ -41,8 +41,9 @@ def test_sigkill_mid_round_then_resume(tmp_path):
         proc.wait()
     done = len(read_rows(run_dir))
     assert 2 <= done < 5
-    # Clients kept their error-feedback residuals on disk.
-    assert any((run_dir / "client-state").rglob("round-*.pkl"))
+    # Clients kept their error-feedback residuals on disk, under the run's ID.
+    run_id = json.loads((run_dir / "config.json").read_text())["run_id"]
+    assert len(run_id) == 16 and any((run_dir / "client-state" / run_id).rglob("round-*.pkl"))
 
     assert run_sim.main(["--resume", str(run_dir)]) == 0
 
@@ -51,12 +52,43 @@ def test_sigkill_mid_round_then_resume(tmp_path):
     assert rows[-1]["accuracy"] > rows[0]["accuracy"]
     config = json.loads((run_dir / "config.json").read_text())
     assert config["resumed_at_rounds"] and config["resumed_at_rounds"][0] >= 2
+    assert config["run_id"] == run_id  # the resumed run found its clients' state
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == 6
 
 
 def test_resume_errors_are_clear(tmp_path, capsys):
     assert run_sim.main(["--resume", str(tmp_path)]) == 2
     assert "not a fedloom results folder" in capsys.readouterr().err
+
+
+def test_a_new_run_does_not_overwrite_a_finished_one(tmp_path, capsys):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "epsilon.jsonl").write_text("old rows\n")
+    assert run_sim.main(["--num-clients", "2", "--rounds", "1", "--run-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"run-dir {tmp_path} already holds a run (config.json): --resume continues it" in err
+    assert err.count("\n") == 1 and (tmp_path / "epsilon.jsonl").read_text() == "old rows\n"
+
+
+def test_client_state_is_kept_per_run(tmp_path):
+    # Two runs on one node (one state-dir): neither loads nor prunes the other's state.
+    from types import SimpleNamespace
+
+    from flwr.app import ConfigRecord, RecordDict
+
+    from client.app import client_state_dir
+    from client.state import load_state, save_state
+    from server.config import parse_run_config
+
+    cfg = parse_run_config({})
+    node = SimpleNamespace(node_config={"state-dir": str(tmp_path)})
+    old, new = client_state_dir(cfg, node, 0, "aaaa"), client_state_dir(cfg, node, 0, "bbbb")
+    assert old == tmp_path / "aaaa" / "0" and new == tmp_path / "bbbb" / "0"
+    for r in (1, 2, 3, 4):
+        save_state(RecordDict({"dp": ConfigRecord({"steps": 10 * r})}), old, r)
+    save_state(RecordDict({"dp": ConfigRecord({"steps": 1})}), new, 1)
+    assert load_state(RecordDict(), new, 2) == 1  # its own round 1, not the old run's round 4
+    assert sorted(p.name for p in old.iterdir()) == ["round-3.pkl", "round-4.pkl"]
 
 
 def test_failing_clients_are_left_out_and_counted(tmp_path):
