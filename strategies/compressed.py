@@ -9,7 +9,9 @@ It also puts the round's shared seed (``compression-seed``, randk's mask) in the
 train config, and with download compression replaces the global arrays sent to
 clients by an encoded payload. Updates are decoded against the exact global
 model the server holds, so a lossy download only moves the point where clients
-start training, never the server's copy.
+start training, never the server's copy. Uploads of full weights (no upload
+codec) under a lossy download are rebased the same way: the server keeps the
+lossy model each client decoded and aggregates exact global + (reply - lossy).
 """
 
 from __future__ import annotations
@@ -67,25 +69,43 @@ class DecodingStrategy(DelegatingStrategy):
             raise ValueError(f"download compression {down} must be none, fp16 or qsgd:BITS")
         self.inner, self.up, self.down, self.seed = inner, up, down, seed
         self.sent: dict[int, dict[str, np.ndarray]] = {}  # node id -> global arrays it got
+        self.decoded: dict[int, dict[str, np.ndarray]] = {}  # node id -> what it decoded (lossy down)
         self.rejected: list[Rejection] = []  # this round's undecodable replies
         self.seed_of_round = 0
 
     def _encode_down(self, messages: list[Message], server_round: int) -> list[Message]:
-        """Replace each distinct content's global arrays by one encoded payload."""
+        """Replace each distinct content's global arrays by one encoded payload; remember
+        what each node will decode from it (:attr:`decoded`)."""
         if self.down.is_none:
             return messages
         rng = np.random.default_rng([self.seed, server_round, 1])
-        encoded: dict[int, RecordDict] = {}
+        encoded: dict[int, tuple[RecordDict, dict[str, np.ndarray]]] = {}
+        self.decoded = {}
         for msg in messages:
             key = id(msg.content)
             if key not in encoded:
                 content = RecordDict(dict(msg.content.items()))
                 arrays = numpy_arrays(content[ARRAYS_KEY])
-                ctx = CodecContext(layout_of(arrays), rng=rng)
-                content[ARRAYS_KEY] = payload_record(encode(self.down, flatten(arrays), ctx))
-                encoded[key] = content
-            msg.content = encoded[key]
+                payload = encode(self.down, flatten(arrays), CodecContext(layout_of(arrays), rng=rng))
+                content[ARRAYS_KEY] = payload_record(payload)
+                lossy = unflatten(decode(self.down, payload, CodecContext(layout_of(arrays))), arrays)
+                encoded[key] = content, lossy
+            msg.content, self.decoded[msg.metadata.dst_node_id] = encoded[key]
         return messages
+
+    def rebase_reply(self, msg: Message) -> RecordDict:
+        """Full weights trained from a lossy download, moved onto the exact global model."""
+        base, lossy = self.sent.get(msg.metadata.src_node_id), self.decoded.get(msg.metadata.src_node_id)
+        if base is None or lossy is None:
+            raise ValueError("reply from a node that was not sent this round's model")
+        got = numpy_arrays(msg.content[ARRAYS_KEY])
+        if layout_of(got) != layout_of(base):
+            return msg.content  # validation rejects it with the reason
+        update = flatten(got).astype(np.float64) - flatten(lossy)
+        weights = unflatten(flatten(base) + update, base)
+        content = RecordDict(dict(msg.content.items()))
+        content[ARRAYS_KEY] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in weights.items()})
+        return content
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -123,13 +143,14 @@ class DecodingStrategy(DelegatingStrategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        if self.up.is_none:  # plain full weights already
+        if self.up.is_none and self.down.is_none:  # plain full weights from the exact model
             return self.inner.aggregate_train(server_round, replies)
+        restore = self.rebase_reply if self.up.is_none else self.decode_reply
         kept = []
         for msg in replies:
             if not msg.has_error():
                 try:
-                    msg.content = self.decode_reply(msg)
+                    msg.content = restore(msg)
                 except (KeyError, ValueError) as exc:
                     log(WARNING, "dropping reply from node %s: %s", msg.metadata.src_node_id, exc)
                     self.rejected.append(Rejection(msg.metadata.src_node_id, f"payload: {exc}"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from unittest.mock import Mock
 
 import numpy as np
+import torch
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -126,3 +127,28 @@ def test_compressed_strategy_chain_is_checkpointed(spec):
 
     decoding = [s for s in chain_of(pickle.loads(blob)) if isinstance(s, DecodingStrategy)]
     assert [(str(d.up), str(d.down)) for d in decoding] == [(spec, "fp16")]
+
+
+@pytest.mark.parametrize("down", ["fp16", "qsgd:4"])
+def test_full_weight_uploads_under_a_lossy_download_move_from_the_exact_model(down):
+    # Clients start from the lossy model they decode; with no upload codec they send full
+    # weights. The server must add their updates to its exact model, not adopt the lossy
+    # one: a client that adds +1 to every weight moves the exact model by exactly +1.
+    from client.compress import received_state
+    from compression.spec import parse_down_spec
+
+    rng = np.random.default_rng(0)
+    exact = ArrayRecord({"w": Array(rng.standard_normal((16, 8)).astype(np.float32))})
+    like = {"w": torch.zeros(16, 8)}
+    strategy = DecodingStrategy(
+        FedAvg(min_train_nodes=2, min_available_nodes=2, fraction_evaluate=0.0),
+        up=parse_spec("none"), down=parse_down_spec(down), seed=1,
+    )
+    sent = list(strategy.configure_train(1, exact, ConfigRecord(), grid([1, 2])))
+    replies = []
+    for msg in sent:
+        start = received_state(msg.content["arrays"], like, parse_down_spec(down))["w"].numpy()
+        assert not np.array_equal(start, exact["w"].numpy())  # the download is lossy
+        replies.append(reply(msg, ArrayRecord({"w": Array(start + 1.0)}), 10))
+    arrays, _ = strategy.aggregate_train(1, replies)
+    np.testing.assert_allclose(arrays["w"].numpy(), exact["w"].numpy() + 1.0, atol=1e-5)
