@@ -12,9 +12,11 @@ last round's total, except when only some blocks are uploaded per round.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from logging import WARNING
 
 import numpy as np
 import tenseal as ts
+from flwr.common.logger import log
 
 from . import he
 from .fixed_point import decode_mean, encode_weighted, pack, unpack
@@ -30,6 +32,10 @@ def encrypt_weights(
             f"weight {weight} is outside [1, {params.max_weight}], the max weight the HE keys "
             "were made for: sums could overflow; provision keys with a larger max weight"
         )
+    clipped = int(np.count_nonzero(np.abs(values) > params.clip))
+    if clipped:  # the sum cannot carry them: the global model differs there
+        log(WARNING, "HE upload: %d of %d values lie outside +-he-clip=%g and were clipped; "
+            "raise he-clip to keep them", clipped, values.size, params.clip)
     fixed = encode_weighted(values, weight=weight, scale=params.scale, clip=params.clip)
     packed = pack(fixed, lanes=params.values_per_slot, radix=params.radix)
     return he.encrypt(ctx, packed, params.slots, blocks, scheme=params.scheme)

@@ -297,3 +297,13 @@ def test_provision_refuses_lanes_too_narrow_for_the_weights(tmp_path):
         he.provision(tmp_path, clip=8.0, max_weight=100, scheme="paillier")
     with pytest.raises(ValueError, match="for ckks; valid: 1"):
         he.provision(tmp_path, clip=8.0, max_weight=100, values_per_slot=2, scheme="ckks")
+
+
+def test_values_beyond_the_clip_are_reported(keys, caplog):
+    import logging
+
+    state = _small_state()
+    state["w"][:3] = torch.tensor([9.0, -12.0, 7.9])  # clip 8: two are cut
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        encrypt_local(state, 10, keys[0] / he.SECRET_FILE)
+    assert "2 of 5000 values lie outside +-he-clip=8 and were clipped" in caplog.text

@@ -95,7 +95,7 @@ def test_dp_sgd_leaves_a_frozen_classifier_alone():
     after = model.state_dict()
     assert torch.equal(after["2.weight"], before["2.weight"]) and torch.equal(after["2.bias"], before["2.bias"])
     assert not torch.equal(after["0.weight"], before["0.weight"])  # clipped, noised and applied
-    assert not classifier_layer(model).weight.requires_grad  # state survives Opacus' wrapping
+    assert not classifier_layer(model).weight.requires_grad  # still frozen for the next round (Opacus wraps a copy)
 
 
 def test_run_config_key():
