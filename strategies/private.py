@@ -256,7 +256,8 @@ class ClientDPStrategy(DelegatingStrategy):
         planned = self.dp.num_sampled_clients  # type: ignore[attr-defined]
         self.dp.num_sampled_clients = len(good)  # type: ignore[attr-defined]
         try:  # Flower draws the noise from numpy's global RNG, which the run seeds
-            with contextlib.nullcontext() if self.seeded_noise else secret_numpy_rng():
+            seeded = getattr(self, "seeded_noise", False)  # absent from checkpoints of older versions
+            with contextlib.nullcontext() if seeded else secret_numpy_rng():
                 arrays, metrics = self.dp.aggregate_train(server_round, good)
         finally:
             self.dp.num_sampled_clients = planned  # type: ignore[attr-defined]

@@ -493,3 +493,31 @@ def test_adaptive_clipping_follows_andrew_et_al_and_noises_with_the_norm_that_cl
     assert strategy.dp.clipping_norm > 1.05  # exp(0.2 * 0.5) = 1.105 with no count noise
     noise = arrays["w"].numpy() - update / 2  # the mean of the updates clipped to norm 1
     assert float(noise.std()) == pytest.approx(strategy.dp.noise_multiplier * 1.0 / m, rel=0.03)
+
+
+def test_a_client_dp_strategy_from_an_older_checkpoint_still_aggregates(task_identity):
+    # Checkpoints pickle the strategy chain; one written before seeded_noise existed
+    # must resume (with secret noise, the safe default).
+    import pickle
+
+    from flwr.serverapp import Grid
+    from flwr.serverapp.strategy import FedAvg
+
+    from strategies.private import ClientDPStrategy
+
+    grid = Mock(spec=Grid)
+    grid.get_node_ids.return_value = [1, 2]
+    strategy = ClientDPStrategy(
+        FedAvg(fraction_evaluate=0.0, min_train_nodes=2, min_available_nodes=2), ledger=EpsilonLedger(),
+        clipping="fixed", side="server", noise_multiplier=1.0, clipping_norm=0.5, target_epsilon=0.0,
+        delta=DELTA, num_rounds=3, fraction_train=1.0, min_train_nodes=2, min_available_nodes=2,
+    )
+    start = ArrayRecord({"w": Array(np.zeros(10, np.float32))})
+    sent = list(strategy.configure_train(1, start, ConfigRecord(), grid))
+    del strategy.seeded_noise  # as pickled by an older version
+    strategy = pickle.loads(pickle.dumps(strategy))
+    trained = ArrayRecord({"w": Array(np.full(10, 0.01, np.float32))})
+    replies = [Message(content=RecordDict({"arrays": trained, "metrics": MetricRecord({"num-examples": 3})}),
+                       reply_to=m) for m in sent]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None and strategy.releases == 1
