@@ -79,8 +79,9 @@ class EncryptedFedAvg(FedAvg):
             )
         self.num_ciphertexts = self.params.ciphertexts_for(num_parameters)
         self.block_sizes = block_sizes(self.params, num_parameters)
-        fresh = he.encrypt(he.public_context(Path(he_dir)), np.zeros(1, np.int64), 1, scheme=self.params.scheme)
-        self.layout = he.layout(he.deserialize(he.public_context(Path(he_dir)), fresh, scheme=self.params.scheme)[0])
+        ctx = he.public_context(Path(he_dir))
+        fresh = he.encrypt(ctx, np.zeros(1, np.int64), 1, scheme=self.params.scheme)
+        self.layout = he.layout(he.deserialize(ctx, fresh, scheme=self.params.scheme)[0])
         self.max_weight = max_weight
         self.proximal_mu = proximal_mu
         self.block_fraction, self.seed = block_fraction, seed
@@ -157,10 +158,10 @@ class EncryptedFedAvg(FedAvg):
         for block, vector in zip(self.selected.tolist(), vectors, strict=True):
             if vector.size() != self.block_sizes[block]:
                 raise ValueError(f"ciphertext {block} holds {vector.size()} slots, expected {self.block_sizes[block]}")
-            if he.layout(vector) != self.layout:
-                level, scale = he.layout(vector)
+            got = he.layout(vector)
+            if got != self.layout:
                 raise ValueError(
-                    f"ciphertext {block} has another modulus level or scale ({scale:g}) than this "
+                    f"ciphertext {block} has another modulus level or scale ({got[1]:g}) than this "
                     f"run's fresh ciphertexts ({self.layout[1]:g}): it cannot be added"
                 )
         return vectors, weight
