@@ -11,6 +11,7 @@ import json
 import os
 import logging
 import random
+import secrets
 import shlex
 import sys
 from collections.abc import Iterator
@@ -181,7 +182,12 @@ def resume_config(args: argparse.Namespace) -> dict[str, Any]:
     saved_clients = record.get("num_clients")
     if args.num_clients is not None and saved_clients and args.num_clients != saved_clients:
         raise UsageError(f"--num-clients {args.num_clients} differs from the run's {saved_clients}")
+    if not (args.num_clients or saved_clients):  # killed before round 1 recorded it
+        raise UsageError(f"--resume {run_dir}: config.json does not record num_clients; pass --num-clients")
     args.num_clients = args.num_clients or saved_clients
+    done = checkpoint_round(run_dir)
+    if args.rounds is not None and args.rounds < done:
+        raise UsageError(f"--rounds {args.rounds} is below the {done} rounds the run has done; valid: >= {done}")
     raw = dict(record["run_config"])
     raw.update(resume=True, **{"run-dir": str(run_dir)})
     if args.rounds is not None:
@@ -189,12 +195,19 @@ def resume_config(args: argparse.Namespace) -> dict[str, Any]:
     return raw
 
 
+def checkpoint_round(run_dir: Path) -> int:
+    """The last round ``run_dir``'s checkpoint holds."""
+    from server.checkpoint import load_checkpoint
+
+    return int(load_checkpoint(run_dir)["round"])
+
+
 def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     """Validate everything a run needs before any process starts; return the run config."""
     from server.config import parse_run_config
     from server.privacy import check_privacy
     from strategies.registry import min_replies, resolve_strategy
-    from tasks.registry import partitions
+    from tasks.registry import load_task_data, partitions
 
     resumed = resume_config(args) if args.resume else None
     if args.num_clients is None:
@@ -235,6 +248,13 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
         cfg.task_options(),
     )
     check_privacy(cfg, args.num_clients)
+    test_size = len(load_task_data(cfg.task, cfg.data_dir, cfg.dataset, cfg.task_options()).test)
+    if cfg.fraction_evaluate > 0 and args.num_clients > test_size:
+        raise UsageError(
+            f"--num-clients {args.num_clients} exceeds the {test_size} test examples that federated "
+            f"evaluation shares out (one part per client); use at most {test_size} clients"
+            + ("" if cfg.he else " or fraction-evaluate=0")
+        )
     resolved = cfg.to_run_config()
     if not cfg.run_dir:
         from server.app import default_run_dir
@@ -246,24 +266,46 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
             "it; a new run needs another --run-dir (its files would be overwritten or mixed)"
         )
     if cfg.he and not cfg.resume:
-        resolved["he-dir"] = str(provision_keys(cfg, Path(resolved["he-dir"] or Path(resolved["run-dir"]) / "he")))
+        run_dir = Path(resolved["run-dir"])
+        server_dir = Path(resolved["he-dir"] or run_dir / "he").expanduser().resolve()
+        nodes_dir = Path(resolved["he-secret-dir"] or default_secret_dir(run_dir)).expanduser().resolve()
+        provision_keys(cfg, nodes_dir, server_dir, run_dir)
+        resolved["he-dir"], resolved["he-secret-dir"] = str(server_dir), str(nodes_dir)
+        print(f"run_sim.py: --he: the clients' secret key is in {nodes_dir}, outside the results folder")
     return resolved
 
 
-def provision_keys(cfg: Any, folder: Path) -> Path:
-    """The provisioning step of --he: this run's keys, secret for clients, public for the server."""
-    from privacy.he import SECRET_FILE, provision
+def default_secret_dir(run_dir: Path) -> Path:
+    """A new folder for the simulated clients' secret key, away from the results folder:
+    ``$XDG_DATA_HOME/fedloom/he-keys/<run name>-<random>`` (``~/.local/share`` by default)."""
+    data_home = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return data_home / "fedloom" / "he-keys" / f"{run_dir.name}-{secrets.token_hex(4)}"
+
+
+def provision_keys(cfg: Any, nodes_dir: Path, server_dir: Path, run_dir: Path) -> None:
+    """The provisioning step of --he: secret.ctx for the clients in ``nodes_dir``, which
+    must lie outside the results folder, and public.ctx for the server in ``server_dir``."""
+    from privacy.he import PUBLIC_FILE, SECRET_FILE, provision
     from tasks.registry import load_task_data
 
+    for inside in (run_dir, server_dir):
+        if nodes_dir == inside or nodes_dir.is_relative_to(inside):
+            raise UsageError(
+                f"he-secret-dir {nodes_dir} lies in {inside}: whoever gets the results or the server's "
+                "he-dir could decrypt the run; choose a folder outside both (or leave he-secret-dir unset)"
+            )
+    explicit = (("he-secret-dir", nodes_dir, SECRET_FILE), ("he-dir", server_dir, PUBLIC_FILE))
+    for key, folder, file in explicit:
+        if getattr(cfg, key.replace("-", "_")) and (folder / file).exists():  # <run-dir>/he goes with its run
+            raise UsageError(
+                f"{key} {folder} already holds keys ({file}): new keys would make the run that made them "
+                f"undecryptable; use an empty folder, leave {key} unset, or --resume"
+            )
     train_size = len(load_task_data(cfg.task, cfg.data_dir, cfg.dataset, cfg.task_options()).train)
-    folder = folder.expanduser().resolve()
-    if cfg.he_dir and (folder / SECRET_FILE).exists():  # the default <run-dir>/he goes with its run
-        raise UsageError(
-            f"he-dir {folder} already holds keys ({SECRET_FILE}): new keys would make the run that "
-            "made them undecryptable; use an empty folder, leave he-dir unset (<run-dir>/he), or --resume"
-        )
-    provision(folder, clip=cfg.he_clip, max_weight=train_size, values_per_slot=cfg.he_pack, scheme=cfg.he_scheme)
-    return folder
+    provision(
+        nodes_dir, server_dir, clip=cfg.he_clip, max_weight=train_size, values_per_slot=cfg.he_pack,
+        scheme=cfg.he_scheme,
+    )
 
 
 def gpu_share(value: str, num_clients: int) -> float:

@@ -53,7 +53,7 @@ def pipeline_he(states, weights, base, scheme: str, values_per_slot: int) -> dic
 
     tmp = Path(tempfile.mkdtemp())
     try:
-        params = he.provision(tmp / "keys", clip=8.0, max_weight=60_000, values_per_slot=values_per_slot,
+        params = he.provision(tmp / "keys", tmp / "server", clip=8.0, max_weight=60_000, values_per_slot=values_per_slot,
                               scheme=scheme)
         print(f"HE parameters: {params}")
         key = tmp / "keys" / he.SECRET_FILE
@@ -61,7 +61,7 @@ def pipeline_he(states, weights, base, scheme: str, values_per_slot: int) -> dic
         uploads = [encrypt_local(s, w, key) for s, w in zip(states, weights)]
         t_enc = (time.perf_counter() - t0) / len(states)
         t0 = time.perf_counter()
-        ctx = he.public_context(tmp / "keys")
+        ctx = he.public_context(tmp / "server")
         agg = ciphertext_record(
             he.add_all([he.deserialize(ctx, record_ciphertexts(u), scheme=scheme) for u in uploads])
         )

@@ -8,6 +8,7 @@ also set ``data-dir`` in its node config to override the run config's.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from client.attacks import attackers, poison
 from client.compress import encode_update, received_state
 from client.faults import inject_faults
 from client.he_client import decrypt_global, encrypt_local, secret_path
-from client.privacy import dp_clipping_mod, sample_dp_round
+from client.privacy import ACCOUNT_KEY, dp_clipping_mod, sample_dp_round
 from client.state import load_state, save_state
 from compression.flat import flatten, unflatten
 from compression.sparse import randk_indices
@@ -28,9 +29,11 @@ from privacy.dp import make_dp_ready
 from server.config import RUN_ID_KEY, RunConfig, parse_run_config
 from strategies.compressed import SEED_KEY
 from strategies.encrypted import BLOCK_WEIGHTS_KEY, TOTAL_WEIGHT_KEY
+from strategies.federated_metrics import statistics_metrics
+from tasks.base import Task
 from tasks.head import freeze_classifier
 from tasks.registry import client_split, client_test_split, get_task, load_task_data
-from tasks.training import evaluate, scheduled_lr, train_local
+from tasks.training import evaluate, predict, scheduled_lr, train_local
 
 app = ClientApp(mods=[dp_clipping_mod])  # the mod acts only for client-side DP clipping
 
@@ -108,7 +111,7 @@ def he_inputs(cfg: RunConfig, msg: Message, context: Context) -> tuple[int | lis
     config = msg.content["config"]
     block_weights = config.get(BLOCK_WEIGHTS_KEY)
     total = [int(w) for w in block_weights] if block_weights else int(config.get(TOTAL_WEIGHT_KEY, 0))
-    return total, secret_path(cfg.he_dir, context.node_config)
+    return total, secret_path(cfg.he_secret_dir, cfg.he_dir, context.node_config)
 
 
 def he_upload_blocks(up: Chain, config: ConfigRecord) -> list[int] | None:
@@ -131,7 +134,7 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content["config"]
     server_round = int(config.get("server-round", 0))
     state_dir = client_state_dir(cfg, context, pid, str(config.get(RUN_ID_KEY, "")))
-    load_state(context.state, state_dir, server_round)
+    load_state(context.state, state_dir, server_round, never_rewound=(ACCOUNT_KEY,))
     inject_faults(
         fail_rate=cfg.fail_rate, straggler_rate=cfg.straggler_rate,
         straggler_delay=cfg.straggler_delay, seed=cfg.seed, server_round=server_round,
@@ -195,6 +198,14 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
+def evaluation_metrics(task: Task, logits: torch.Tensor, labels: torch.Tensor, loss: float) -> dict[str, Any]:
+    """What a client reports from its test share: the task's metrics, the loss, the
+    example count Flower weights them by, and the statistics for the metrics that do
+    not average (:mod:`strategies.federated_metrics`)."""
+    metrics = {**task.metrics(logits, labels), "loss": loss, "num-examples": len(labels)}
+    return {**metrics, **statistics_metrics(task.metric_statistics(logits, labels))}
+
+
 @app.evaluate()
 def evaluate_(msg: Message, context: Context) -> Message:
     cfg = run_config(context)
@@ -202,6 +213,8 @@ def evaluate_(msg: Message, context: Context) -> Message:
     directory = data_dir(cfg, context)
     split = client_test_split(cfg.task, directory, cfg.dataset, nparts, pid, cfg.task_options())
     model = _model(cfg, directory, msg.content["arrays"], *he_inputs(cfg, msg, context))
-    metrics = evaluate(model, get_task(cfg.task, cfg.task_options()), split, device=device())
-    content = RecordDict({"metrics": MetricRecord({**metrics, "num-examples": len(split)})})
+    task = get_task(cfg.task, cfg.task_options())
+    logits, loss = predict(model, task, split, device=device())
+    metrics = evaluation_metrics(task, logits, torch.from_numpy(np.asarray(split.y)), loss)
+    content = RecordDict({"metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)

@@ -6,14 +6,15 @@ into the plaintext ``model.pt`` (a torch state dict) with::
 
     python -m client.decrypt_model RUN_DIR [--secret-context PATH] [--out PATH]
 
-``--secret-context`` defaults to ``secret.ctx`` in the run's recorded ``he-dir``
-(where ``run_sim.py --he`` provisions the keys); on a deployment, pass the copy
-on a SuperNode machine.
+``--secret-context`` defaults to ``secret.ctx`` in the run's recorded
+``he-secret-dir`` (where ``run_sim.py --he`` keeps the simulated clients' key,
+outside the results folder); on a deployment, pass the copy on a SuperNode machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def decrypt_run(run_dir: Path, secret: Path | None = None) -> dict[str, torch.Te
         raise ValueError(f"{path} holds no aggregate: the run ended before its first round finished")
     if "shapes" not in saved:
         raise ValueError(f"{path} was written by an older fedloom without the model's shapes")
-    key = secret or Path(saved["he_dir"]) / he.SECRET_FILE
+    key = secret or recorded_secret(run_dir, saved["he_dir"])
     if not key.is_file() or not (key.parent / he.PARAMS_FILE).is_file():
         raise ValueError(
             f"{key} (with {he.PARAMS_FILE} beside it) not found; pass --secret-context "
@@ -48,10 +49,20 @@ def decrypt_run(run_dir: Path, secret: Path | None = None) -> dict[str, torch.Te
     return decrypt_global(ciphertext_record(saved["ciphertexts"]), weights, like, key)
 
 
+def recorded_secret(run_dir: Path, he_dir: str) -> Path:
+    """``secret.ctx`` in the run's ``he-secret-dir`` (from ``config.json``); runs made before
+    that key kept it in their ``he-dir``."""
+    try:
+        run_config = json.loads((run_dir / "config.json").read_text())["run_config"]
+    except (OSError, ValueError, KeyError):
+        run_config = {}
+    return Path(run_config.get("he-secret-dir") or he_dir) / he.SECRET_FILE
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m client.decrypt_model", description=__doc__.splitlines()[0])
     p.add_argument("run_dir", type=Path, help="results folder of an --he run")
-    p.add_argument("--secret-context", type=Path, help="secret.ctx [default: <he-dir>/secret.ctx of the run]")
+    p.add_argument("--secret-context", type=Path, help="secret.ctx [default: <he-secret-dir>/secret.ctx of the run]")
     p.add_argument("--out", type=Path, help="where to write the state dict [default: RUN_DIR/model.pt]")
     args = p.parse_args(argv)
     try:

@@ -15,9 +15,13 @@ from privacy.he_encoding import decrypt_weights, encrypt_weights
 from strategies.encrypted import ciphertext_record, record_ciphertexts
 
 
-def secret_path(he_dir: str, node_config: Mapping[str, object]) -> Path:
-    """Node config ``he-secret-context`` if set (deployment), else ``<he-dir>/secret.ctx``."""
-    return Path(str(node_config.get("he-secret-context") or Path(he_dir) / he.SECRET_FILE))
+def secret_path(he_secret_dir: str, he_dir: str, node_config: Mapping[str, object]) -> Path:
+    """This node's ``secret.ctx``: node config ``he-secret-context`` (a SuperNode's copy),
+    else ``<he-secret-dir>/secret.ctx`` (simulations), else ``<he-dir>/secret.ctx``, where
+    runs made before he-secret-dir existed kept it."""
+    if node_config.get("he-secret-context"):
+        return Path(str(node_config["he-secret-context"]))
+    return Path(he_secret_dir or he_dir) / he.SECRET_FILE
 
 
 def decrypt_global(

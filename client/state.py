@@ -4,7 +4,8 @@ Flower keeps a node's ``Context.state`` in memory between rounds (error-feedback
 residuals, DP accountants). To survive a crash or a restarted SuperNode, the state
 after round r is also written to ``<state-dir>/<partition-id>/round-<r>.pkl``; a
 process that starts with an empty state loads the newest file from a round before
-the current one, so a round re-run after a resume starts from the state it had.
+the current one, so a round re-run after a resume starts from the state it had
+(except the DP account, which keeps every release: :func:`load_state`).
 """
 
 from __future__ import annotations
@@ -26,17 +27,32 @@ def _saved_rounds(folder: Path) -> list[int]:
     return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _NAME.match(p.name)))
 
 
-def load_state(state: RecordDict, folder: Path, server_round: int) -> int | None:
-    """Fill an empty ``state`` from the newest file of a round before ``server_round``."""
+def _load(folder: Path, server_round: int) -> RecordDict:
+    with open(folder / f"round-{server_round}.pkl", "rb") as fh:
+        return pickle.load(fh)
+
+
+def load_state(
+    state: RecordDict, folder: Path, server_round: int, never_rewound: tuple[str, ...] = ()
+) -> int | None:
+    """Fill an empty ``state`` from the newest file of a round before ``server_round``.
+
+    Records named in ``never_rewound`` come from the newest file of any round: a DP
+    account must keep the releases of a round that runs again after a resume, since
+    the server got them before the kill."""
     if len(state):
         return None
-    earlier = [r for r in _saved_rounds(folder) if r < server_round]
+    rounds = _saved_rounds(folder)
+    earlier = [r for r in rounds if r < server_round]
     if not earlier:
         return None
-    with open(folder / f"round-{earlier[-1]}.pkl", "rb") as fh:
-        saved: RecordDict = pickle.load(fh)
-    for key, record in saved.items():
+    for key, record in _load(folder, earlier[-1]).items():
         state[key] = record
+    if never_rewound and rounds[-1] >= server_round:
+        newest = _load(folder, rounds[-1])
+        for key in never_rewound:
+            if key in newest:
+                state[key] = newest[key]
     return earlier[-1]
 
 

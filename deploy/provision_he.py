@@ -13,10 +13,7 @@ enters the server folder.
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -31,23 +28,8 @@ def provision_split(
     """Generate the keys once; put secret.ctx in ``nodes_dir`` and public.ctx in ``server_dir``."""
     from privacy import he
 
-    with tempfile.TemporaryDirectory(prefix="fedloom-he-") as tmp:
-        staging = Path(tmp)
-        os.chmod(staging, 0o700)
-        try:
-            he.provision(staging, clip=clip, max_weight=max_weight, values_per_slot=values_per_slot, scheme=scheme)
-        except ValueError as exc:
-            fail(str(exc))
-        for folder, private in ((nodes_dir, True), (server_dir, False)):
-            folder.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(staging / he.PARAMS_FILE, folder / he.PARAMS_FILE)
-        shutil.copyfile(staging / he.PUBLIC_FILE, server_dir / he.PUBLIC_FILE)
-        secret = nodes_dir / he.SECRET_FILE
-        fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write((staging / he.SECRET_FILE).read_bytes())
     try:
-        he.public_context(server_dir)  # refuses a context that holds a secret key
+        he.provision(nodes_dir, server_dir, clip=clip, max_weight=max_weight, values_per_slot=values_per_slot, scheme=scheme)
     except ValueError as exc:
         fail(str(exc))
 

@@ -68,6 +68,11 @@ def check_run_config(items: list[str]) -> dict[str, Any]:
         value = str(overrides.get(key, "") or "")
         if value and not Path(value).is_absolute():
             fail(f"--run-config {key}={value!r} must be an absolute path on the SuperLink machine")
+    if cfg.he_secret_dir:
+        fail(
+            "--run-config he-secret-dir is for simulations: each SuperNode reads its own secret.ctx "
+            "(start_supernode.py --he-secret-context), and the run config goes to the server"
+        )
     if cfg.he and not cfg.he_dir:
         fail("--run-config he=true needs he-dir (the SuperLink machine's folder with public.ctx)")
     return overrides

@@ -13,6 +13,7 @@ epsilon of its concatenated history.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -73,12 +74,14 @@ def calibrate_noise(
     if steps < 1:
         raise ValueError(f"invalid steps={steps!r}; valid: >= 1")
     try:
-        return float(
-            get_noise_multiplier(
-                target_epsilon=target_epsilon, target_delta=check_delta(delta),
-                sample_rate=sample_rate, steps=steps, accountant=check_accountant(accountant),
+        with warnings.catch_warnings():  # RDP's alpha-range hint; out of reach raises below
+            warnings.filterwarnings("ignore", message="Optimal order is the", category=UserWarning)
+            return float(
+                get_noise_multiplier(
+                    target_epsilon=target_epsilon, target_delta=check_delta(delta),
+                    sample_rate=sample_rate, steps=steps, accountant=check_accountant(accountant),
+                )
             )
-        )
     except ValueError:
         raise ValueError(
             f"target epsilon {target_epsilon:g} at delta {delta:g} is out of reach for "

@@ -33,9 +33,9 @@ settings cost 57-81) at the same ~1e-7 error. One value per slot only: two
 19-bit lanes leave no fixed-point resolution after the headroom for the clients'
 total weight.
 
-Key custody: :func:`provision` writes ``secret.ctx`` (with the secret key, for
-clients only) and ``public.ctx`` (``make_context_public()``: encryption and
-addition, no decryption) for the server. Contexts load once per process; TenSEAL
+Key custody: :func:`provision` writes ``secret.ctx`` (with the secret key) into
+the clients' folder and ``public.ctx`` (``make_context_public()``: encryption and
+addition, no decryption) into another, the server's; each gets ``params.json``. Contexts load once per process; TenSEAL
 objects cross process boundaries only as bytes.
 """
 
@@ -127,11 +127,18 @@ class HEParams:
 
 
 def provision(
-    folder: Path, *, clip: float, max_weight: int, values_per_slot: int = 1, scheme: str = "bfv"
+    nodes_dir: Path, server_dir: Path, *, clip: float, max_weight: int, values_per_slot: int = 1,
+    scheme: str = "bfv",
 ) -> HEParams:
-    """Generate this run's keys: ``secret.ctx`` (clients), ``public.ctx`` (server)."""
+    """Generate this run's keys: ``secret.ctx`` in ``nodes_dir`` (clients only, mode 0600)
+    and ``public.ctx`` in ``server_dir``, which must be another folder."""
     from .fixed_point import fixed_point_scale, lane_radix
 
+    nodes_dir, server_dir = Path(nodes_dir).expanduser().resolve(), Path(server_dir).expanduser().resolve()
+    if nodes_dir == server_dir:
+        raise ValueError(
+            f"secret.ctx and public.ctx need two folders (both {nodes_dir}): the server must not get the secret key"
+        )
     if scheme not in PROFILES:
         raise ValueError(f"invalid he-scheme {scheme!r}; valid: {', '.join(SCHEMES)}")
     if values_per_slot not in PROFILES[scheme]:
@@ -160,15 +167,16 @@ def provision(
     else:
         ctx = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=n, coeff_mod_bit_sizes=list(coeff), n_threads=1)
         ctx.global_scale = float(2**CKKS_SCALE_BITS)
-    folder.mkdir(parents=True, exist_ok=True)
-    secret = folder / SECRET_FILE
-    fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    nodes_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    server_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(nodes_dir / SECRET_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(ctx.serialize(save_secret_key=True))
     public = ctx.copy()
     public.make_context_public()
-    (folder / PUBLIC_FILE).write_bytes(public.serialize())
-    (folder / PARAMS_FILE).write_text(json.dumps(asdict(params), indent=2) + "\n")
+    (server_dir / PUBLIC_FILE).write_bytes(public.serialize())
+    for folder in (nodes_dir, server_dir):
+        (folder / PARAMS_FILE).write_text(json.dumps(asdict(params), indent=2) + "\n")
     return params
 
 

@@ -36,7 +36,7 @@ from .checkpoint import load_checkpoint, restore_rng_states
 from .config import RUN_ID_KEY, RunConfig, parse_run_config
 from .monitor import RoundMonitor, connected_nodes
 from .plots import plot_metrics
-from .privacy import client_level, privacy_ledger, sample_level, write_epsilons
+from .privacy import client_level, privacy_ledger, sample_level, trim_epsilons, write_epsilons
 from .progress import RunProgress
 from .results import ResultsFolder
 from .sampling import use_private_sampling_rng
@@ -90,11 +90,10 @@ def partitions_record(cfg: RunConfig, num_partitions: int) -> dict[str, Any]:
     """Sizes and label counts of every client's partition."""
     options = cfg.task_options()
     data = load_task_data(cfg.task, cfg.data_dir, cfg.dataset, options)
-    labels = get_task(cfg.task, options).labels_for_partitioning(data)
     parts = partitions(
         cfg.task, cfg.data_dir, cfg.dataset, cfg.partition, num_partitions, cfg.seed, options
     )
-    counts = label_counts(labels, list(parts), data.num_classes)
+    counts = label_counts(np.asarray(data.train.y), list(parts), data.num_classes)
     return {
         "partition": cfg.partition,
         "seed": cfg.seed,
@@ -149,7 +148,9 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
         chain = strategy_chain(
             cfg, max_examples=len(data.train), num_parameters=sum(v.numel() for v in model.state_dict().values())
         )
-    strategy = InstrumentedStrategy(chain, min_replies=cfg.min_train_nodes)
+    strategy = InstrumentedStrategy(
+        chain, min_replies=cfg.min_train_nodes, finish_metrics=task.metrics_from_statistics
+    )
     previous = json.loads((results.path / "config.json").read_text()) if checkpoint else {}
     record: dict[str, Any] = {
         "run_id": previous.get("run_id", "") if checkpoint else secrets.token_hex(8),
@@ -168,6 +169,7 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
         if not cfg.he:  # under HE the arrays are the encrypted aggregate
             model.load_state_dict(initial.to_torch_state_dict())
         results.restore_rows(checkpoint["rows"])
+        trim_epsilons(results.path, checkpoint["round"])
         restore_rng_states(checkpoint["rng"])
         strategy.round_offset = checkpoint["round"]
         record["resumed_at_rounds"] = [*previous.get("resumed_at_rounds", []), checkpoint["round"]]
@@ -181,7 +183,9 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
 
     best = BestRound(cfg.best_metric, results) if cfg.best_metric != "none" else None
     if best is not None and checkpoint:
-        best.restore()
+        best.restore(checkpoint["round"])
+        if checkpoint["rows"]:  # a kill between the checkpoint and best.* missed this offer
+            best.offer(checkpoint["rows"][-1], initial)
     title = f"{cfg.task} · {cfg.strategy}"
     remaining = cfg.num_server_rounds - strategy.round_offset
     with RunProgress(cfg.num_server_rounds, title) as progress:

@@ -42,12 +42,13 @@ class BestRound:
         self.round: int | None = None
         self.value: float | None = None
 
-    def restore(self) -> None:
-        """Continue from the ``best.json`` a resumed run left behind (same metric)."""
+    def restore(self, last_round: int) -> None:
+        """Continue from the ``best.json`` a resumed run left behind (same metric), unless
+        it names a round past the checkpoint (``last_round``), which runs again."""
         path = self.results.path / BEST_RECORD
         if path.is_file():
             record = json.loads(path.read_text())
-            if record.get("metric") == self.metric:
+            if record.get("metric") == self.metric and record["round"] <= last_round:
                 self.round, self.value = record["round"], record["value"]
 
     def offer(self, row: Mapping[str, Any], arrays: ArrayRecord) -> bool:

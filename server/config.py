@@ -79,6 +79,7 @@ DEFAULTS: dict[str, Any] = {
     "attack-scale": 4.0,
     "he": False,
     "he-dir": "",
+    "he-secret-dir": "",
     "he-clip": 8.0,
     "he-pack": 1,
     "he-scheme": "bfv",
@@ -166,6 +167,7 @@ class RunConfig:
     attack_scale: float
     he: bool
     he_dir: str
+    he_secret_dir: str
     he_clip: float
     he_pack: int
     he_scheme: str

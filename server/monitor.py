@@ -96,9 +96,9 @@ class RoundMonitor:
             row.update(privacy_row(self.privacy, self.results.path))
         self.last_arrays, self.last_round = arrays, server_round
         self.results.add_row(row)
-        if self.best is not None:  # before the checkpoint: a resumed run sees this best.json
-            self.best.offer(row, arrays)
         self.checkpoint(server_round)
+        if self.best is not None:  # after the checkpoint: best.* never runs ahead of it
+            self.best.offer(row, arrays)
         if server_round == 1 and self.on_first_round is not None:
             self.on_first_round()
         self.progress.round_done(row, self.total_rounds)

@@ -105,6 +105,19 @@ def write_epsilons(ledger: EpsilonLedger, run_dir: Path) -> None:
             fh.writelines(json.dumps(r) + "\n" for r in rows)
 
 
+def trim_epsilons(run_dir: Path, last_round: int) -> None:
+    """Drop ``epsilon.jsonl`` rows past a resumed run's checkpoint: that round runs
+    again and writes its own rows (a kill after the append left them behind)."""
+    from .results import atomic_write_bytes
+
+    path = run_dir / EPSILON_FILE
+    if path.is_file():
+        lines = [x for x in path.read_text().splitlines() if x.strip()]
+        kept = [x for x in lines if json.loads(x)["round"] <= last_round]
+        if len(kept) < len(lines):
+            atomic_write_bytes(path, "".join(x + "\n" for x in kept).encode())
+
+
 def privacy_row(ledger: EpsilonLedger, run_dir: Path) -> dict[str, Any]:
     """``epsilon`` and ``epsilon_mean`` for the metrics row, after writing the side file."""
     write_epsilons(ledger, run_dir)

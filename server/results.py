@@ -9,12 +9,18 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+
+
+def json_safe(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with NaN and infinities as ``None`` (JSON's ``null``: bare ``NaN`` is not JSON)."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -56,7 +62,7 @@ class ResultsFolder:
     def restore_rows(self, rows: list[dict[str, Any]]) -> None:
         """Make ``rows`` the run's metrics (a resumed run drops rows past its checkpoint)."""
         self.rows = list(rows)
-        jsonl = "".join(json.dumps(r) + "\n" for r in self.rows)
+        jsonl = "".join(json.dumps(json_safe(r), allow_nan=False) + "\n" for r in self.rows)
         atomic_write_bytes(self.path / "metrics.jsonl", jsonl.encode())
         atomic_write_bytes(self.path / "metrics.csv", metrics_csv(self.rows).encode())
 

@@ -10,13 +10,16 @@ that a seeded run aggregates, and so ends, the same way every time.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from .federated_metrics import pooled_statistics, without_statistics
 from .ordering import canonical_order
 
 
@@ -63,10 +66,16 @@ class InstrumentedStrategy(Strategy):
     ``round_offset`` shifts the round numbers the inner chain sees, so a resumed run
     continues at round ``offset + 1`` while Flower's loop counts from 1 again. A round
     with fewer than ``min_replies`` replies raises :class:`TooFewReplies`.
+    ``finish_metrics`` (the task's ``metrics_from_statistics``) turns the statistics
+    the evaluation replies carry, pooled, into the metrics that do not average.
     """
 
-    def __init__(self, inner: Strategy, *, min_replies: int = 1) -> None:
+    def __init__(
+        self, inner: Strategy, *, min_replies: int = 1,
+        finish_metrics: Callable[[dict[str, list[np.ndarray]]], dict[str, float]] | None = None,
+    ) -> None:
         self.inner = inner
+        self.finish_metrics = finish_metrics
         self.stats = RoundStats()
         self.round_offset = 0
         self.min_replies = min_replies
@@ -117,5 +126,11 @@ class InstrumentedStrategy(Strategy):
         replies = canonical_order(replies)
         self.stats.bytes_up += sum(payload_bytes(m.content) for m in replies if not m.has_error())
         metrics = self.inner.aggregate_evaluate(server_round + self.round_offset, replies)
+        if metrics is not None:
+            pooled = pooled_statistics(m.content for m in replies if not m.has_error())
+            metrics = without_statistics(metrics)
+            if pooled and self.finish_metrics is not None:
+                for key, value in self.finish_metrics(pooled).items():
+                    metrics[key] = value
         self.stats.evaluate_metrics = _scalars(metrics)
         return metrics

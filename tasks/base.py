@@ -129,3 +129,17 @@ class Task(ABC):
     def metrics(self, logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """Task metrics from all test logits and labels (accuracy by default)."""
         return {"accuracy": float((logits.argmax(dim=1) == y).float().mean())}
+
+    def metric_statistics(self, logits: torch.Tensor, y: torch.Tensor) -> dict[str, np.ndarray]:
+        """What a client reports from its test share, beyond :meth:`metrics`, for the
+        metrics that are not an example-weighted mean of the clients' values (AUC, mean
+        class accuracy). The server gathers each key's arrays from all clients and calls
+        :meth:`metrics_from_statistics`. None by default: accuracy and loss average exactly."""
+        del logits, y
+        return {}
+
+    def metrics_from_statistics(self, pooled: dict[str, list[np.ndarray]]) -> dict[str, float]:
+        """Metrics of all clients' test shares together, from each :meth:`metric_statistics`
+        key's arrays (one per client); they replace the averages of the clients' values."""
+        del pooled
+        return {}

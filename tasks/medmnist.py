@@ -25,7 +25,7 @@ from torch import nn
 
 from .base import DatasetNotFoundError, DataSplit, Task, TaskData, TaskOptions
 from .medmnist_info import builtin_info
-from .metrics import MULTI_LABEL, TASK_TYPES, medmnist_accuracy, medmnist_auc
+from .metrics import MULTI_LABEL, TASK_TYPES, medmnist_accuracy, medmnist_auc, pooled_auc
 from .resnet import ResNetGN
 
 IMAGE_SIZES = (28, 64, 128, 224)
@@ -236,6 +236,40 @@ class MedMnistTask(Task):
             "accuracy": medmnist_accuracy(y_np, s, task_type),
             "auc": medmnist_auc(y_np, s, task_type),
         }
+
+    def metric_statistics(self, logits: torch.Tensor, y: torch.Tensor) -> dict[str, np.ndarray]:
+        """Per label (multi-label) or class (one-vs-rest): the share's log-odds in
+        ascending order with the 0/1 targets in the same order, so the server can pool
+        the shares' ROC curves into the AUC of all of them. Sorted per class, the
+        values no longer say which example they came from."""
+        if y.ndim == 2:
+            log_odds, positive = logits.double(), y > 0.5
+        else:
+            log_odds, positive = one_vs_rest_log_odds(logits), nn.functional.one_hot(y.long(), logits.shape[1]) > 0
+        out: dict[str, np.ndarray] = {}
+        for k in range(log_odds.shape[1]):
+            order = torch.argsort(log_odds[:, k], stable=True)
+            out[f"auc_log_odds.{k}"] = log_odds[order, k].numpy()
+            out[f"auc_positive.{k}"] = positive[order, k].numpy().astype(np.int64)
+        return out
+
+    def metrics_from_statistics(self, pooled: dict[str, list[np.ndarray]]) -> dict[str, float]:
+        columns = range(sum(1 for name in pooled if name.startswith("auc_log_odds.")))
+        return {
+            "auc": pooled_auc(
+                [np.concatenate(pooled[f"auc_positive.{k}"]) for k in columns],
+                [np.concatenate(pooled[f"auc_log_odds.{k}"]) for k in columns],
+            )
+        }
+
+
+def one_vs_rest_log_odds(logits: torch.Tensor) -> torch.Tensor:
+    """log(p_i / (1 - p_i)) of each class's softmax probability, computed from the logits
+    (z_i - logsumexp of the others), so it stays finite where float32 p_i rounds to 1."""
+    num_classes = logits.shape[1]
+    others = logits.double().unsqueeze(1).expand(-1, num_classes, -1).clone()
+    others[:, torch.arange(num_classes), torch.arange(num_classes)] = float("-inf")
+    return logits.double() - torch.logsumexp(others, dim=2)
 
 
 class MedMnistLoss(nn.Module):

@@ -43,8 +43,8 @@ def medmnist_accuracy(
     _check_task_type(task_type)
     if len(y_true) == 0:
         return float("nan")
-    if task_type == MULTI_LABEL:
-        return float(np.mean((scores > threshold) == (y_true > 0.5)))
+    if task_type == MULTI_LABEL:  # getACC: a score of exactly the threshold is positive
+        return float(np.mean((scores >= threshold) == (y_true > 0.5)))
     y = y_true.reshape(-1).astype(np.int64)
     if task_type == BINARY:
         return float(np.mean((scores[:, -1] > threshold).astype(np.int64) == y))
@@ -68,8 +68,25 @@ def medmnist_auc(y_true: np.ndarray, scores: np.ndarray, task_type: str) -> floa
     else:
         y = y_true.reshape(-1)
         per = [_binary_auc((y == i).astype(np.int64), scores[:, i]) for i in range(scores.shape[1])]
-    defined = [a for a in per if not np.isnan(a)]
+    return _mean_defined(per)
+
+
+def _mean_defined(values: list[float]) -> float:
+    defined = [a for a in values if not np.isnan(a)]
     return float(np.mean(defined)) if defined else float("nan")
+
+
+def pooled_auc(positives: list[np.ndarray], scores: list[np.ndarray]) -> float:
+    """MedMNIST AUC from per-class (or per-label) 0/1 targets and scores: the mean of
+    the defined per-class AUCs (as :func:`medmnist_auc`), NaN when none is defined."""
+    return _mean_defined([_binary_auc(y, s) for y, s in zip(positives, scores, strict=True)])
+
+
+def class_counts(pred: np.ndarray, y_true: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Correct predictions and examples per class: two (C,) int64 arrays."""
+    y = np.asarray(y_true, np.int64).reshape(-1)
+    correct = np.bincount(y[np.asarray(pred).reshape(-1) == y], minlength=num_classes)
+    return correct.astype(np.int64), np.bincount(y, minlength=num_classes).astype(np.int64)
 
 
 def overall_accuracy(pred: np.ndarray, y_true: np.ndarray) -> float:
@@ -83,7 +100,12 @@ def mean_class_accuracy(pred: np.ndarray, y_true: np.ndarray, num_classes: int) 
     This is the "mean class accuracy" (mAcc) reported for ModelNet since Qi et
     al. 2017 (PointNet); classes absent from the evaluated set are skipped.
     """
-    recalls = [
-        float(np.mean(pred[y_true == c] == c)) for c in range(num_classes) if np.any(y_true == c)
-    ]
-    return float(np.mean(recalls)) if recalls else float("nan")
+    return mean_recall(*class_counts(pred, y_true, num_classes))
+
+
+def mean_recall(correct: np.ndarray, total: np.ndarray) -> float:
+    """Mean of correct / total over the classes with examples (NaN if none has)."""
+    present = np.asarray(total) > 0
+    if not present.any():
+        return float("nan")
+    return float(np.mean(np.asarray(correct)[present] / np.asarray(total)[present]))

@@ -114,5 +114,8 @@ def partition_indices(
 
 
 def label_counts(labels: np.ndarray, parts: list[np.ndarray], num_classes: int) -> list[list[int]]:
-    """Per-partition label histogram (for ``partitions.json``)."""
+    """Per-partition label histogram (for ``partitions.json``): examples per class, or
+    for multi-label (N, L) 0/1 labels, positive examples per label."""
+    if labels.ndim == 2:
+        return [np.count_nonzero(labels[p] > 0.5, axis=0).tolist() for p in parts]
     return [np.bincount(labels[p], minlength=num_classes).tolist() for p in parts]

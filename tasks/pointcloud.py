@@ -13,11 +13,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from .base import DataSplit, Task, TaskData, TaskOptions
-from .metrics import mean_class_accuracy, overall_accuracy
+from .metrics import class_counts, mean_class_accuracy, mean_recall, overall_accuracy
 from .modelnet import DATASETS, load_modelnet
 from .pointnet import TRANSFORMS, PointNet
 
@@ -111,3 +112,12 @@ class PointCloudTask(Task):
             "accuracy": overall_accuracy(pred, truth),
             "mean_class_accuracy": mean_class_accuracy(pred, truth, num_classes),
         }
+
+    def metric_statistics(self, logits: torch.Tensor, y: torch.Tensor) -> dict[str, np.ndarray]:
+        """Correct predictions and examples per class: summed, the mean class accuracy of all shares."""
+        correct, total = class_counts(logits.argmax(dim=1).numpy(), y.numpy(), int(logits.shape[1]))
+        return {"class_correct": correct, "class_total": total}
+
+    def metrics_from_statistics(self, pooled: dict[str, list[np.ndarray]]) -> dict[str, float]:
+        correct, total = np.sum(pooled["class_correct"], axis=0), np.sum(pooled["class_total"], axis=0)
+        return {"mean_class_accuracy": mean_recall(correct, total)}

@@ -101,10 +101,15 @@ def client_test_split(
 ) -> DataSplit:
     """A client's share of the test set (for federated evaluation).
 
-    The test set is cut into ``num_partitions`` contiguous parts, so the
-    example-weighted mean over all clients equals the centralized test metric
-    (for metrics that are means over examples, such as accuracy).
+    The test set is cut into ``num_partitions`` disjoint parts that cover it, so the
+    example-weighted mean over all clients equals the centralized test metric (for
+    metrics that are means over examples, such as accuracy; the others come from the
+    statistics the clients report, :mod:`strategies.federated_metrics`). The parts follow
+    one fixed random order, not the file's (ModelNet's test set is sorted by class),
+    so a client's share, like a sample of clients under ``fraction-evaluate`` < 1,
+    mixes the classes.
     """
     data = load_task_data(task_name, data_dir, dataset, options)
-    part = np.array_split(np.arange(len(data.test)), num_partitions)[partition_id]
+    order = np.random.default_rng(0).permutation(len(data.test))
+    part = np.sort(np.array_split(order, num_partitions)[partition_id])
     return data.test.subset(part)

@@ -131,10 +131,10 @@ def train_local(
 
 
 @torch.no_grad()
-def evaluate(
+def predict(
     model: nn.Module, task: Task, split: DataSplit, *, batch_size: int = 512, device: str = "cpu"
-) -> dict[str, float]:
-    """Loss and task metrics of ``model`` on ``split``."""
+) -> tuple[torch.Tensor, float]:
+    """All logits of ``model`` on ``split`` (on the CPU) and the mean loss."""
     model.to(device).eval()
     loss_fn = task.loss_fn()
     logits, total = [], 0.0
@@ -144,7 +144,12 @@ def evaluate(
         out = model(xb)
         total += float(loss_fn(out, yb)) * len(yb)
         logits.append(out.cpu())
-    all_logits = torch.cat(logits) if logits else torch.empty(0)
-    metrics = task.metrics(all_logits, torch.from_numpy(np.asarray(split.y)))
-    metrics["loss"] = total / max(len(split), 1)
-    return metrics
+    return (torch.cat(logits) if logits else torch.empty(0)), total / max(len(split), 1)
+
+
+def evaluate(
+    model: nn.Module, task: Task, split: DataSplit, *, batch_size: int = 512, device: str = "cpu"
+) -> dict[str, float]:
+    """Loss and task metrics of ``model`` on ``split``."""
+    logits, loss = predict(model, task, split, batch_size=batch_size, device=device)
+    return {**task.metrics(logits, torch.from_numpy(np.asarray(split.y))), "loss": loss}

@@ -20,6 +20,20 @@ def require_data(relative: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def keys_home(tmp_path_factory) -> Path:
+    """Where ``run_sim.py --he`` puts the clients' secret keys during the tests
+    (``$XDG_DATA_HOME/fedloom/he-keys``): a temporary folder, not the user's home."""
+    home = tmp_path_factory.mktemp("xdg-data")
+    previous = os.environ.get("XDG_DATA_HOME")
+    os.environ["XDG_DATA_HOME"] = str(home)
+    yield home
+    if previous is None:
+        os.environ.pop("XDG_DATA_HOME", None)
+    else:
+        os.environ["XDG_DATA_HOME"] = previous
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     require_data("mnist.npz")

@@ -42,13 +42,17 @@ def test_a_resumed_run_continues_from_best_json(tmp_path):
     first = BestRound("val_loss", ResultsFolder(tmp_path))
     first.offer({"round": 3, "val_loss": 0.5}, _state(3))
     resumed = BestRound("val_loss", ResultsFolder(tmp_path))
-    resumed.restore()
+    resumed.restore(3)
     assert (resumed.round, resumed.value) == (3, 0.5)
     assert not resumed.offer({"round": 4, "val_loss": 0.6}, _state(4))
     assert resumed.offer({"round": 5, "val_loss": 0.4}, _state(5))
     other = BestRound("val_auc", ResultsFolder(tmp_path))  # another metric starts afresh
-    other.restore()
+    other.restore(5)
     assert other.value is None
+    # A best.json past the checkpoint (round 5, resuming from 4) is from a round that runs again.
+    again = BestRound("val_loss", ResultsFolder(tmp_path))
+    again.restore(4)
+    assert again.value is None
 
 
 @pytest.mark.parametrize("name", task_names())
@@ -88,3 +92,13 @@ def test_task_without_validation_offers_test_metrics_only():
     assert get_task("digits").selectable_metrics() == ("loss", "accuracy")
     assert "val_auc" in get_task("medmnist").selectable_metrics()
     assert all(not m.startswith("val_") for m in get_task("pointcloud").selectable_metrics())
+
+
+def test_metrics_jsonl_stays_json_when_a_metric_is_nan(tmp_path):
+    # An undefined AUC is NaN; bare NaN is not JSON (JSON.parse rejects it): null instead.
+    results = ResultsFolder(tmp_path)
+    results.add_row({"round": 1, "auc": float("nan"), "accuracy": 0.5})
+    line = (tmp_path / "metrics.jsonl").read_text().strip()
+    assert json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c}")) == {
+        "round": 1, "auc": None, "accuracy": 0.5,
+    }

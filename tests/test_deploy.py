@@ -325,6 +325,11 @@ def test_encrypted_round_with_the_secret_key_only_on_the_nodes(deployment: Deplo
             ["--connection", "lab", "--run-config", "lr=fast"],
             "values must be TOML",
         ),
+        (
+            "submit_run.py",
+            ["--connection", "lab", "--run-config", 'he=true he-dir="/s" fraction-evaluate=1.0 he-secret-dir="/k"'],
+            "he-secret-dir is for simulations",
+        ),
         ("provision_he.py", ["--nodes-dir", "{tmp}/he", "--server-dir", "{tmp}/he"], "must differ"),
         ("provision_he.py", ["--nodes-dir", "{tmp}/n", "--server-dir", "{tmp}/s", "--pack", "3"],
          "invalid --pack 3; valid: 1, 2"),

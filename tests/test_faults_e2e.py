@@ -59,6 +59,28 @@ def test_sigkill_mid_round_then_resume(tmp_path):
 def test_resume_errors_are_clear(tmp_path, capsys):
     assert run_sim.main(["--resume", str(tmp_path)]) == 2
     assert "not a fedloom results folder" in capsys.readouterr().err
+    run_dir = tmp_path / "run"
+    assert run_sim.main(["--num-clients", "2", "--rounds", "2", "--run-dir", str(run_dir)]) == 0
+    capsys.readouterr()
+    # Fewer rounds than done: nothing would run, and config.json would contradict the rows.
+    assert run_sim.main(["--resume", str(run_dir), "--rounds", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--rounds 1 is below the 2 rounds the run has done; valid: >= 2" in err and err.count("\n") == 1
+    # A kill before round 1 recorded num_clients: no silent default of 10 clients.
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**config, "num_clients": None}))
+    assert run_sim.main(["--resume", str(run_dir), "--rounds", "3"]) == 2
+    assert "config.json does not record num_clients; pass --num-clients" in capsys.readouterr().err
+
+
+def test_a_resume_drops_epsilon_rows_past_the_checkpoint(tmp_path):
+    from server.privacy import EPSILON_FILE, trim_epsilons
+
+    rows = [{"round": r, "partition_id": c, "epsilon": 0.1 * r} for r in (1, 2) for c in (0, 1)]
+    (tmp_path / EPSILON_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    trim_epsilons(tmp_path, 1)  # round 2 runs again and writes its own rows
+    kept = [json.loads(x) for x in (tmp_path / EPSILON_FILE).read_text().splitlines()]
+    assert kept == rows[:2]
 
 
 def test_a_new_run_does_not_overwrite_a_finished_one(tmp_path, capsys):

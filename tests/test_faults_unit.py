@@ -56,6 +56,22 @@ def test_client_state_survives_a_new_process_and_rewinds_for_a_rerun(tmp_path):
     assert load_state(RecordDict(), tmp_path / "none", server_round=2) is None
 
 
+
+def test_a_rerun_round_keeps_the_dp_account_of_the_run_it_replaces(tmp_path):
+    # Round 5 trained and replied, then the server died before its checkpoint: the
+    # re-run is a second release, so the account must count round 5's steps twice.
+    state = RecordDict({"residual": ArrayRecord({"r": Array(np.array([4.0]))}),
+                        "dp-account": ConfigRecord({"steps": 40})})
+    save_state(state, tmp_path, server_round=4)
+    state["residual"] = ArrayRecord({"r": Array(np.array([5.0]))})
+    state["dp-account"] = ConfigRecord({"steps": 50})
+    save_state(state, tmp_path, server_round=5)
+    fresh = RecordDict()
+    assert load_state(fresh, tmp_path, server_round=5, never_rewound=("dp-account",)) == 4
+    assert fresh["residual"]["r"].numpy().tolist() == [4.0]  # rewound
+    assert fresh["dp-account"]["steps"] == 50  # not rewound
+
+
 def test_checkpointed_rng_states_include_the_client_sampler():
     from flwr.serverapp.strategy import strategy_utils
 

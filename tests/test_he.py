@@ -1,6 +1,5 @@
 """Encrypted aggregation: key custody, exact sums, sizes, and bad uploads."""
 
-import shutil
 from unittest.mock import Mock
 
 import numpy as np
@@ -20,41 +19,39 @@ from strategies.encrypted import BLOCK_WEIGHTS_KEY, EncryptedFedAvg, ciphertext_
 from tasks.mnist import MnistCNN
 
 
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    """A provisioned run: secret.ctx for clients, public.ctx for the server."""
-    folder = tmp_path_factory.mktemp("he")
-    params = he.provision(folder, clip=8.0, max_weight=1000)
-    return folder, params
-
-
-def server_copy(keys, tmp_path_factory):
-    """What the server machine gets: the public context and the parameters, no secret."""
-    folder = tmp_path_factory.mktemp("server")
-    for name in (he.PUBLIC_FILE, he.PARAMS_FILE):
-        shutil.copy(keys[0] / name, folder / name)
-    return folder
+def provisioned(tmp_path_factory, name, **options):
+    """Keys in two folders: (the clients' folder with secret.ctx, parameters), and the
+    server's folder with public.ctx."""
+    root = tmp_path_factory.mktemp(name)
+    params = he.provision(root / "nodes", root / "server", clip=8.0, max_weight=1000, **options)
+    return (root / "nodes", params), root / "server"
 
 
 @pytest.fixture(scope="module")
-def server_dir(keys, tmp_path_factory):
-    return server_copy(keys, tmp_path_factory)
+def bfv(tmp_path_factory):
+    return provisioned(tmp_path_factory, "he")
+
+
+@pytest.fixture(scope="module")
+def keys(bfv):
+    return bfv[0]
+
+
+@pytest.fixture(scope="module")
+def server_dir(bfv):
+    return bfv[1]
 
 
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory):
-    """Keys with two values per slot, and the server's copy."""
-    folder = tmp_path_factory.mktemp("he-packed")
-    keys = folder, he.provision(folder, clip=8.0, max_weight=1000, values_per_slot=2)
-    return keys, server_copy(keys, tmp_path_factory)
+    """Keys with two values per slot, and the server's folder."""
+    return provisioned(tmp_path_factory, "he-packed", values_per_slot=2)
 
 
 @pytest.fixture(scope="module")
 def ckks(tmp_path_factory):
-    """CKKS keys (one value per slot), and the server's copy."""
-    folder = tmp_path_factory.mktemp("he-ckks")
-    keys = folder, he.provision(folder, clip=8.0, max_weight=1000, scheme="ckks")
-    return keys, server_copy(keys, tmp_path_factory)
+    """CKKS keys (one value per slot), and the server's folder."""
+    return provisioned(tmp_path_factory, "he-ckks", scheme="ckks")
 
 
 @pytest.fixture
@@ -292,11 +289,11 @@ def test_ckks_slots_round_back_to_exact_integer_sums(ckks):
 
 def test_provision_refuses_lanes_too_narrow_for_the_weights(tmp_path):
     with pytest.raises(ValueError, match="cannot hold 10000000 examples"):
-        he.provision(tmp_path, clip=8.0, max_weight=10_000_000, values_per_slot=2)
+        he.provision(tmp_path / "n", tmp_path / "s", clip=8.0, max_weight=10_000_000, values_per_slot=2)
     with pytest.raises(ValueError, match="valid: bfv, ckks"):
-        he.provision(tmp_path, clip=8.0, max_weight=100, scheme="paillier")
+        he.provision(tmp_path / "n", tmp_path / "s", clip=8.0, max_weight=100, scheme="paillier")
     with pytest.raises(ValueError, match="for ckks; valid: 1"):
-        he.provision(tmp_path, clip=8.0, max_weight=100, values_per_slot=2, scheme="ckks")
+        he.provision(tmp_path / "n", tmp_path / "s", clip=8.0, max_weight=100, values_per_slot=2, scheme="ckks")
 
 
 def test_values_beyond_the_clip_are_reported(keys, caplog):
@@ -307,3 +304,17 @@ def test_values_beyond_the_clip_are_reported(keys, caplog):
     with caplog.at_level(logging.WARNING, logger="flwr"):
         encrypt_local(state, 10, keys[0] / he.SECRET_FILE)
     assert "2 of 5000 values lie outside +-he-clip=8 and were clipped" in caplog.text
+
+
+def test_provision_keeps_the_secret_key_out_of_the_servers_folder(tmp_path):
+    import stat
+
+    he.provision(tmp_path / "nodes", tmp_path / "server", clip=8.0, max_weight=100)
+    assert sorted(f.name for f in (tmp_path / "server").iterdir()) == [he.PARAMS_FILE, he.PUBLIC_FILE]
+    assert sorted(f.name for f in (tmp_path / "nodes").iterdir()) == [he.PARAMS_FILE, he.SECRET_FILE]
+    assert stat.S_IMODE((tmp_path / "nodes" / he.SECRET_FILE).stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "nodes").stat().st_mode) == 0o700
+    assert not he.public_context(tmp_path / "server").is_private()
+    with pytest.raises(ValueError, match="need two folders"):
+        he.provision(tmp_path / "one", tmp_path / "one", clip=8.0, max_weight=100)
+    assert not (tmp_path / "one").exists()

@@ -1,6 +1,7 @@
 """Encrypted simulations end to end, and invalid combinations."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -46,6 +47,11 @@ def test_encrypted_run_matches_plaintext_accuracy(tmp_path):
     run = tmp_path / "he"
     assert (run / "model_encrypted.pt").is_file() and not (run / "model.pt").exists()
     assert (run / "he" / "public.ctx").is_file()
+    # The clients' secret key lives outside the results folder, readable by its owner only.
+    assert not list(run.rglob("secret.ctx"))
+    secret_dir = Path(json.loads((run / "config.json").read_text())["run_config"]["he-secret-dir"])
+    assert (secret_dir / "secret.ctx").is_file() and not secret_dir.is_relative_to(tmp_path)
+    assert (secret_dir / "secret.ctx").stat().st_mode & 0o077 == 0
     # A key holder decrypts the final model; it scores on the central test set like the
     # clients' federated evaluation of the same aggregate.
     assert decrypted_accuracy(run) > 0.8
@@ -86,13 +92,37 @@ def test_invalid_he_combinations_exit_2(argv, message, capsys, tmp_path):
     assert message in err and err.count("\n") == 1
 
 
-def test_a_new_run_does_not_overwrite_keys_in_an_explicit_he_dir(tmp_path, capsys):
+@pytest.mark.parametrize(("key", "file"), [("he-secret-dir", "secret.ctx"), ("he-dir", "public.ctx")])
+def test_a_new_run_does_not_overwrite_keys_in_an_explicit_folder(key, file, tmp_path, capsys):
     # Another run's keys: new ones would make its encrypted model undecryptable.
     keys = tmp_path / "keys"
     keys.mkdir()
-    (keys / "secret.ctx").write_bytes(b"another run's key")
-    code = run_sim.main(["--he", "--run-dir", str(tmp_path / "run"), "--run-config", f'he-dir="{keys}"'])
+    (keys / file).write_bytes(b"another run's key")
+    code = run_sim.main(["--he", "--run-dir", str(tmp_path / "run"), "--run-config", f'{key}="{keys}"'])
     assert code == 2
     err = capsys.readouterr().err
-    assert f"he-dir {keys} already holds keys (secret.ctx)" in err and err.count("\n") == 1
-    assert (keys / "secret.ctx").read_bytes() == b"another run's key"
+    assert f"{key} {keys} already holds keys ({file})" in err and err.count("\n") == 1
+    assert (keys / file).read_bytes() == b"another run's key"
+
+
+@pytest.mark.parametrize("inside", ["run", "run/keys", "server-he"])
+def test_the_secret_key_may_not_go_into_the_results_or_the_servers_folder(inside, tmp_path, capsys):
+    argv = ["--he", "--run-dir", str(tmp_path / "run"), "--run-config",
+            f'he-dir="{tmp_path / "server-he"}" he-secret-dir="{tmp_path / inside}"']
+    assert run_sim.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"he-secret-dir {tmp_path / inside} lies in" in err and err.count("\n") == 1
+    assert not list(tmp_path.rglob("*.ctx"))
+
+
+def test_an_encrypted_run_resumes_with_its_clients_keys(tmp_path):
+    run = tmp_path / "run"
+    common = ["--num-clients", "2", "--seed", "3"]
+    assert run_sim.main([*common, "--rounds", "1", "--he", "--run-dir", str(run)]) == 0
+    first = json.loads((run / "config.json").read_text())["run_config"]
+    assert run_sim.main(["--resume", str(run), "--rounds", "2"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["run_config"]["he-secret-dir"] == first["he-secret-dir"]
+    assert config["run_config"]["he-dir"] == first["he-dir"]
+    assert [r["round"] for r in rows(run)] == [1, 2] and rows(run)[-1]["failures"] == 0
+    assert decrypted_accuracy(run) > 0.7

@@ -67,3 +67,14 @@ def test_robust_strategy_with_topk_qsgd_uploads(task, tmp_path):
     assert 0 <= row["accuracy"] <= 1 and row["loss"] == row["loss"]  # finite, not nan
     # 10% of the values at 8 bits plus their index gaps and scales: under 1/15 of float32.
     assert row["bytes_up"] < 2 * config["num_parameters"] * 4 / 15
+
+
+@pytest.mark.parametrize(("task", "metric"), [("medmnist", "auc"), ("pointcloud", "mean_class_accuracy")])
+def test_federated_evaluation_gives_the_central_metrics(task, metric, tmp_path):
+    # Every client evaluates its share of the test set; the server pools their counts,
+    # so the federated AUC / mean class accuracy are those of the whole test set.
+    args = TASKS[task](tmp_path)
+    args[args.index("--run-config") + 1] += " fraction-evaluate=1.0"
+    _, (row,) = run(tmp_path, args, "--num-clients", "3")
+    assert row["fed_accuracy"] == pytest.approx(row["accuracy"], abs=1e-9)
+    assert row[f"fed_{metric}"] == pytest.approx(row[metric], abs=1e-6)
