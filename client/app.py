@@ -25,11 +25,13 @@ from client.state import load_state, save_state
 from compression.flat import flatten, unflatten
 from compression.sparse import randk_indices
 from compression.spec import Chain, parse_down_spec, parse_spec
+from privacy import he
 from privacy.dp import make_dp_ready
 from server.config import RUN_ID_KEY, RunConfig, parse_run_config
 from strategies.compressed import SEED_KEY
-from strategies.encrypted import BLOCK_WEIGHTS_KEY, TOTAL_WEIGHT_KEY
+from strategies.encrypted import BLOCK_WEIGHTS_KEY, KEY_ID_KEY, TOTAL_WEIGHT_KEY
 from strategies.federated_metrics import statistics_metrics
+from strategies.instrumented import NUM_PARTITIONS_KEY, PARTITION_ID_KEY
 from tasks.base import Task
 from tasks.head import freeze_classifier
 from tasks.registry import client_split, client_test_split, get_task, load_task_data
@@ -55,13 +57,21 @@ def _chains(up: str, down: str) -> tuple[Chain, Chain]:
 
 
 def node_partition(context: Context) -> tuple[int, int]:
+    """This node's ``partition-id`` and ``num-partitions``: whole numbers, 0 <= id < n."""
     try:
-        return int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
+        pid, nparts = context.node_config["partition-id"], context.node_config["num-partitions"]
     except KeyError as exc:
         raise ValueError(
             f"node config lacks {exc}; start the SuperNode with "
             '--node-config "partition-id=0 num-partitions=N"'
         ) from None
+    whole = all(isinstance(v, int) and not isinstance(v, bool) for v in (pid, nparts))
+    if not whole or not 0 <= pid < nparts:
+        raise ValueError(
+            f"invalid node config partition-id={pid!r} num-partitions={nparts!r}; "
+            "valid: whole numbers with 0 <= partition-id < num-partitions"
+        )
+    return pid, nparts
 
 
 def data_dir(cfg: RunConfig, context: Context) -> str:
@@ -111,7 +121,9 @@ def he_inputs(cfg: RunConfig, msg: Message, context: Context) -> tuple[int | lis
     config = msg.content["config"]
     block_weights = config.get(BLOCK_WEIGHTS_KEY)
     total = [int(w) for w in block_weights] if block_weights else int(config.get(TOTAL_WEIGHT_KEY, 0))
-    return total, secret_path(cfg.he_secret_dir, cfg.he_dir, context.node_config)
+    key = secret_path(cfg.he_secret_dir, cfg.he_dir, context.node_config)
+    he.check_key_id(he.load_params(key.parent), str(config.get(KEY_ID_KEY, "")), str(key))
+    return total, key
 
 
 def he_upload_blocks(up: Chain, config: ConfigRecord) -> list[int] | None:
@@ -147,7 +159,7 @@ def train(msg: Message, context: Context) -> Message:
     start: dict[str, np.ndarray] | None = None  # global weights as received
     if not up.is_none or attacking:
         start = {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
-    metrics: dict[str, float] = {"num-examples": len(split)}
+    metrics: dict[str, float] = {"num-examples": len(split), PARTITION_ID_KEY: pid, NUM_PARTITIONS_KEY: nparts}
     if cfg.strategy == "qfedavg":  # q-FFL weights clients by the global model's loss
         metrics["train_loss_initial"] = evaluate(model, task, split, device=device())["loss"]
     seed = cfg.seed * 100_003 + server_round * 1_009 + pid

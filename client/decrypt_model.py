@@ -42,6 +42,7 @@ def decrypt_run(run_dir: Path, secret: Path | None = None) -> dict[str, torch.Te
             f"{key} (with {he.PARAMS_FILE} beside it) not found; pass --secret-context "
             "with a client's copy of secret.ctx"
         )
+    he.check_key_id(he.load_params(key.parent), saved.get("key_id", ""), str(key))
     like = {k: torch.zeros(shape) for k, shape in saved["shapes"].items()}
     from strategies.encrypted import ciphertext_record
 

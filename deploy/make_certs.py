@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 import sys
 from pathlib import Path
 
@@ -24,7 +23,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Parser, fail, is_ip  # noqa: E402
+from _common import APP_DIR, Parser, fail, is_ip  # noqa: E402
+
+sys.path.insert(0, str(APP_DIR))
+from privacy.files import write_private  # noqa: E402
 
 LOCAL_NAMES = ("127.0.0.1", "localhost")
 FILES = ("ca.crt", "ca.key", "server.pem", "server.key")
@@ -39,9 +41,7 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     data = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
+    write_private(path, data)
 
 
 def subject_alt_names(hosts: list[str]) -> list[x509.GeneralName]:

@@ -11,7 +11,6 @@ only) and ``<name>.pub`` (public key: register it on the SuperLink with
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from pathlib import Path
@@ -20,7 +19,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Parser, fail  # noqa: E402
+from _common import APP_DIR, Parser, fail  # noqa: E402
+
+sys.path.insert(0, str(APP_DIR))
+from privacy.files import write_private  # noqa: E402
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -37,9 +39,7 @@ def make_key_pair(private_path: Path) -> Path:
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     )
     private_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(private)
+    write_private(private_path, private)
     public_path = private_path.with_name(private_path.name + ".pub")
     public_path.write_bytes(public + f" {private_path.name}\n".encode())
     return public_path

@@ -110,6 +110,12 @@ def main(argv: list[str] | None = None) -> None:
         )
     elif args.no_node_auth:
         print("WARNING: --no-node-auth: any SuperNode that trusts the CA may join", file=sys.stderr)
+    print(
+        f"NOTE: Flower 1.41's Control API on port {args.port} has no user login: anyone who can "
+        "reach it can register node keys and submit runs (code every node runs). Allow only your "
+        "SuperNodes and operators through the firewall (deploy/README.md).",
+        file=sys.stderr,
+    )
     cmd = superlink_command(
         certs=certs,
         host=args.host,

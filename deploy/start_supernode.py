@@ -25,8 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Parser, exec_flower, fail, flower_exe, parse_host_port, require_file, warn_insecure  # noqa: E402
 
 
-def _directory(value: str, flag: str) -> Path:
-    """``value`` as an absolute directory, created when missing."""
+def _directory(value: str, flag: str, private: bool = False) -> Path:
+    """``value`` as an absolute directory, created when missing; ``private``: owned by this
+    user and writable by no one else."""
     path = Path(value).expanduser().resolve()
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -34,6 +35,21 @@ def _directory(value: str, flag: str) -> Path:
         fail(f"{flag} {value}: cannot create it ({exc.strerror})")
     if not os.access(path, os.W_OK):
         fail(f"{flag} {value} is not writable")
+    info = path.stat()
+    if private and (info.st_uid != os.getuid() or info.st_mode & 0o022):
+        # The node unpickles its state from here: whoever may write it runs code as this user.
+        fail(
+            f"{flag} {value} must be owned by this user and writable by no one else "
+            f"(mode {oct(info.st_mode & 0o777)}): chmod go-w it or pick another folder"
+        )
+    return path
+
+
+def require_owner_only(value: str, flag: str) -> Path:
+    """A secret file (private key, HE secret context) that no one but its owner can read."""
+    path = require_file(value, flag)
+    if path.stat().st_mode & 0o077:
+        fail(f"{flag} {value} is readable by others (mode {oct(path.stat().st_mode & 0o777)}): chmod 600 it")
     return path
 
 
@@ -112,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     he_secret = None
     if args.he_secret_context:
-        he_secret = require_file(args.he_secret_context, "--he-secret-context")
+        he_secret = require_owner_only(args.he_secret_context, "--he-secret-context")
         if not (he_secret.parent / "params.json").is_file():
             fail(
                 f"--he-secret-context {args.he_secret_context}: params.json must sit beside it "
@@ -122,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         partition_id=args.partition_id,
         num_partitions=args.num_partitions,
         data_dir=_directory(args.data_dir, "--data-dir"),
-        state_dir=_directory(args.state_dir, "--state-dir"),
+        state_dir=_directory(args.state_dir, "--state-dir", private=True),
         he_secret=he_secret,
     )
     cmd = [
@@ -138,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         warn_insecure(f"this SuperNode talks to {args.superlink}")
         cmd.append("--insecure")
     else:
-        key = require_file(args.key, "--key")
+        key = require_owner_only(args.key, "--key")
         if not key.read_bytes().startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----"):
             fail(f"--key {args.key} is not an OpenSSH private key (give the file without .pub)")
         cmd += [

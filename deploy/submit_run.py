@@ -50,7 +50,11 @@ def check_run_config(items: list[str]) -> dict[str, Any]:
 
     from server.config import parse_run_config
 
-    for item in (part for text in items for part in shlex.split(text)):
+    try:
+        parts = [part for text in items for part in shlex.split(text)]
+    except ValueError as exc:  # e.g. an unbalanced quote
+        fail(f"--run-config {' '.join(items)!r}: {exc}")
+    for item in parts:
         if "=" not in item or item.startswith("="):
             fail(f"--run-config item {item!r} is not key=value")
     try:
@@ -148,7 +152,11 @@ def main(argv: list[str] | None = None) -> None:
         cmd += ["--run-config", item]
     reply = _json(_flwr(cmd, timeout=300.0))
     if not reply.get("success"):
-        fail(f"the SuperLink refused the run: {reply.get('error-message', reply)}")
+        error = str(reply.get("error-message", reply))
+        if "unavailable" in error.lower():  # gRPC UNAVAILABLE: nothing answered
+            fail(f"cannot reach the SuperLink of connection {args.connection!r}: {error} "
+                 "(is it running, and is its port open to this machine?)")
+        fail(f"the SuperLink refused the run: {error}")
     run_id = int(reply["run-id"])
     print(f"submitted run {run_id} to {args.connection!r}", flush=True)
     if args.no_wait:

@@ -41,8 +41,9 @@ objects cross process boundaries only as bytes.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -51,6 +52,7 @@ from pathlib import Path
 import numpy as np
 import tenseal as ts
 
+from .files import write_private
 from .he_profiles import PROFILES, SCHEMES
 
 SECRET_FILE = "secret.ctx"
@@ -115,6 +117,9 @@ class HEParams:
     scale: float = 0.0
     values_per_slot: int = 1
     radix: int = 0
+    #: Fingerprint of the key pair (SHA-256 of public.ctx, 16 hex digits): both sides
+    #: compare it, since other keys would decrypt the sums to garbage without an error.
+    key_id: str = ""
 
     @property
     def slots(self) -> int:
@@ -169,12 +174,12 @@ def provision(
         ctx.global_scale = float(2**CKKS_SCALE_BITS)
     nodes_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     server_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(nodes_dir / SECRET_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(ctx.serialize(save_secret_key=True))
+    write_private(nodes_dir / SECRET_FILE, ctx.serialize(save_secret_key=True))
     public = ctx.copy()
     public.make_context_public()
-    (server_dir / PUBLIC_FILE).write_bytes(public.serialize())
+    public_bytes = public.serialize()
+    params = dataclasses.replace(params, key_id=hashlib.sha256(public_bytes).hexdigest()[:16])
+    (server_dir / PUBLIC_FILE).write_bytes(public_bytes)
     for folder in (nodes_dir, server_dir):
         (folder / PARAMS_FILE).write_text(json.dumps(asdict(params), indent=2) + "\n")
     return params
@@ -196,6 +201,16 @@ def _load_params(folder: str) -> HEParams:
 @lru_cache(maxsize=4)
 def _context(path: str) -> ts.Context:
     return ts.context_from(Path(path).read_bytes(), n_threads=1)
+
+
+def check_key_id(params: HEParams, expected: str, where: str) -> None:
+    """``ValueError`` when the run's keys (id ``expected``) are not the ones ``params``
+    belongs to; keys from before key ids (empty) are not compared."""
+    if expected and params.key_id and expected != params.key_id:
+        raise ValueError(
+            f"HE keys do not match: the run's are {expected}, {where} holds {params.key_id} "
+            "(keys from another provisioning decrypt to garbage); use this run's secret.ctx"
+        )
 
 
 def public_context(folder: Path) -> ts.Context:

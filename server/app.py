@@ -179,7 +179,12 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
     def first_round_done() -> None:
         record["num_clients"] = connected_nodes(grid)
         results.write_json("config.json", record)
-        results.write_json("partitions.json", partitions_record(cfg, record["num_clients"]))
+        reported = strategy.partitions  # deployment: what the nodes' node config says
+        counts = {n for _, n in reported.values()}
+        num_partitions = counts.pop() if len(counts) == 1 else record["num_clients"]
+        partitions = partitions_record(cfg, num_partitions)
+        partitions["nodes"] = [{"node_id": node, "partition_id": pid} for node, (pid, _) in sorted(reported.items())]
+        results.write_json("partitions.json", partitions)
 
     best = BestRound(cfg.best_metric, results) if cfg.best_metric != "none" else None
     if best is not None and checkpoint:
@@ -219,6 +224,7 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
         results.save_torch("model_encrypted.pt", {
             "ciphertexts": record_ciphertexts(final) if total else None,
             "total_weight": total, "he_dir": cfg.he_dir,
+            "key_id": chain_of(chain)[-1].params.key_id,  # type: ignore[attr-defined]
             "block_weights": list(getattr(chain_of(chain)[-1], "block_weights", [])) or None,
             "shapes": {k: list(v.shape) for k, v in model.state_dict().items()},
         })

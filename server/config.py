@@ -8,6 +8,7 @@ equal). Both the ServerApp and the ClientApp parse the run config with
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -213,6 +214,10 @@ def _coerce(key: str, value: Any, like: Any) -> Any:
         _check(word in TRUE_WORDS + FALSE_WORDS, key, value, f"{', '.join(TRUE_WORDS)} or {', '.join(FALSE_WORDS)}")
         return word in TRUE_WORDS
     try:
+        if isinstance(value, bool):  # TOML true/false for a number key
+            raise ValueError
+        if kind in (int, float) and not math.isfinite(float(value)):
+            raise ValueError
         if key in FRACTIONAL_KEYS:  # whole numbers stay ints (config.json keeps 1, not 1.0)
             number = float(value)
             return int(number) if number.is_integer() else number
@@ -225,7 +230,7 @@ def _coerce(key: str, value: Any, like: Any) -> Any:
         return str(value)
     except (TypeError, ValueError):
         kind_name = "number" if key in FRACTIONAL_KEYS else kind.__name__
-        raise ValueError(f"{key}={value!r} is not a valid {kind_name}") from None
+        raise ValueError(f"{key}={value!r} is not a valid {kind_name} (finite, not true/false)") from None
 
 
 def _check(cond: bool, key: str, value: Any, valid: str) -> None:
@@ -321,7 +326,7 @@ def parse_run_config(mapping: Mapping[str, Any]) -> RunConfig:
     _check(raw["num-malicious"] >= 0, "num-malicious", raw["num-malicious"], ">= 0")
     _check(0 <= raw["trimmed-beta"] < 0.5, "trimmed-beta", raw["trimmed-beta"], "0 <= beta < 0.5")
     _check(raw["qfedavg-q"] >= 0, "qfedavg-q", raw["qfedavg-q"], ">= 0")
-    _check(raw["seed"] >= 0, "seed", raw["seed"], ">= 0")
+    _check(0 <= raw["seed"] < 2**63, "seed", raw["seed"], "0 <= seed < 2**63")
     _check(raw["image-size"] in IMAGE_SIZES, "image-size", raw["image-size"], ", ".join(map(str, IMAGE_SIZES)))
     _check(raw["num-points"] >= 1, "num-points", raw["num-points"], ">= 1")
     _check(

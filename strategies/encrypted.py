@@ -38,6 +38,8 @@ from .validation import WEIGHT_KEY, Rejection
 TOTAL_WEIGHT_KEY = "he-total-weight"
 #: Partial uploads: the total weight behind each ciphertext of the global model.
 BLOCK_WEIGHTS_KEY = "he-block-weights"
+#: Instruction config key: the run's HE key id (``params.json``), checked by each client.
+KEY_ID_KEY = "he-key-id"
 
 
 def ciphertext_record(ciphertexts: list[bytes]) -> ArrayRecord:
@@ -110,7 +112,9 @@ class EncryptedFedAvg(FedAvg):
         super().summary()
 
     def _config(self, config: ConfigRecord) -> ConfigRecord:
-        extra: dict[str, int | float | list[int]] = {TOTAL_WEIGHT_KEY: self.total_weight}
+        extra: dict[str, int | float | str | list[int]] = {
+            TOTAL_WEIGHT_KEY: self.total_weight, KEY_ID_KEY: self.params.key_id,
+        }
         if self.proximal_mu:
             extra["proximal-mu"] = self.proximal_mu
         if self.partial:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from logging import WARNING
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -29,6 +31,40 @@ def payload_bytes(content: RecordDict) -> int:
     for rec in content.config_records.values():
         total += sum(len(v) for v in rec.values() if isinstance(v, bytes))
     return total
+
+
+#: Train-reply metrics: the partition a client trained on, of how many. The server
+#: checks them (two nodes on one partition train on the same data) and records them.
+PARTITION_ID_KEY = "partition-id"
+NUM_PARTITIONS_KEY = "num-partitions"
+
+
+def reported_partitions(replies: Iterable[Message]) -> dict[int, tuple[int, int]]:
+    """node ID -> (partition-id, num-partitions) of every reply that reports them."""
+    out = {}
+    for msg in replies:
+        if msg.has_error():
+            continue
+        for record in msg.content.metric_records.values():
+            if PARTITION_ID_KEY in record and NUM_PARTITIONS_KEY in record:
+                out[msg.metadata.src_node_id] = (int(record[PARTITION_ID_KEY]), int(record[NUM_PARTITIONS_KEY]))
+    return out
+
+
+def partition_problems(partitions: dict[int, tuple[int, int]]) -> list[str]:
+    """What is wrong with the nodes' partitions: one id on several nodes, or nodes that
+    disagree on the number of partitions."""
+    problems = []
+    by_id: dict[int, list[int]] = {}
+    for node, (pid, _) in partitions.items():
+        by_id.setdefault(pid, []).append(node)
+    for pid, nodes in sorted(by_id.items()):
+        if len(nodes) > 1:
+            problems.append(f"nodes {', '.join(map(str, sorted(nodes)))} share partition-id {pid} (they train on the same data)")
+    counts = sorted({n for _, n in partitions.values()})
+    if len(counts) > 1:
+        problems.append(f"nodes disagree on num-partitions: {', '.join(map(str, counts))}")
+    return problems
 
 
 @dataclass
@@ -76,6 +112,7 @@ class InstrumentedStrategy(Strategy):
     ) -> None:
         self.inner = inner
         self.finish_metrics = finish_metrics
+        self.partitions: dict[int, tuple[int, int]] = {}  # node ID -> reported partition
         self.stats = RoundStats()
         self.round_offset = 0
         self.min_replies = min_replies
@@ -106,6 +143,10 @@ class InstrumentedStrategy(Strategy):
                 f"{self.stats.sampled} sampled clients replied (min-train-nodes={self.min_replies}); "
                 "the model of the previous round stands"
             )
+        self.partitions.update(reported_partitions(ok))
+        for problem in partition_problems(self.partitions):
+            log(WARNING, "round %d: %s (node config partition-id / num-partitions)",
+                server_round + self.round_offset, problem)
         arrays, metrics = self.inner.aggregate_train(server_round + self.round_offset, replies)
         self.stats.rejected = sum(len(getattr(s, "rejected", ())) for s in chain_of(self.inner))
         self.stats.num_clients = len(ok) - self.stats.rejected if arrays is not None else 0

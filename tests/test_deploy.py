@@ -315,6 +315,7 @@ def test_encrypted_round_with_the_secret_key_only_on_the_nodes(deployment: Deplo
             "no SuperLink connection",
         ),
         ("submit_run.py", ["--connection", "nowhere"], "no SuperLink connection"),
+        ("submit_run.py", ["--connection", "lab"], "cannot reach the SuperLink of connection 'lab'"),
         (
             "submit_run.py",
             ["--connection", "lab", "--run-config", 'run-dir="runs/x"'],
@@ -324,6 +325,11 @@ def test_encrypted_round_with_the_secret_key_only_on_the_nodes(deployment: Deplo
             "submit_run.py",
             ["--connection", "lab", "--run-config", "lr=fast"],
             "values must be TOML",
+        ),
+        (
+            "submit_run.py",
+            ["--connection", "lab", "--run-config", 'run-dir="/abs'],
+            "No closing quotation",
         ),
         (
             "submit_run.py",
@@ -351,3 +357,21 @@ def test_scripts_reject_bad_input_in_one_line(
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr
+
+
+def test_supernode_refuses_a_shared_state_dir_and_readable_secrets(tmp_path: Path) -> None:
+    # The node unpickles its state: a folder others may write lets them run code as it.
+    # Its private key and HE secret must be owner-only (copies between machines widen modes).
+    key, ca, state = tmp_path / "node-0", tmp_path / "ca.crt", tmp_path / "state"
+    key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    ca.write_text("ca")
+    state.mkdir()
+    state.chmod(0o777)
+    args = ["--superlink", "10.0.0.1:9093", "--ca", str(ca), "--key", str(key), "--partition-id", "0",
+            "--num-partitions", "1", "--data-dir", str(tmp_path / "d"), "--state-dir", str(state)]
+    done = run_script("start_supernode.py", *args, timeout=60)
+    assert done.returncode == 2 and "must be owned by this user and writable by no one else" in done.stderr
+    state.chmod(0o700)
+    key.chmod(0o644)
+    done = run_script("start_supernode.py", *args, timeout=60)
+    assert done.returncode == 2 and "is readable by others (mode 0o644): chmod 600 it" in done.stderr

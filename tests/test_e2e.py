@@ -58,6 +58,8 @@ def test_digits_run_learns_and_leaves_a_complete_results_folder(tmp_path):
     parts = json.loads((run_dir / "partitions.json").read_text())
     assert sum(c["size"] for c in parts["clients"]) == 1437
     assert [sum(c["label_counts"]) for c in parts["clients"]] == [c["size"] for c in parts["clients"]]
+    # Each node reported its partition: every one of the 3 once (round 1 samples all 3).
+    assert sorted(n["partition_id"] for n in parts["nodes"]) == [0, 1, 2] and parts["num_partitions"] == 3
     final = torch.load(run_dir / "model.pt")
     assert set(final) == {"0.weight", "0.bias", "2.weight", "2.bias"}
 

@@ -86,3 +86,31 @@ def test_checkpointed_rng_states_include_the_client_sampler():
     use_private_sampling_rng(99)  # a resumed process starts from the seed...
     restore_rng_states(saved)  # ...and the checkpoint puts the sampler where it was
     assert [SAMPLING_RNG.sample(range(100), 3) for _ in range(4)] == expected
+
+
+@pytest.mark.parametrize(
+    "node_config",
+    [{"partition-id": 1.9, "num-partitions": 2}, {"partition-id": True, "num-partitions": 2},
+     {"partition-id": 2, "num-partitions": 2}, {"partition-id": -1, "num-partitions": 2},
+     {"partition-id": "x", "num-partitions": 2}],
+)
+def test_a_nodes_partition_must_be_a_whole_number_in_range(node_config):
+    from types import SimpleNamespace
+
+    from client.app import node_partition
+
+    assert node_partition(SimpleNamespace(node_config={"partition-id": 1, "num-partitions": 2})) == (1, 2)
+    with pytest.raises(ValueError, match="valid: whole numbers with 0 <= partition-id < num-partitions"):
+        node_partition(SimpleNamespace(node_config=node_config))
+
+
+def test_secret_files_are_owner_only_even_when_they_existed_wider(tmp_path):
+    import stat
+
+    from privacy.files import write_private
+
+    path = tmp_path / "key"
+    path.write_bytes(b"old")
+    path.chmod(0o644)
+    write_private(path, b"new")
+    assert path.read_bytes() == b"new" and stat.S_IMODE(path.stat().st_mode) == 0o600

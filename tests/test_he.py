@@ -318,3 +318,29 @@ def test_provision_keeps_the_secret_key_out_of_the_servers_folder(tmp_path):
     with pytest.raises(ValueError, match="need two folders"):
         he.provision(tmp_path / "one", tmp_path / "one", clip=8.0, max_weight=100)
     assert not (tmp_path / "one").exists()
+
+
+def test_a_client_refuses_keys_from_another_provisioning(tmp_path, task_identity):
+    # Two provisionings with the same settings: params.json alike but for the key id.
+    # The other secret key would decrypt the sums to garbage without any error.
+    from types import SimpleNamespace
+
+    from client.app import he_inputs
+    from server.config import parse_run_config
+    from strategies.encrypted import KEY_ID_KEY
+
+    first = he.provision(tmp_path / "a-nodes", tmp_path / "a-server", clip=8.0, max_weight=100)
+    second = he.provision(tmp_path / "b-nodes", tmp_path / "b-server", clip=8.0, max_weight=100)
+    assert len(first.key_id) == 16 and first.key_id != second.key_id
+    strategy = EncryptedFedAvg(he_dir=str(tmp_path / "a-server"), num_parameters=10, max_weight=100)
+    config = strategy._config(ConfigRecord())
+    assert config[KEY_ID_KEY] == first.key_id
+    msg = Message(content=RecordDict({"config": config}), dst_node_id=1, message_type="train")
+    context = SimpleNamespace(node_config={})
+    for nodes, ok in (("a-nodes", True), ("b-nodes", False)):
+        cfg = parse_run_config({"he": True, "fraction-evaluate": 1.0, "he-secret-dir": str(tmp_path / nodes)})
+        if ok:
+            assert he_inputs(cfg, msg, context) == (0, tmp_path / nodes / he.SECRET_FILE)
+        else:
+            with pytest.raises(ValueError, match=f"HE keys do not match: the run's are {first.key_id}"):
+                he_inputs(cfg, msg, context)

@@ -56,3 +56,12 @@ def test_canonical_order_depends_on_content_only(task_identity):
     again = [reply(50 + i, r.content["arrays"]["w"].numpy(), int(r.content["metrics"]["num-examples"]))
              for i, r in enumerate(replies)]
     assert [r.content.object_id for r in canonical_order(again)] == expected
+
+
+def test_partitions_the_nodes_report_are_checked():
+    from strategies.instrumented import partition_problems
+
+    assert partition_problems({11: (0, 3), 12: (1, 3), 13: (2, 3)}) == []
+    assert partition_problems({11: (0, 3), 12: (0, 3), 13: (2, 4)}) == [
+        "nodes 11, 12 share partition-id 0 (they train on the same data)", "nodes disagree on num-partitions: 3, 4",
+    ]
