@@ -49,6 +49,8 @@ def require_file(path: Path | str, what: str) -> Path:
 
 def parse_host_port(value: str, what: str) -> tuple[str, int]:
     """Split ``host:port`` (``[v6]:port`` for IPv6); fails with a one-line message."""
+    if "://" in value:
+        fail(f"{what} {value!r}: give HOST:PORT without a scheme (TLS is on by default)")
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         fail(f"{what} {value!r} is not HOST:PORT (port 1-65535)")

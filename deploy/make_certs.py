@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import re
 import sys
 from pathlib import Path
 
@@ -28,8 +29,10 @@ from _common import APP_DIR, Parser, fail, is_ip  # noqa: E402
 sys.path.insert(0, str(APP_DIR))
 from privacy.files import write_private  # noqa: E402
 
-LOCAL_NAMES = ("127.0.0.1", "localhost")
+LOCAL_NAMES = ("127.0.0.1", "::1", "localhost")  # Flower connects its ServerApp via loopback
 FILES = ("ca.crt", "ca.key", "server.pem", "server.key")
+#: Host names of letters, digits and inner hyphens, dot-separated (RFC 1123).
+DNS_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -55,10 +58,8 @@ def subject_alt_names(hosts: list[str]) -> list[x509.GeneralName]:
     return names
 
 
-def make_certs(out: Path, hosts: list[str], days: int) -> None:
-    """Write a self-signed CA and a CA-signed server certificate for ``hosts`` into ``out``."""
-    now = dt.datetime.now(dt.timezone.utc)
-    start, end = now - dt.timedelta(minutes=5), now + dt.timedelta(days=days)
+def new_ca(start: dt.datetime, end: dt.datetime) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A self-signed CA that may sign server certificates only (path length 0)."""
     ca_key = _key()
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedloom CA")])
     ca_cert = (
@@ -89,11 +90,33 @@ def make_certs(out: Path, hosts: list[str], days: int) -> None:
         )
         .sign(ca_key, hashes.SHA384())
     )
+    return ca_key, ca_cert
+
+
+def load_ca(folder: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """The CA in ``folder`` (``ca.crt`` + ``ca.key`` of an earlier run); fails clearly."""
+    try:
+        cert = x509.load_pem_x509_certificate((folder / "ca.crt").read_bytes())
+        key = serialization.load_pem_private_key((folder / "ca.key").read_bytes(), password=None)
+    except (OSError, ValueError) as exc:
+        fail(f"--ca-dir {folder}: cannot read ca.crt and ca.key ({exc})")
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():
+        fail(f"--ca-dir {folder}: ca.key is not the key of ca.crt")
+    return key, cert
+
+
+def make_certs(out: Path, hosts: list[str], days: int, ca_dir: Path | None = None) -> None:
+    """Write a CA-signed server certificate for ``hosts`` into ``out``, with a new
+    self-signed CA, or the one in ``ca_dir`` (then the nodes keep their ``ca.crt``)."""
+    now = dt.datetime.now(dt.timezone.utc)
+    start, end = now - dt.timedelta(minutes=5), now + dt.timedelta(days=days)
+    ca_key, ca_cert = load_ca(ca_dir) if ca_dir else new_ca(start, end)
+    end = min(end, ca_cert.not_valid_after_utc)
     server_key = _key()
     server_cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-        .issuer_name(ca_name)
+        .issuer_name(ca_cert.subject)
         .public_key(server_key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
@@ -108,7 +131,8 @@ def make_certs(out: Path, hosts: list[str], days: int) -> None:
     )
     out.mkdir(parents=True, exist_ok=True)
     (out / "ca.crt").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    _write_key(out / "ca.key", ca_key)
+    if ca_dir is None:
+        _write_key(out / "ca.key", ca_key)
     (out / "server.pem").write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
     _write_key(out / "server.key", server_key)
 
@@ -124,18 +148,29 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--days", type=int, default=365, help="validity in days [default: 365]")
     p.add_argument("--force", action="store_true", help="overwrite existing files in --out")
+    p.add_argument(
+        "--ca-dir",
+        help="sign with the CA in this folder (ca.crt, ca.key of an earlier run), so the nodes "
+        "keep their ca.crt [default: a new CA]",
+    )
     args = p.parse_args(argv)
     if args.days < 1:
         fail(f"invalid --days {args.days}; valid: >= 1")
     for host in args.host:
-        if not host or host.strip() != host or "/" in host or ":" in host and not is_ip(host):
+        if is_ip(host) and ipaddress.ip_address(host).is_unspecified:
+            fail(f"invalid --host {host!r}: a listening address, not one clients connect to; "
+                 "give the SuperLink's IP addresses or DNS names")
+        if not is_ip(host) and not DNS_NAME.fullmatch(host):
             fail(f"invalid --host {host!r}; valid: an IP address or a DNS name, without a port")
     out = Path(args.out).expanduser().resolve()
-    existing = [name for name in FILES if (out / name).exists()]
+    ca_dir = Path(args.ca_dir).expanduser().resolve() if args.ca_dir else None
+    written = FILES if ca_dir is None else ("server.pem", "server.key") + (("ca.crt",) if ca_dir != out else ())
+    existing = [name for name in written if (out / name).exists()]
     if existing and not args.force:
         fail(f"{out} already holds {', '.join(existing)}; use --force to overwrite them")
-    make_certs(out, args.host, args.days)
-    print(f"wrote {out}/ca.crt, ca.key, server.pem, server.key for {', '.join(args.host)}")
+    make_certs(out, args.host, args.days, ca_dir)
+    files = "ca.crt, ca.key" if ca_dir is None else f"ca.crt (the CA of {ca_dir})"
+    print(f"wrote {out}/{files}, server.pem, server.key for {', '.join(args.host)}")
 
 
 if __name__ == "__main__":

@@ -264,6 +264,9 @@ def test_encrypted_round_with_the_secret_key_only_on_the_nodes(deployment: Deplo
     [
         ("make_certs.py", ["--out", "{tmp}/c", "--host", "10.0.0.1:9093"], "invalid --host"),
         ("make_certs.py", ["--out", "{tmp}/c"], "--host"),
+        ("make_certs.py", ["--out", "{tmp}/c", "--host", "0.0.0.0"], "a listening address, not one clients"),
+        ("make_certs.py", ["--out", "{tmp}/c", "--host", "foo bar"], "invalid --host 'foo bar'"),
+        ("connect.py", ["--address", "https://10.0.0.1:9093"], "without a scheme"),
         ("make_node_keys.py", ["--out", "{tmp}/k", "--name", "../evil"], "invalid --name"),
         ("connect.py", ["--address", "10.0.0.1:9093"], "plain text needs an explicit --insecure"),
         ("connect.py", ["--address", "10.0.0.1", "--insecure"], "is not HOST:PORT"),
@@ -375,3 +378,26 @@ def test_supernode_refuses_a_shared_state_dir_and_readable_secrets(tmp_path: Pat
     key.chmod(0o644)
     done = run_script("start_supernode.py", *args, timeout=60)
     assert done.returncode == 2 and "is readable by others (mode 0o644): chmod 600 it" in done.stderr
+
+
+def test_make_certs_can_reissue_the_server_certificate_from_the_existing_ca(tmp_path: Path) -> None:
+    # Adding an address must not replace the CA every node and the CLI already trust.
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    done = run_script("make_certs.py", "--out", str(tmp_path / "c1"), "--host", "10.0.0.5", timeout=60)
+    assert done.returncode == 0, done.stderr
+    done = run_script("make_certs.py", "--out", str(tmp_path / "c2"), "--host", "10.0.0.5", "--host",
+                      "link.example.org", "--ca-dir", str(tmp_path / "c1"), timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "c2" / "ca.crt").read_bytes() == (tmp_path / "c1" / "ca.crt").read_bytes()
+    assert not (tmp_path / "c2" / "ca.key").exists()  # the CA key stays where it was
+    ca = x509.load_pem_x509_certificate((tmp_path / "c1" / "ca.crt").read_bytes())
+    server = x509.load_pem_x509_certificate((tmp_path / "c2" / "server.pem").read_bytes())
+    ca.public_key().verify(server.signature, server.tbs_certificate_bytes, ec.ECDSA(server.signature_hash_algorithm))
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "link.example.org" in names.get_values_for_type(x509.DNSName)
+    assert {str(a) for a in names.get_values_for_type(x509.IPAddress)} >= {"10.0.0.5", "127.0.0.1", "::1"}
+    done = run_script("make_certs.py", "--out", str(tmp_path / "c3"), "--host", "10.0.0.5",
+                      "--ca-dir", str(tmp_path / "c2"), timeout=60)
+    assert done.returncode == 2 and "cannot read ca.crt and ca.key" in done.stderr
