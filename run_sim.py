@@ -248,7 +248,8 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
         cfg.task_options(),
     )
     check_privacy(cfg, args.num_clients)
-    test_size = len(load_task_data(cfg.task, cfg.data_dir, cfg.dataset, cfg.task_options()).test)
+    data = load_task_data(cfg.task, cfg.data_dir, cfg.dataset, cfg.task_options())  # cached above
+    test_size = len(data.test)
     if cfg.fraction_evaluate > 0 and args.num_clients > test_size:
         raise UsageError(
             f"--num-clients {args.num_clients} exceeds the {test_size} test examples that federated "
@@ -269,7 +270,7 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
         run_dir = Path(resolved["run-dir"])
         server_dir = Path(resolved["he-dir"] or run_dir / "he").expanduser().resolve()
         nodes_dir = Path(resolved["he-secret-dir"] or default_secret_dir(run_dir)).expanduser().resolve()
-        provision_keys(cfg, nodes_dir, server_dir, run_dir)
+        provision_keys(cfg, nodes_dir, server_dir, run_dir, max_weight=len(data.train))
         resolved["he-dir"], resolved["he-secret-dir"] = str(server_dir), str(nodes_dir)
         print(f"run_sim.py: --he: the clients' secret key is in {nodes_dir}, outside the results folder")
     return resolved
@@ -282,11 +283,11 @@ def default_secret_dir(run_dir: Path) -> Path:
     return data_home / "fedloom" / "he-keys" / f"{run_dir.name}-{secrets.token_hex(4)}"
 
 
-def provision_keys(cfg: Any, nodes_dir: Path, server_dir: Path, run_dir: Path) -> None:
+def provision_keys(cfg: Any, nodes_dir: Path, server_dir: Path, run_dir: Path, *, max_weight: int) -> None:
     """The provisioning step of --he: secret.ctx for the clients in ``nodes_dir``, which
-    must lie outside the results folder, and public.ctx for the server in ``server_dir``."""
+    must lie outside the results folder, and public.ctx for the server in ``server_dir``;
+    sized for ``max_weight`` examples (the training set)."""
     from privacy.he import PUBLIC_FILE, SECRET_FILE, provision
-    from tasks.registry import load_task_data
 
     for inside in (run_dir, server_dir):
         if nodes_dir == inside or nodes_dir.is_relative_to(inside):
@@ -301,9 +302,8 @@ def provision_keys(cfg: Any, nodes_dir: Path, server_dir: Path, run_dir: Path) -
                 f"{key} {folder} already holds keys ({file}): new keys would make the run that made them "
                 f"undecryptable; use an empty folder, leave {key} unset, or --resume"
             )
-    train_size = len(load_task_data(cfg.task, cfg.data_dir, cfg.dataset, cfg.task_options()).train)
     provision(
-        nodes_dir, server_dir, clip=cfg.he_clip, max_weight=train_size, values_per_slot=cfg.he_pack,
+        nodes_dir, server_dir, clip=cfg.he_clip, max_weight=max_weight, values_per_slot=cfg.he_pack,
         scheme=cfg.he_scheme,
     )
 

@@ -220,12 +220,13 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
                     write_epsilons(monitor.privacy, results.path)  # the refusals
     final = monitor.last_arrays
     if cfg.he:  # only the clients' secret key opens it: python -m client.decrypt_model RUN_DIR
-        total = getattr(chain_of(chain)[-1], "total_weight", 0)
+        encrypted = chain_of(chain)[-1]  # EncryptedFedAvg
+        total = getattr(encrypted, "total_weight", 0)
         results.save_torch("model_encrypted.pt", {
             "ciphertexts": record_ciphertexts(final) if total else None,
             "total_weight": total, "he_dir": cfg.he_dir,
-            "key_id": chain_of(chain)[-1].params.key_id,  # type: ignore[attr-defined]
-            "block_weights": list(getattr(chain_of(chain)[-1], "block_weights", [])) or None,
+            "key_id": encrypted.params.key_id,  # type: ignore[attr-defined]
+            "block_weights": list(getattr(encrypted, "block_weights", [])) or None,
             "shapes": {k: list(v.shape) for k, v in model.state_dict().items()},
         })
     else:
