@@ -13,13 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from logging import WARNING
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tenseal as ts
 from flwr.common.logger import log
 
 from . import he
 from .fixed_point import decode_mean, encode_weighted, pack, unpack
+
+if TYPE_CHECKING:  # annotations only: privacy/he.py makes every TenSEAL call (DESIGN.md)
+    import tenseal as ts
 
 
 def encrypt_weights(
