@@ -10,12 +10,14 @@ import secrets
 import time
 from dataclasses import asdict
 from importlib import metadata
+from logging import WARNING
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context
+from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
@@ -36,7 +38,14 @@ from .checkpoint import load_checkpoint, restore_rng_states
 from .config import RUN_ID_KEY, RunConfig, parse_run_config
 from .monitor import RoundMonitor, connected_nodes
 from .plots import plot_metrics
-from .privacy import client_level, privacy_ledger, sample_level, trim_epsilons, write_epsilons
+from .privacy import (
+    client_level,
+    privacy_ledger,
+    restore_releases,
+    sample_level,
+    trim_epsilons,
+    write_epsilons,
+)
 from .progress import RunProgress
 from .results import ResultsFolder
 from .sampling import use_private_sampling_rng
@@ -170,6 +179,10 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
             model.load_state_dict(initial.to_torch_state_dict())
         results.restore_rows(checkpoint["rows"])
         trim_epsilons(results.path, checkpoint["round"])
+        released = restore_releases(chain, results.path)
+        if released is not None:
+            log(WARNING, "round %d's noised model reached clients before the run stopped; "
+                "its re-run is counted as a second release (dp=client)", released)
         restore_rng_states(checkpoint["rng"])
         strategy.round_offset = checkpoint["round"]
         record["resumed_at_rounds"] = [*previous.get("resumed_at_rounds", []), checkpoint["round"]]

@@ -15,7 +15,7 @@ from tasks.training import evaluate
 
 from .best import BestRound
 from .checkpoint import CHECKPOINT, checkpoint_payload, pickle_strategy
-from .privacy import ledger_of, privacy_row
+from .privacy import ledger_of, privacy_row, record_release
 from .progress import RunProgress
 from .results import ResultsFolder, atomic_write_bytes
 
@@ -52,6 +52,11 @@ class RoundMonitor:
         self.last_round = 0
         self.privacy = ledger_of(strategy)  # None unless the run is differentially private
         self.best = best
+        strategy.on_model_out = self.model_out
+
+    def model_out(self, server_round: int) -> None:
+        """Federated evaluation is about to send round ``server_round``'s model."""
+        record_release(self.strategy, self.results.path, server_round)
 
     def central_metrics(self, arrays: ArrayRecord) -> dict[str, float]:
         """Test metrics, plus ``val_*`` ones when the data set has a validation split

@@ -28,6 +28,7 @@ from tasks.registry import get_task, load_task_data, partitions
 from .config import RunConfig
 
 EPSILON_FILE = "epsilon.jsonl"
+RELEASES_FILE = "dp_releases.json"
 
 
 def check_privacy(cfg: RunConfig, num_clients: int) -> None:
@@ -95,6 +96,36 @@ def ledger_of(strategy: Strategy) -> EpsilonLedger | None:
         if isinstance(wrapper, (SampleDPStrategy, ClientDPStrategy)):
             return wrapper.ledger
     return None
+
+
+def client_dp_of(strategy: Strategy) -> ClientDPStrategy | None:
+    return next((s for s in chain_of(strategy) if isinstance(s, ClientDPStrategy)), None)
+
+
+def record_release(strategy: Strategy, run_dir: Path, server_round: int) -> None:
+    """Under ``dp=client``, note the releases counted so far just before a round's
+    noised model leaves the server for federated evaluation. That happens before
+    the round's checkpoint; a kill in between would re-run the round, a second
+    release the checkpointed account does not hold. The note is never rewound."""
+    from .results import atomic_write_bytes
+
+    wrapper = client_dp_of(strategy)
+    if wrapper is not None:
+        note = {"round": server_round, "releases": wrapper.releases}
+        atomic_write_bytes(run_dir / RELEASES_FILE, json.dumps(note).encode())
+
+
+def restore_releases(strategy: Strategy, run_dir: Path) -> int | None:
+    """On resume, count a release noted after the checkpoint (see :func:`record_release`);
+    returns the round whose model had left the server, or ``None``."""
+    wrapper, path = client_dp_of(strategy), run_dir / RELEASES_FILE
+    if wrapper is None or not path.is_file():
+        return None
+    note = json.loads(path.read_text())
+    if note["releases"] <= wrapper.releases:
+        return None
+    wrapper.releases = note["releases"]
+    return int(note["round"])
 
 
 def write_epsilons(ledger: EpsilonLedger, run_dir: Path) -> None:

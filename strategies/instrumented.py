@@ -116,6 +116,7 @@ class InstrumentedStrategy(Strategy):
         self.stats = RoundStats()
         self.round_offset = 0
         self.min_replies = min_replies
+        self.on_model_out: Callable[[int], None] | None = None  # before evaluation sends the model
 
     def summary(self) -> None:
         self.inner.summary()
@@ -158,6 +159,8 @@ class InstrumentedStrategy(Strategy):
     ) -> Iterable[Message]:
         server_round += self.round_offset
         messages = list(self.inner.configure_evaluate(server_round, arrays, config, grid))
+        if messages and self.on_model_out is not None:
+            self.on_model_out(server_round)
         self.stats.bytes_down += sum(payload_bytes(m.content) for m in messages)
         return messages
 

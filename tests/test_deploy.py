@@ -401,3 +401,14 @@ def test_make_certs_can_reissue_the_server_certificate_from_the_existing_ca(tmp_
     done = run_script("make_certs.py", "--out", str(tmp_path / "c3"), "--host", "10.0.0.5",
                       "--ca-dir", str(tmp_path / "c2"), timeout=60)
     assert done.returncode == 2 and "cannot read ca.crt and ca.key" in done.stderr
+    # A CA key that did not sign ca.crt would issue certificates no node trusts.
+    from cryptography.hazmat.primitives import serialization
+
+    (tmp_path / "c4").mkdir()
+    (tmp_path / "c4" / "ca.crt").write_bytes((tmp_path / "c1" / "ca.crt").read_bytes())
+    (tmp_path / "c4" / "ca.key").write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    done = run_script("make_certs.py", "--out", str(tmp_path / "c5"), "--host", "10.0.0.5",
+                      "--ca-dir", str(tmp_path / "c4"), timeout=60)
+    assert done.returncode == 2 and "ca.key is not the key of ca.crt" in done.stderr
+    assert not (tmp_path / "c5" / "server.pem").exists()

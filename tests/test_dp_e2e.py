@@ -113,3 +113,24 @@ def test_dp_sgd_on_mnist_improves_accuracy(tmp_path, shared_data):
     assert rows[0]["epsilon"] == pytest.approx(independent_epsilon(1.0, 1 / 12, 12), rel=0.01)
     assert rows[1]["epsilon"] <= independent_epsilon(1.0, 1 / 12, 24) * 1.01
     assert rows[-1]["accuracy"] > max(0.8, before + 0.5)  # measured: 0.098 -> 0.917
+
+
+def test_a_model_sent_for_evaluation_before_a_kill_counts_as_a_release(tmp_path):
+    # dp=client with federated evaluation: each round's noised model reaches the
+    # clients before the round's checkpoint. The server notes the release count
+    # first, so a resume after a kill in between counts the re-run round twice.
+    from server.privacy import RELEASES_FILE
+
+    run_dir = tmp_path / "run"
+    args = ["--num-clients", "3", "--fraction", "0.67", "--dp", "client", "--dp-noise", "0.5",
+            "--run-config", "fraction-evaluate=1"]
+    assert run_sim.main([*args, "--rounds", "1", "--run-dir", str(run_dir)]) == 0
+    note = json.loads((run_dir / RELEASES_FILE).read_text())
+    assert note == {"round": 1, "releases": 1}
+    # As if round 2's model had gone out for evaluation and then the server was killed.
+    (run_dir / RELEASES_FILE).write_text(json.dumps({"round": 2, "releases": 2}))
+    assert run_sim.main(["--resume", str(run_dir), "--rounds", "2"]) == 0
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert rows[0]["epsilon"] == pytest.approx(independent_epsilon(0.5, 2 / 3, 1), rel=0.01)
+    assert rows[1]["epsilon"] == pytest.approx(independent_epsilon(0.5, 2 / 3, 3), rel=0.01)
+    assert json.loads((run_dir / RELEASES_FILE).read_text()) == {"round": 2, "releases": 3}
