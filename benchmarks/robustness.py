@@ -16,6 +16,9 @@ from pathlib import Path
 
 from common import DATA_DIR, markdown_table, simulate, write_result
 
+from client.attacks import attackers
+from strategies.registry import min_replies
+
 STRATEGIES = ("fedavg", "fedmedian", "fedtrimmedavg", "krum", "bulyan")
 
 
@@ -26,7 +29,13 @@ def main() -> None:
     parser.add_argument("--num-clients", type=int, default=15)
     parser.add_argument("--attack-fraction", type=float, default=0.2)
     args = parser.parse_args()
-    f = round(args.num_clients * args.attack_fraction)
+    f = len(attackers(args.num_clients, args.attack_fraction, seed=0))  # ceil(n * fraction)
+    short = [s for s in STRATEGIES if min_replies(s, f) > args.num_clients]
+    if short:  # refuse before the first run, not after five finished ones
+        parser.error(
+            f"--num-clients {args.num_clients} with {f} attackers is too few for "
+            + ", ".join(f"{s} (needs >= {min_replies(s, f)})" for s in short)
+        )
     common = ["--task", "mnist", "--data-dir", str(DATA_DIR), "--num-clients", str(args.num_clients),
               "--rounds", str(args.rounds), "--batch-size", "32", "--seed", "7"]
     runs = [("fedavg (no attack)", "fedavg", [])] + [

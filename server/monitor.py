@@ -72,9 +72,11 @@ class RoundMonitor:
         offset = self.strategy.round_offset
         plain = self.central or (server_round == 0 and not offset)
         fed = self.strategy.stats.evaluate_metrics
+        t0 = time.perf_counter()
         metrics = self.central_metrics(arrays) if plain else {
             k: fed[k] for k in fed if k not in ("num-examples",)
         }
+        central_seconds = time.perf_counter() - t0 if plain else 0.0
         if server_round == 0 and offset:
             self.progress.console.print(f"resumed after round {offset}")
             return MetricRecord(metrics)
@@ -96,6 +98,7 @@ class RoundMonitor:
             bytes_up=stats.bytes_up,
             bytes_down=stats.bytes_down,
             seconds=round(time.perf_counter() - stats.started, 3),
+            central_seconds=round(central_seconds, 3),
         )
         if self.privacy is not None:
             row.update(privacy_row(self.privacy, self.results.path))

@@ -18,9 +18,16 @@ from typing import Any
 import torch
 
 
-def json_safe(row: dict[str, Any]) -> dict[str, Any]:
-    """``row`` with NaN and infinities as ``None`` (JSON's ``null``: bare ``NaN`` is not JSON)."""
-    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+def json_safe(obj: Any) -> Any:
+    """``obj`` with NaN and infinities as ``None``, in nested dicts and lists too
+    (JSON's ``null``: bare ``NaN`` is not JSON)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Mapping):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -33,14 +40,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def metrics_csv(rows: list[Mapping[str, Any]]) -> str:
-    """All rows as CSV; columns are the union of keys in first-seen order."""
+    """All rows as CSV; columns are the union of keys in first-seen order. NaN and
+    infinities are empty cells, as they are ``null`` in ``metrics.jsonl``."""
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(json_safe(r) for r in rows)
     return buf.getvalue()
 
 
@@ -53,7 +61,8 @@ class ResultsFolder:
         self.rows: list[dict[str, Any]] = []
 
     def write_json(self, name: str, obj: Any) -> None:
-        atomic_write_bytes(self.path / name, (json.dumps(obj, indent=2) + "\n").encode())
+        text = json.dumps(json_safe(obj), indent=2, allow_nan=False)
+        atomic_write_bytes(self.path / name, (text + "\n").encode())
 
     def add_row(self, row: dict[str, Any]) -> None:
         """Record one round: rewrites metrics.jsonl and metrics.csv."""

@@ -102,3 +102,10 @@ def test_metrics_jsonl_stays_json_when_a_metric_is_nan(tmp_path):
     assert json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c}")) == {
         "round": 1, "auc": None, "accuracy": 0.5,
     }
+    # metrics.csv agrees: an empty cell, not "nan".
+    assert (tmp_path / "metrics.csv").read_text().splitlines()[1] == "1,,0.5"
+    # best.json copies the row it picked, NaN included.
+    best = BestRound("accuracy", results)
+    assert best.offer({"round": 1, "auc": float("nan"), "accuracy": 0.5}, ArrayRecord({"w": torch.zeros(2)}))
+    record = json.loads((tmp_path / BEST_RECORD).read_text(), parse_constant=lambda c: pytest.fail(f"bare {c}"))
+    assert record["row"] == {"round": 1, "auc": None, "accuracy": 0.5}
