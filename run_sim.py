@@ -206,7 +206,7 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     """Validate everything a run needs before any process starts; return the run config."""
     from server.config import parse_run_config
     from server.privacy import check_privacy
-    from strategies.registry import min_replies, resolve_strategy
+    from strategies.registry import build_strategy, min_replies
     from tasks.registry import load_task_data, partitions
 
     resumed = resume_config(args) if args.resume else None
@@ -227,6 +227,9 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
         raw["data-dir"] = str(Path(raw["data-dir"]).expanduser().resolve())
     if raw.get("run-dir"):
         raw["run-dir"] = str(Path(raw["run-dir"]).expanduser().resolve())
+    target, colon, attr = str(raw.get("strategy", "")).rpartition(":")
+    if colon and target.endswith(".py"):  # a user's file: --resume may start elsewhere
+        raw["strategy"] = f"{Path(target).expanduser().resolve()}:{attr}"
     if str(raw.get("he", "")).lower() in ("1", "true", "yes"):
         raw.setdefault("fraction-evaluate", 1.0)  # the server cannot evaluate under --he
     cfg = parse_run_config(raw)
@@ -234,7 +237,9 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(cfg, key.replace("-", "_"))
         if value > args.num_clients:
             raise UsageError(f"{key}={value} exceeds --num-clients {args.num_clients}")
-    resolve_strategy(cfg.strategy)
+    from server.app import strategy_params
+
+    build_strategy(cfg.strategy, strategy_params(cfg))  # a user's class fails here, in one line
     per_round = max(int(args.num_clients * cfg.fraction_train), cfg.min_train_nodes)
     needed = min_replies(cfg.strategy, cfg.num_malicious)
     if per_round < needed:

@@ -7,10 +7,12 @@ Error-feedback residuals persist across rounds in the client's ``Context.state``
 from __future__ import annotations
 
 from collections.abc import Mapping
+from logging import WARNING
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, RecordDict
+from flwr.common.logger import log
 
 from compression.flat import flatten, layout_of, unflatten
 from compression.pipeline import decode, encode_with_feedback
@@ -54,6 +56,9 @@ def encode_update(
     update = flatten(local) - flatten(start)
     ctx = CodecContext(layout_of(start), seed=seed, rng=rng)
     payload, residual = encode_with_feedback(up, update, load_residual(state, update.size), ctx)
-    if residual is not None:
+    if residual is not None and np.isfinite(residual).all():
         state[STATE_KEY] = ArrayRecord({RESIDUAL_KEY: Array(residual)})
+    elif residual is not None:  # a NaN kept here would spoil every later upload
+        log(WARNING, "the update has non-finite values (did training diverge?): the server "
+            "will drop it; the error-feedback residual of the last round is kept")
     return payload_record(payload)

@@ -161,7 +161,10 @@ class Stage:
     param: Param = None
 
     def __str__(self) -> str:
-        return self.codec.name if self.param is None else f"{self.codec.name}:{self.param:g}"
+        if self.param is None:
+            return self.codec.name
+        # repr keeps every digit of a fraction; :g would cut it and write 1e+06 for a rank.
+        return f"{self.codec.name}:{self.param if isinstance(self.param, int) else repr(self.param)}"
 
 
 @dataclass(frozen=True)

@@ -146,12 +146,18 @@ def _import_object(spec: str) -> object:
         assert module_spec and module_spec.loader
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[mod_name] = module
-        module_spec.loader.exec_module(module)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:  # the user's file: a syntax error, a failing import, ...
+            del sys.modules[mod_name]
+            raise ValueError(f"cannot load strategy file {path}: {type(exc).__name__}: {exc}") from None
     else:
         try:
             module = importlib.import_module(target)
-        except ImportError as exc:
-            raise ValueError(f"cannot import strategy module {target!r}: {exc}") from None
+        except Exception as exc:
+            raise ValueError(
+                f"cannot import strategy module {target!r}: {type(exc).__name__}: {exc}"
+            ) from None
     try:
         return getattr(module, attr)
     except AttributeError:
@@ -169,7 +175,13 @@ def _user_builder(spec: str) -> Builder:
         accepted = inspect.signature(obj).parameters
         takes_all = any(a.kind is inspect.Parameter.VAR_KEYWORD for a in accepted.values())
         kwargs = {k: v for k, v in p.common().items() if takes_all or k in accepted}
-        strategy = obj(**kwargs)
+        try:
+            strategy = obj(**kwargs)
+        except TypeError as exc:  # e.g. a required argument fedloom does not pass
+            raise ValueError(
+                f"strategy {spec!r} cannot be built from the keyword arguments fedloom passes "
+                f"({', '.join(sorted(p.common()))}; it accepts those it names): {exc}"
+            ) from None
         if not isinstance(strategy, fl.Strategy):
             raise ValueError(f"strategy {spec!r} returned {type(strategy).__name__}, not a Strategy")
         return strategy

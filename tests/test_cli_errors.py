@@ -65,3 +65,34 @@ def test_process_exit_status_is_2():
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == "run_sim.py: error: unknown task 'nope'; valid: " + proc.stderr.split("valid: ")[1].strip()
+
+
+def test_a_broken_user_strategy_fails_in_one_line_before_the_run(tmp_path, monkeypatch, capsys):
+    (tmp_path / "strats.py").write_text(
+        "from flwr.serverapp.strategy import FedAvg\n"
+        "class NeedsArg(FedAvg):\n"
+        "    def __init__(self, alpha, **kwargs):\n"
+        "        super().__init__(**kwargs)\n"
+        "def factory(**kwargs):\n"
+        "    return 3\n"
+    )
+    (tmp_path / "broken.py").write_text("import no_such_module_here\n")
+    monkeypatch.chdir(tmp_path)  # a relative path, as a user types it
+    cases = [
+        ("strats.py:NeedsArg", "cannot be built from the keyword arguments fedloom passes"),
+        ("strats.py:factory", "returned int, not a Strategy"),
+        ("broken.py:X", f"cannot load strategy file {tmp_path / 'broken.py'}: ModuleNotFoundError"),
+    ]
+    for spec, message in cases:
+        assert run_sim.main(["--strategy", spec, "--run-dir", str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+        assert not (tmp_path / "run").exists()  # nothing started
+
+
+def test_a_user_strategy_file_is_recorded_by_its_absolute_path(tmp_path, monkeypatch):
+    # --resume may start in another directory; config.json must still find the file.
+    (tmp_path / "strats.py").write_text("from flwr.serverapp.strategy import FedAvg as Mine\n")
+    monkeypatch.chdir(tmp_path)
+    args = run_sim.build_parser().parse_args(["--strategy", "strats.py:Mine", "--num-clients", "2"])
+    assert run_sim.resolve_config(args)["strategy"] == f"{tmp_path / 'strats.py'}:Mine"

@@ -13,10 +13,13 @@ from server.config import parse_run_config
     ("spec", "canonical"),
     [("none", "none"), ("", "none"), ("FP16", "fp16"), ("qsgd:8", "qsgd:8"),
      ("topk:0.01+qsgd:8", "topk:0.01+qsgd:8"), ("randk:0.1+fp16", "randk:0.1+fp16"),
-     ("lowrank:4", "lowrank:4")],
+     ("lowrank:4", "lowrank:4"),
+     # every digit kept, and no 1e+06 that would not parse again (the server re-parses it)
+     ("topk:0.123456789", "topk:0.123456789"), ("lowrank:1000000", "lowrank:1000000")],
 )
 def test_valid_specs_parse_to_their_canonical_form(spec, canonical):
     assert str(parse_spec(spec)) == canonical
+    assert str(parse_spec(canonical)) == canonical
 
 
 @pytest.mark.parametrize(

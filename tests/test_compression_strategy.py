@@ -152,3 +152,22 @@ def test_full_weight_uploads_under_a_lossy_download_move_from_the_exact_model(do
         replies.append(reply(msg, ArrayRecord({"w": Array(start + 1.0)}), 10))
     arrays, _ = strategy.aggregate_train(1, replies)
     np.testing.assert_allclose(arrays["w"].numpy(), exact["w"].numpy() + 1.0, atol=1e-5)
+
+
+def test_a_diverged_round_does_not_spoil_the_error_feedback_residual():
+    # One NaN update is dropped by the server; the residual must not carry the NaN into
+    # every later upload (then the client could never contribute again).
+    from client.compress import RESIDUAL_KEY, STATE_KEY, encode_update
+
+    up, state = parse_spec("topk:0.5"), RecordDict()
+    start = {"w": np.zeros(4, dtype=np.float32)}
+    ctx_args = dict(state=state, seed=0, rng=np.random.default_rng(0))
+    encode_update(up, start, {"w": np.array([4, 3, 2, 1], dtype=np.float32)}, **ctx_args)
+    kept = state[STATE_KEY][RESIDUAL_KEY].numpy().copy()
+    assert kept.tolist() == [0, 0, 2, 1]
+    encode_update(up, start, {"w": np.array([np.nan, 1, 1, 1], dtype=np.float32)}, **ctx_args)
+    assert state[STATE_KEY][RESIDUAL_KEY].numpy().tolist() == kept.tolist()
+    record = encode_update(up, start, {"w": np.array([1, 1, 1, 1], dtype=np.float32)}, **ctx_args)
+    decoded = record_payload(record)
+    assert decoded and np.isfinite(state[STATE_KEY][RESIDUAL_KEY].numpy()).all()
+

@@ -41,6 +41,7 @@ def test_digits_run_learns_and_leaves_a_complete_results_folder(tmp_path):
     per_model = model_bytes("digits")
     for row in rows:
         assert row["num_clients"] == 3 and row["failures"] == 0 and row["seconds"] > 0
+        assert 0 < row["central_seconds"] < row["seconds"]  # the server's own test-set pass
         assert 0 < row["train_loss"] < 3
         # 3 train replies up; 3 train + 3 evaluate messages down, each a full model.
         assert row["bytes_up"] == 3 * per_model

@@ -25,6 +25,7 @@ def test_encrypted_run_matches_plaintext_accuracy(tmp_path):
     assert run_sim.main([*common, "--he", "--run-config", "he-pack=2", "--run-dir", str(tmp_path / "packed")]) == 0
     he_rows, plain_rows, packed_rows = rows(tmp_path / "he"), rows(tmp_path / "plain"), rows(tmp_path / "packed")
     assert abs(he_rows[-1]["accuracy"] - plain_rows[-1]["accuracy"]) <= 0.005
+    assert he_rows[-1]["central_seconds"] == 0 < plain_rows[-1]["central_seconds"]  # HE: no central pass
     # Two values per slot: the 9,610-parameter MLP takes 2 ciphertexts instead of 3 (each
     # 6% larger: its data prime has 60 bits instead of 56).
     assert abs(packed_rows[-1]["accuracy"] - plain_rows[-1]["accuracy"]) <= 0.005

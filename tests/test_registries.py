@@ -1,6 +1,10 @@
+import re
 import textwrap
+from pathlib import Path
 
+import numpy as np
 import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Krum, QFedAvg, Strategy
 
 from strategies.registry import (
@@ -12,6 +16,7 @@ from strategies.registry import (
     strategy_names,
 )
 from tasks.digits import DigitsTask
+from tests.test_compression_strategy import global_arrays, grid, reply, task_identity  # noqa: F401
 from tasks.registry import get_task, register_task, task_names
 
 ALL_STRATEGIES = [
@@ -84,3 +89,17 @@ def test_user_strategy_from_a_file_outside_the_packages(tmp_path):
         resolve_strategy(f"{path}:Missing")
     with pytest.raises(ValueError, match="cannot import strategy module 'no_such_pkg.mod'"):
         resolve_strategy("no_such_pkg.mod:Thing")
+
+
+def test_the_readme_strategy_example_moves_halfway_from_round_1(tmp_path):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"```python\n(# my_strategies.py\n.*?)```", readme, re.S).group(1)
+    (tmp_path / "my_strategies.py").write_text(code)
+    strategy = build_strategy(f"{tmp_path / 'my_strategies.py'}:DampedFedAvg",
+                              StrategyParams(min_train_nodes=2, min_available_nodes=2))
+    start = global_arrays()
+    sent = list(strategy.configure_train(1, start, ConfigRecord(), grid([5, 6])))
+    local = ArrayRecord({k: Array(v.numpy() + 2) for k, v in start.items()})
+    arrays, _ = strategy.aggregate_train(1, [reply(m, local, 10) for m in sent])
+    for k, v in arrays.items():
+        np.testing.assert_allclose(v.numpy(), start[k].numpy() + 1)
