@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """ModelNet10 PointNet: federated (10 clients, Dirichlet 0.5) beside centralized training.
 
-Both runs train the same model (GroupNorm PointNet, same width, points and
-transforms) with the same optimizer and augmentation for the same number of
+Both runs train the same model (PointNet with GroupNorm, or BatchNorm with ``--norm batch``;
+same width, points and transforms) with the same optimizer and augmentation for the same number of
 epochs over the data: ``--rounds`` federated rounds of ``--local-epochs`` each,
 and ``--rounds`` x ``--local-epochs`` centralized epochs. The optimizer restarts every federated round
 (as for every FedAvg client) and, to match, every ``--local-epochs`` of centralized training (with
@@ -13,7 +13,8 @@ accuracy of the last round / epoch on the test split (no test-set selection).
 Usage: python benchmarks/pointcloud.py [--rounds 60 --points 512 --width 0.5 --lr-schedule cosine --batch-size 8]
 (defaults: the README run, about 18 minutes on 2 idle cores). ``--freeze-classifier``:
 FedBABU, both runs keep the classifier at the random init the server draws
-(``--output pointcloud_fedbabu.md`` for the README row); ``--partition iid``: no label skew.
+(``--output pointcloud_fedbabu.md``); ``--partition iid``: no label skew.
+``--norm batch --freeze-classifier --output pointcloud_batchnorm.md``: the README's best row.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def centralized(args: argparse.Namespace, data_dir: Path) -> list[dict[str, floa
     torch.set_num_threads(2)
     options = TaskOptions(
         num_points=args.points, pointnet_transforms=args.transforms, model_width=args.width,
-        augment_rotation=args.rotation,
+        augment_rotation=args.rotation, pointnet_norm=args.norm,
     )
     task = get_task("pointcloud", options)
     data = load_task_data("pointcloud", str(data_dir), "modelnet10", options)
@@ -69,6 +70,8 @@ def main() -> None:
     p.add_argument("--points", type=int, default=512)
     p.add_argument("--width", type=float, default=0.5)
     p.add_argument("--transforms", default="none")
+    p.add_argument("--norm", default="group", choices=("group", "batch"),
+                   help="PointNet's normalisation (pointnet-norm): GroupNorm or the paper's BatchNorm")
     p.add_argument("--clients", type=int, default=10)
     p.add_argument("--local-epochs", type=float, default=1,
                    help="per round; 0.5 = a fresh random half of each client's data per round")
@@ -94,6 +97,7 @@ def main() -> None:
             "--seed", str(args.seed),
             "--run-config",
             f"num-points={args.points} model-width={args.width} pointnet-transforms={args.transforms}"
+            f" pointnet-norm={args.norm}"
             f" optimizer={args.optimizer} augment-rotation={args.rotation} lr-schedule={args.lr_schedule}"
             + (" freeze-classifier=true" if args.freeze_classifier else "")
             + (f" {args.run_config}" if args.run_config else ""),
@@ -104,7 +108,8 @@ def main() -> None:
     epochs = args.rounds * args.local_epochs
     setup = (
         f"ModelNet10 ({data_dir / 'modelnet10_1024.npz'}, 3,991 train / 908 test), {args.points} "
-        f"points per shape, PointNet (GroupNorm) width x{args.width}, transforms={args.transforms}; "
+        f"points per shape, PointNet ({'BatchNorm' if args.norm == 'batch' else 'GroupNorm'}) "
+        f"width x{args.width}, transforms={args.transforms}; "
         f"{optimizer_phrase(args.optimizer, args.lr, args.lr_schedule)}"
         f", batch {args.batch_size}, augmentation: rotation about z within +-{args.rotation:g} deg, "
         f"scale 0.8-1.25, jitter 0.01"

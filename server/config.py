@@ -20,6 +20,7 @@ from privacy.dp import SampleDPSettings
 from client.attacks import ATTACKS
 from tasks.base import TaskOptions
 from tasks.partition import parse_partition
+from tasks.pointnet import NORMS as POINTNET_NORMS
 from tasks.registry import get_task
 from tasks.training import LR_SCHEDULES, OPTIMIZERS
 
@@ -53,6 +54,7 @@ DEFAULTS: dict[str, Any] = {
     "image-size": 28,
     "num-points": 1024,
     "pointnet-transforms": "both",
+    "pointnet-norm": "group",
     "augment-rotation": 180.0,
     "augment-images": False,
     "model-width": 1.0,
@@ -141,6 +143,7 @@ class RunConfig:
     image_size: int
     num_points: int
     pointnet_transforms: str
+    pointnet_norm: str
     augment_rotation: float
     augment_images: bool
     model_width: float
@@ -179,6 +182,7 @@ class RunConfig:
             image_size=self.image_size,
             num_points=self.num_points,
             pointnet_transforms=self.pointnet_transforms,
+            pointnet_norm=self.pointnet_norm,
             augment_rotation=self.augment_rotation,
             augment_images=self.augment_images,
             model_width=self.model_width,
@@ -333,6 +337,12 @@ def parse_run_config(mapping: Mapping[str, Any]) -> RunConfig:
         raw["pointnet-transforms"] in POINTNET_TRANSFORMS,
         "pointnet-transforms", raw["pointnet-transforms"], ", ".join(POINTNET_TRANSFORMS),
     )
+    _check(raw["pointnet-norm"] in POINTNET_NORMS, "pointnet-norm", raw["pointnet-norm"], ", ".join(POINTNET_NORMS))
+    if raw["pointnet-norm"] == "batch" and raw["dp"] == "sample" and raw["task"] == "pointcloud":
+        raise ValueError(
+            "pointnet-norm=batch does not work with dp=sample: BatchNorm mixes the examples of a "
+            "batch, so Opacus cannot clip each example's gradient; valid with dp=sample: group"
+        )
     _check(
         0 <= raw["augment-rotation"] <= 180,
         "augment-rotation", raw["augment-rotation"], "0 <= degrees <= 180",

@@ -20,7 +20,7 @@ from torch import nn
 from .base import DataSplit, Task, TaskData, TaskOptions
 from .metrics import class_counts, mean_class_accuracy, mean_recall, overall_accuracy
 from .modelnet import DATASETS, load_modelnet
-from .pointnet import TRANSFORMS, PointNet
+from .pointnet import NORMS, TRANSFORMS, PointNet
 
 SCALE_RANGE = (0.8, 1.25)
 JITTER_SIGMA = 0.01
@@ -68,6 +68,7 @@ class PointCloudTask(Task):
         transforms: str = "both",
         width: float = 1.0,
         rotation: float = 180.0,
+        norm: str = "group",
     ) -> None:
         if num_points < 1:
             raise ValueError(f"invalid num-points {num_points}; valid: >= 1")
@@ -79,8 +80,10 @@ class PointCloudTask(Task):
             raise ValueError(f"invalid model-width {width}; valid: > 0")
         if not 0 <= rotation <= 180:
             raise ValueError(f"invalid augment-rotation {rotation}; valid: 0 <= degrees <= 180")
+        if norm not in NORMS:
+            raise ValueError(f"invalid pointnet-norm {norm!r}; valid: {', '.join(NORMS)}")
         self.num_points, self.transforms, self.width = num_points, transforms, width
-        self.rotation = rotation
+        self.rotation, self.norm = rotation, norm
 
     def configure(self, options: TaskOptions) -> PointCloudTask:
         return PointCloudTask(
@@ -88,6 +91,7 @@ class PointCloudTask(Task):
             transforms=options.pointnet_transforms,
             width=options.model_width,
             rotation=options.augment_rotation,
+            norm=options.pointnet_norm,
         )
 
     def load(self, data_dir: Path, dataset: str) -> TaskData:
@@ -100,7 +104,7 @@ class PointCloudTask(Task):
         )
 
     def build_model(self, data: TaskData) -> nn.Module:
-        return PointNet(data.num_classes, transforms=self.transforms, width=self.width)
+        return PointNet(data.num_classes, transforms=self.transforms, width=self.width, norm=self.norm)
 
     def augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return augment_batch(x, generator, max_angle=math.radians(self.rotation))

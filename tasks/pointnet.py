@@ -1,8 +1,13 @@
-"""PointNet classifier (Qi et al. 2017) with GroupNorm instead of BatchNorm.
+"""PointNet classifier (Qi et al. 2017), normalised with GroupNorm or BatchNorm.
 
 The published network normalises with BatchNorm, which mixes examples within
 a batch; Opacus cannot compute per-sample gradients through it. GroupNorm
-(Wu & He 2018) normalises each example on its own, so DP-SGD works. The
+(Wu & He 2018, ``norm="group"``, the default) normalises each example on its
+own, so DP-SGD works. ``norm="batch"`` is the paper's BatchNorm, for runs
+without DP-SGD: it learns faster and reaches more (ModelNet10, 512 points,
+width 0.5, 20 epochs, one seed: 0.930 against 0.905 with GroupNorm). Its
+running mean and variance are buffers of the model, so FedAvg averages them
+with the weights. The
 optional input transform (a 3x3 T-Net) and feature transform (a 64x64 T-Net)
 are as in the paper; the paper's orthogonality regulariser on the feature
 transform is not added (the task's loss sees only logits and labels).
@@ -17,9 +22,11 @@ chance after several epochs.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 TRANSFORMS = ("none", "input", "feature", "both")
+NORMS = ("group", "batch")
 DROPOUT = 0.3
 MIN_CHANNELS_PER_GROUP = 64
 MAX_GROUPS = 32
@@ -38,23 +45,50 @@ def group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(groups, channels)
 
 
+class BatchNorm(nn.Module):
+    """BatchNorm over (B, C) or (B, C, P), as ``nn.BatchNorm1d`` but without its int64
+    step counter: every array of the model is then float, as averaging, compression
+    and encryption expect. Training needs batches of two or more examples."""
+
+    batch_statistics = True  # see tasks.training.uses_batch_statistics
+
+    def __init__(self, channels: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+        self.momentum, self.eps = momentum, eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias,
+            training=self.training, momentum=self.momentum, eps=self.eps,
+        )
+
+
+def norm_layer(channels: int, norm: str) -> nn.Module:
+    """``norm`` is one of :data:`NORMS` (``PointNet`` checks it)."""
+    return BatchNorm(channels) if norm == "batch" else group_norm(channels)
+
+
 def _ch(base: int, width: float) -> int:
     return max(1, round(base * width))
 
 
-def shared_mlp(channels: list[int]) -> nn.Sequential:
-    """Per-point MLP as 1x1 convolutions over (B, C, P), each followed by GroupNorm and ReLU."""
+def shared_mlp(channels: list[int], norm: str = "group") -> nn.Sequential:
+    """Per-point MLP as 1x1 convolutions over (B, C, P), each followed by a norm and ReLU."""
     layers: list[nn.Module] = []
     for c_in, c_out in zip(channels[:-1], channels[1:]):
-        layers += [nn.Conv1d(c_in, c_out, 1), group_norm(c_out), nn.ReLU()]
+        layers += [nn.Conv1d(c_in, c_out, 1), norm_layer(c_out, norm), nn.ReLU()]
     return nn.Sequential(*layers)
 
 
-def head(channels: list[int], *, dropout: float = 0.0) -> nn.Sequential:
-    """Fully connected layers with GroupNorm and ReLU, up to (not incl.) the output layer."""
+def head(channels: list[int], *, dropout: float = 0.0, norm: str = "group") -> nn.Sequential:
+    """Fully connected layers with a norm and ReLU, up to (not incl.) the output layer."""
     layers: list[nn.Module] = []
     for c_in, c_out in zip(channels[:-1], channels[1:]):
-        layers += [nn.Linear(c_in, c_out), group_norm(c_out), nn.ReLU()]
+        layers += [nn.Linear(c_in, c_out), norm_layer(c_out, norm), nn.ReLU()]
     if dropout:
         layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
@@ -63,11 +97,11 @@ def head(channels: list[int], *, dropout: float = 0.0) -> nn.Sequential:
 class TNet(nn.Module):
     """Predicts a k x k transform from the points (B, k, P); starts at the identity."""
 
-    def __init__(self, k: int, width: float) -> None:
+    def __init__(self, k: int, width: float, norm: str = "group") -> None:
         super().__init__()
         self.k = k
-        self.features = shared_mlp([k, _ch(64, width), _ch(128, width), _ch(1024, width)])
-        self.fc = head([_ch(1024, width), _ch(512, width), _ch(256, width)])
+        self.features = shared_mlp([k, _ch(64, width), _ch(128, width), _ch(1024, width)], norm)
+        self.fc = head([_ch(1024, width), _ch(512, width), _ch(256, width)], norm=norm)
         self.out = nn.Linear(_ch(256, width), k * k)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
@@ -81,7 +115,9 @@ class TNet(nn.Module):
 class PointNet(nn.Module):
     """PointNet classification network; ``width`` scales every layer (1.0 = the paper's)."""
 
-    def __init__(self, num_classes: int, *, transforms: str = "both", width: float = 1.0) -> None:
+    def __init__(
+        self, num_classes: int, *, transforms: str = "both", width: float = 1.0, norm: str = "group"
+    ) -> None:
         super().__init__()
         if transforms not in TRANSFORMS:
             raise ValueError(
@@ -89,12 +125,14 @@ class PointNet(nn.Module):
             )
         if width <= 0:
             raise ValueError(f"invalid model-width {width}; valid: > 0")
+        if norm not in NORMS:
+            raise ValueError(f"invalid pointnet-norm {norm!r}; valid: {', '.join(NORMS)}")
         c64 = _ch(64, width)
-        self.input_tnet = TNet(3, width) if transforms in ("input", "both") else None
-        self.mlp1 = shared_mlp([3, c64, c64])
-        self.feature_tnet = TNet(c64, width) if transforms in ("feature", "both") else None
-        self.mlp2 = shared_mlp([c64, c64, _ch(128, width), _ch(1024, width)])
-        self.fc = head([_ch(1024, width), _ch(512, width), _ch(256, width)], dropout=DROPOUT)
+        self.input_tnet = TNet(3, width, norm) if transforms in ("input", "both") else None
+        self.mlp1 = shared_mlp([3, c64, c64], norm)
+        self.feature_tnet = TNet(c64, width, norm) if transforms in ("feature", "both") else None
+        self.mlp2 = shared_mlp([c64, c64, _ch(128, width), _ch(1024, width)], norm)
+        self.fc = head([_ch(1024, width), _ch(512, width), _ch(256, width)], dropout=DROPOUT, norm=norm)
         self.out = nn.Linear(_ch(256, width), num_classes)
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:

@@ -86,6 +86,25 @@ def epoch_orders(num_examples: int, epochs: float, generator: torch.Generator) -
         yield torch.randperm(num_examples, generator=generator)[: math.ceil((epochs - whole) * num_examples)]
 
 
+def uses_batch_statistics(model: nn.Module) -> bool:
+    """Whether ``model`` normalises over the examples of a batch (BatchNorm), which
+    cannot train on a batch of one example."""
+    return any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) or getattr(m, "batch_statistics", False)
+        for m in model.modules()
+    )
+
+
+def batch_bounds(num_examples: int, batch_size: int, min_size: int = 1) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each batch; a last batch smaller than ``min_size`` joins
+    the one before it (so BatchNorm never sees a batch of one)."""
+    bounds = [(s, min(s + batch_size, num_examples)) for s in range(0, num_examples, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < min_size:
+        bounds.pop()
+        bounds[-1] = (bounds[-1][0], num_examples)
+    return bounds
+
+
 def train_local(
     model: nn.Module,
     task: Task,
@@ -111,11 +130,18 @@ def train_local(
     x_all = torch.from_numpy(split.x)
     y_all = torch.from_numpy(split.y)
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu else []
+    min_size = 2 if uses_batch_statistics(model) else 1
     total, count = 0.0, 0
     with seeded_torch(seed + 1, device):
         for order in epoch_orders(len(split), epochs, generator):
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
+            if len(order) < min_size:
+                raise ValueError(
+                    f"the model's BatchNorm layers need batches of 2 or more examples, but this "
+                    f"client trains on {len(order)} per epoch; use GroupNorm (pointnet-norm=group) "
+                    "or give each client more data"
+                )
+            for start, stop in batch_bounds(len(order), batch_size, min_size):
+                idx = order[start:stop]
                 xb = task.augment(x_all[idx], generator).to(device)
                 yb = y_all[idx].to(device)
                 opt.zero_grad()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.base import DatasetNotFoundError
+from tasks.base import DataSplit, DatasetNotFoundError, TaskData
 from tasks.metrics import mean_class_accuracy, overall_accuracy
 from tasks.modelnet import (
     load_hdf5_release,
@@ -25,6 +25,7 @@ from tasks.modelnet import (
 )
 from tasks.pointcloud import PointCloudTask, augment_batch, rotate_about_z
 from tasks.pointnet import PointNet
+from tasks.registry import get_task
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SMALL = DATA / "modelnet10" / "modelnet10_1024_small.npz"
@@ -222,6 +223,60 @@ def test_pointnet_is_opacus_compatible_and_rejects_bad_transforms() -> None:
     assert ModuleValidator.validate(PointNet(10, width=0.25), strict=False) == []
     with pytest.raises(ValueError, match="none, input, feature, both"):
         PointNet(10, transforms="spatial")
+
+
+def test_batchnorm_pointnet_keeps_float_running_statistics() -> None:
+    from tasks.pointnet import BatchNorm
+
+    model = PointNet(10, transforms="both", width=0.25, norm="batch")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    assert {v.dtype for v in state.values()} == {torch.float32}  # no int64 step counter to average
+    assert sum(k.endswith("running_var") for k in state) == sum(isinstance(m, BatchNorm) for m in model.modules()) > 0
+    x = torch.randn(4, 64, 3) * 3
+    model.train()
+    model(x)
+    moved = model.state_dict()
+    assert any(not torch.equal(moved[k], state[k]) for k in state if k.endswith("running_mean"))
+    model.eval()  # running statistics: each example's output alone is the batch's
+    assert torch.allclose(model(x[:1]), model(x)[:1], atol=1e-5)
+    # Same statistics as torch's BatchNorm1d (training normalises with the batch's).
+    reference, ours = torch.nn.BatchNorm1d(6), BatchNorm(6)
+    y = torch.randn(5, 6, 7)
+    assert torch.allclose(reference(y), ours(y), atol=1e-6)
+    assert torch.allclose(reference.running_var, ours.running_var, atol=1e-6)
+    with pytest.raises(ValueError, match="invalid pointnet-norm 'layer'; valid: group, batch"):
+        PointNet(10, norm="layer")
+
+
+def test_batchnorm_training_never_sees_a_batch_of_one() -> None:
+    from tasks.training import batch_bounds, train_local
+
+    assert batch_bounds(17, 8, min_size=2) == [(0, 8), (8, 17)]  # 17 = 8 + 8 + 1: the 1 joins
+    assert batch_bounds(17, 8) == [(0, 8), (8, 16), (16, 17)]  # without BatchNorm: as before
+    assert batch_bounds(16, 8, min_size=2) == [(0, 8), (8, 16)]
+    task = PointCloudTask(num_points=32, transforms="none", width=0.125, rotation=0, norm="batch")
+    x = np.random.default_rng(0).normal(size=(17, 32, 3)).astype(np.float32)
+    y = np.arange(17, dtype=np.int64) % 3
+    model = PointNet(3, transforms="none", width=0.125, norm="batch")
+    loss = train_local(model, task, DataSplit(x, y), epochs=1, batch_size=8, lr=1e-3, optimizer="adam")
+    assert np.isfinite(loss)
+    with pytest.raises(ValueError, match="BatchNorm layers need batches of 2 or more examples"):
+        train_local(model, task, DataSplit(x[:1], y[:1]), epochs=1, batch_size=8, lr=1e-3)
+
+
+def test_pointnet_norm_comes_from_the_run_config_and_batchnorm_refuses_dp_sgd() -> None:
+    from server.config import parse_run_config
+    from tasks.pointnet import BatchNorm
+
+    cfg = parse_run_config({"task": "pointcloud", "pointnet-norm": "batch"})
+    model = get_task("pointcloud", cfg.task_options()).build_model(
+        TaskData(DataSplit(np.zeros((1, 8, 3), np.float32), np.zeros(1, np.int64)),
+                 DataSplit(np.zeros((1, 8, 3), np.float32), np.zeros(1, np.int64)), num_classes=10))
+    assert any(isinstance(m, BatchNorm) for m in model.modules())
+    with pytest.raises(ValueError, match="invalid pointnet-norm='instance'; valid: group, batch"):
+        parse_run_config({"task": "pointcloud", "pointnet-norm": "instance"})
+    with pytest.raises(ValueError, match="pointnet-norm=batch does not work with dp=sample.*valid with dp=sample: group"):
+        parse_run_config({"task": "pointcloud", "pointnet-norm": "batch", "dp": "sample", "dp-noise": 1.0})
 
 
 def test_overall_and_mean_class_accuracy() -> None:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import run_sim
 from conftest import require_data
@@ -59,14 +60,20 @@ def test_dp_sgd_with_encrypted_randk_uploads(task, tmp_path):
 
 @pytest.mark.parametrize("task", TASKS)
 def test_robust_strategy_with_topk_qsgd_uploads(task, tmp_path):
-    config, rows = run(
-        tmp_path, TASKS[task](tmp_path), "--strategy", "fedmedian", "--compression", "topk:0.1+qsgd:8",
-    )
+    args = TASKS[task](tmp_path)
+    if task == "pointcloud":  # the paper's BatchNorm: its running statistics travel with the weights
+        args[args.index("--run-config") + 1] += " pointnet-norm=batch"
+    config, rows = run(tmp_path, args, "--strategy", "fedmedian", "--compression", "topk:0.1+qsgd:8")
     (row,) = rows
     assert row["num_clients"] == 2 and row["rejected"] == 0
     assert 0 <= row["accuracy"] <= 1 and row["loss"] == row["loss"]  # finite, not nan
     # 10% of the values at 8 bits plus their index gaps and scales: under 1/15 of float32.
     assert row["bytes_up"] < 2 * config["num_parameters"] * 4 / 15
+    if task == "pointcloud":
+        state = torch.load(tmp_path / "run" / "model.pt")
+        stats = [v for k, v in state.items() if k.endswith("running_var")]
+        assert stats and all(torch.isfinite(v).all() and (v > 0).all() for v in stats)
+        assert not all(torch.equal(v, torch.ones_like(v)) for v in stats)  # moved off the init
 
 
 @pytest.mark.parametrize(("task", "metric"), [("medmnist", "auc"), ("pointcloud", "mean_class_accuracy")])
