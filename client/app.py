@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.attacks import attackers, poison
@@ -28,11 +28,13 @@ from compression.spec import Chain, parse_down_spec, parse_spec
 from privacy import he
 from privacy.dp import make_dp_ready
 from server.config import RUN_ID_KEY, RunConfig, parse_run_config
+from strategies.calibration import QUERY_BATCHNORM, QUERY_KEY, SUMS_KEY
 from strategies.compressed import SEED_KEY
 from strategies.encrypted import BLOCK_WEIGHTS_KEY, KEY_ID_KEY, TOTAL_WEIGHT_KEY
 from strategies.federated_metrics import statistics_metrics
 from strategies.instrumented import NUM_PARTITIONS_KEY, PARTITION_ID_KEY
 from tasks.base import Task
+from tasks.batchnorm import batchnorm_sums
 from tasks.head import freeze_classifier
 from tasks.registry import client_split, client_test_split, get_task, load_task_data
 from tasks.training import evaluate, predict, scheduled_lr, train_local
@@ -94,16 +96,22 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _model(
-    cfg: RunConfig, directory: str, arrays: ArrayRecord, he_total: int | list[int] = 0,
-    he_key: Path | None = None,
-) -> torch.nn.Module:
+def _architecture(cfg: RunConfig, directory: str) -> torch.nn.Module:
+    """The run's model as the server built it, before its weights are loaded."""
     task = get_task(cfg.task, cfg.task_options())
     model = task.build_model(load_task_data(cfg.task, directory, cfg.dataset, cfg.task_options()))
     if cfg.dp == "sample":
         model = make_dp_ready(model)
     if cfg.freeze_classifier:
         freeze_classifier(model)
+    return model
+
+
+def _model(
+    cfg: RunConfig, directory: str, arrays: ArrayRecord, he_total: int | list[int] = 0,
+    he_key: Path | None = None,
+) -> torch.nn.Module:
+    model = _architecture(cfg, directory)
     if he_total:  # the encrypted weighted sum of last round's clients
         assert he_key is not None
         model.load_state_dict(decrypt_global(arrays, he_total, model.state_dict(), he_key))
@@ -216,6 +224,26 @@ def evaluation_metrics(task: Task, logits: torch.Tensor, labels: torch.Tensor, l
     not average (:mod:`strategies.federated_metrics`)."""
     metrics = {**task.metrics(logits, labels), "loss": loss, "num-examples": len(labels)}
     return {**metrics, **statistics_metrics(task.metric_statistics(logits, labels))}
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """BatchNorm sums of the round's aggregate (sent in full) over this client's training
+    data, for :class:`strategies.calibration.BatchNormCalibration`."""
+    cfg = run_config(context)
+    asked = msg.content["config"].get(QUERY_KEY)
+    if asked != QUERY_BATCHNORM:
+        raise ValueError(f"unknown query {asked!r}; valid: {QUERY_BATCHNORM}")
+    pid, nparts = node_partition(context)
+    directory = data_dir(cfg, context)
+    split = client_split(
+        cfg.task, directory, cfg.dataset, cfg.partition, nparts, cfg.seed, pid, cfg.task_options()
+    )
+    model = _architecture(cfg, directory)
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    sums = batchnorm_sums(model, split, batch_size=cfg.batch_size, device=device())
+    record = ArrayRecord({k: Array(v) for k, v in sums.items()})
+    return Message(content=RecordDict({SUMS_KEY: record}), reply_to=msg)
 
 
 @app.evaluate()

@@ -22,6 +22,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from compression.spec import parse_down_spec, parse_spec
+from strategies.calibration import BatchNormCalibration
 from strategies.compressed import DecodingStrategy
 from privacy.dp import make_dp_ready
 from strategies.encrypted import EncryptedFedAvg, record_ciphertexts
@@ -29,6 +30,7 @@ from strategies.instrumented import InstrumentedStrategy, TooFewReplies, chain_o
 from strategies.private import PrivacyBudgetExhausted
 from strategies.validation import ValidatingStrategy
 from strategies.registry import StrategyParams, build_strategy
+from tasks.batchnorm import batch_norm_layers
 from tasks.head import freeze_classifier
 from tasks.partition import label_counts
 from tasks.registry import get_task, load_task_data, partitions
@@ -114,8 +116,11 @@ def partitions_record(cfg: RunConfig, num_partitions: int) -> dict[str, Any]:
     }
 
 
-def strategy_chain(cfg: RunConfig, max_examples: int, num_parameters: int) -> Strategy:
-    """The strategy with fedloom's wrappers: decode uploads -> validate -> aggregate."""
+def strategy_chain(
+    cfg: RunConfig, max_examples: int, num_parameters: int, batch_norm: bool = False
+) -> Strategy:
+    """The strategy with fedloom's wrappers: decode uploads -> validate -> aggregate, then
+    (models with BatchNorm) measure the aggregate's BatchNorm statistics on the clients."""
     ledger = privacy_ledger(cfg)  # DP: client-level clips after validation, sample-level
     if cfg.he:  # the server adds ciphertexts; config checks allow only fedavg / fedprox
         params = strategy_params(cfg)
@@ -129,7 +134,10 @@ def strategy_chain(cfg: RunConfig, max_examples: int, num_parameters: int) -> St
         return sample_level(encrypted, cfg, ledger)
     inner = client_level(build_strategy(cfg.strategy, strategy_params(cfg)), cfg, ledger)
     validated = ValidatingStrategy(inner, max_examples)
-    return sample_level(compressed(validated, cfg), cfg, ledger)  # drops spent clients first
+    chain = compressed(validated, cfg)
+    if batch_norm and cfg.batchnorm_calibration and cfg.dp == "none":  # dp=client: the sums would be an un-noised release
+        chain = BatchNormCalibration(chain, timeout=cfg.round_timeout)
+    return sample_level(chain, cfg, ledger)  # drops spent clients first
 
 
 def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
@@ -155,7 +163,8 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
         chain = pickle.loads(checkpoint["strategy"])
     else:
         chain = strategy_chain(
-            cfg, max_examples=len(data.train), num_parameters=sum(v.numel() for v in model.state_dict().values())
+            cfg, max_examples=len(data.train), num_parameters=sum(v.numel() for v in model.state_dict().values()),
+            batch_norm=bool(batch_norm_layers(model)),
         )
     strategy = InstrumentedStrategy(
         chain, min_replies=cfg.min_train_nodes, finish_metrics=task.metrics_from_statistics

@@ -55,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "num-points": 1024,
     "pointnet-transforms": "both",
     "pointnet-norm": "group",
+    "batchnorm-calibration": True,
     "augment-rotation": 180.0,
     "augment-images": False,
     "model-width": 1.0,
@@ -144,6 +145,7 @@ class RunConfig:
     num_points: int
     pointnet_transforms: str
     pointnet_norm: str
+    batchnorm_calibration: bool
     augment_rotation: float
     augment_images: bool
     model_width: float

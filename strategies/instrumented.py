@@ -150,6 +150,9 @@ class InstrumentedStrategy(Strategy):
                 server_round + self.round_offset, problem)
         arrays, metrics = self.inner.aggregate_train(server_round + self.round_offset, replies)
         self.stats.rejected = sum(len(getattr(s, "rejected", ())) for s in chain_of(self.inner))
+        # Messages a wrapper sent beside the round's own (BatchNorm calibration queries).
+        self.stats.bytes_up += sum(getattr(s, "extra_bytes_up", 0) for s in chain_of(self.inner))
+        self.stats.bytes_down += sum(getattr(s, "extra_bytes_down", 0) for s in chain_of(self.inner))
         self.stats.num_clients = len(ok) - self.stats.rejected if arrays is not None else 0
         self.stats.train_metrics = _scalars(metrics)
         return arrays, metrics

@@ -50,7 +50,7 @@ class BatchNorm(nn.Module):
     step counter: every array of the model is then float, as averaging, compression
     and encryption expect. Training needs batches of two or more examples."""
 
-    batch_statistics = True  # see tasks.training.uses_batch_statistics
+    batch_statistics = True  # see tasks.batchnorm.is_batch_norm
 
     def __init__(self, channels: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
         super().__init__()

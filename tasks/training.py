@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .base import DataSplit, Task
+from .batchnorm import is_batch_norm
 from .head import trainable
 
 #: Valid values of the ``optimizer`` run-config key (local training).
@@ -86,15 +87,6 @@ def epoch_orders(num_examples: int, epochs: float, generator: torch.Generator) -
         yield torch.randperm(num_examples, generator=generator)[: math.ceil((epochs - whole) * num_examples)]
 
 
-def uses_batch_statistics(model: nn.Module) -> bool:
-    """Whether ``model`` normalises over the examples of a batch (BatchNorm), which
-    cannot train on a batch of one example."""
-    return any(
-        isinstance(m, nn.modules.batchnorm._BatchNorm) or getattr(m, "batch_statistics", False)
-        for m in model.modules()
-    )
-
-
 def batch_bounds(num_examples: int, batch_size: int, min_size: int = 1) -> list[tuple[int, int]]:
     """``(start, stop)`` of each batch; a last batch smaller than ``min_size`` joins
     the one before it (so BatchNorm never sees a batch of one)."""
@@ -130,7 +122,7 @@ def train_local(
     x_all = torch.from_numpy(split.x)
     y_all = torch.from_numpy(split.y)
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu else []
-    min_size = 2 if uses_batch_statistics(model) else 1
+    min_size = 2 if any(is_batch_norm(m) for m in model.modules()) else 1  # no batch of one
     total, count = 0.0, 0
     with seeded_torch(seed + 1, device):
         for order in epoch_orders(len(split), epochs, generator):
