@@ -15,6 +15,9 @@ Usage: python benchmarks/pointcloud.py [--rounds 60 --points 512 --width 0.5 --l
 FedBABU, both runs keep the classifier at the random init the server draws
 (``--output pointcloud_fedbabu.md``); ``--partition iid``: no label skew.
 ``--norm batch --freeze-classifier --output pointcloud_batchnorm.md``: the README's best row.
+With ``--norm batch`` the federated run calibrates the BatchNorm statistics every round
+(``batchnorm-calibration``, the default; ``--run-config batchnorm-calibration=false`` averages
+them instead); the centralized run keeps torch's running averages.
 """
 
 from __future__ import annotations
@@ -27,6 +30,14 @@ from pathlib import Path
 import torch
 
 from common import DATA_DIR, markdown_table, optimizer_phrase, simulate, write_result
+
+
+def norm_phrase(args: argparse.Namespace) -> str:
+    if args.norm == "group":
+        return "GroupNorm"
+    if "batchnorm-calibration=false" in args.run_config:
+        return "BatchNorm, federated: running statistics averaged"
+    return "BatchNorm, federated: running statistics calibrated on the clients each round"
 
 
 def centralized(args: argparse.Namespace, data_dir: Path) -> list[dict[str, float]]:
@@ -108,7 +119,7 @@ def main() -> None:
     epochs = args.rounds * args.local_epochs
     setup = (
         f"ModelNet10 ({data_dir / 'modelnet10_1024.npz'}, 3,991 train / 908 test), {args.points} "
-        f"points per shape, PointNet ({'BatchNorm' if args.norm == 'batch' else 'GroupNorm'}) "
+        f"points per shape, PointNet ({norm_phrase(args)}) "
         f"width x{args.width}, transforms={args.transforms}; "
         f"{optimizer_phrase(args.optimizer, args.lr, args.lr_schedule)}"
         f", batch {args.batch_size}, augmentation: rotation about z within +-{args.rotation:g} deg, "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import torch
 
@@ -53,3 +55,12 @@ def test_calibration_wraps_batchnorm_models_unless_switched_off_or_private() -> 
     assert not wrapped(**{"batchnorm-calibration": False})
     assert not wrapped(dp="client", **{"dp-noise": 1.0})  # the sums would leave un-noised
     assert not wrapped(batch_norm=False)
+
+
+def test_a_checkpointed_chain_leaves_the_grid_behind() -> None:
+    chain = strategy_chain(parse_run_config({}), 1000, 10, batch_norm=True)
+    (calibration,) = [s for s in chain_of(chain) if isinstance(s, BatchNormCalibration)]
+    calibration._grid, calibration._nodes = lambda: None, [1, 2]  # a grid does not pickle
+    restored = pickle.loads(pickle.dumps(chain))
+    (again,) = [s for s in chain_of(restored) if isinstance(s, BatchNormCalibration)]
+    assert again._grid is None and again._nodes == [] and calibration._nodes == [1, 2]
