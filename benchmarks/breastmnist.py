@@ -13,7 +13,7 @@ training code keeps the epoch with the best val AUC), of the round with the best
 validation ACC, and, for transparency only, of the best round by test ACC
 (selection on the test set).
 
-Usage: python benchmarks/breastmnist.py [--rounds 30 --width 0.25 --optimizer sgd --lr 0.01
+Usage: python benchmarks/breastmnist.py [--rounds 30 --width 0.25 --optimizer sgd --lr 0.01 --weight-decay 0
                                        --lr-schedule cosine --augment --seeds 42 1 2]
 With several seeds each run gets its own file (``<output>_seed<N>.md``) and ``--output``
 holds the per-seed last rounds with their mean and standard deviation.
@@ -45,7 +45,8 @@ def run_one(args: argparse.Namespace, seed: int, output: str) -> dict:
             "--local-epochs", str(args.local_epochs), "--lr", str(args.lr),
             "--batch-size", str(args.batch_size), "--partition", "iid", "--seed", str(seed),
             "--run-config", f"model-width={args.width} image-size=28 optimizer={args.optimizer} "
-            f"augment-images={str(args.augment).lower()} lr-schedule={args.lr_schedule} best-metric=val_auc",
+            f"augment-images={str(args.augment).lower()} lr-schedule={args.lr_schedule} best-metric=val_auc "
+            f"weight-decay={args.weight_decay}",
         )
         by_val_auc = json.loads((Path(tmp) / "best.json").read_text())["row"]
     minutes = (time.perf_counter() - started) / 60
@@ -80,7 +81,7 @@ def setup(args: argparse.Namespace, seed: int | str) -> str:
     return (
         f"BreastMNIST 28 px (546 train / 78 val / 156 test, {DATA_DIR / 'medmnist' / 'breastmnist.npz'}), "
         f"{args.clients} clients IID, FedAvg, {args.rounds} rounds x {args.local_epochs} local "
-        f"epochs, {optimizer_phrase(args.optimizer, args.lr, args.lr_schedule)}"
+        f"epochs, {optimizer_phrase(args.optimizer, args.lr, args.lr_schedule, args.weight_decay)}"
         f", batch {args.batch_size}, seed {seed}, "
         f"ResNet-18 GroupNorm width x{args.width}"
         + (", train-time flips and shifts (augment-images)" if args.augment else "")
@@ -110,6 +111,7 @@ def main() -> None:
     p.add_argument("--local-epochs", type=int, default=2)
     p.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
     p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--weight-decay", type=float, default=0.0, help="local optimizer's L2 penalty (weight-decay)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--width", type=float, default=0.25, help="ResNet-18 channel multiplier")
     p.add_argument("--seeds", "--seed", dest="seeds", type=int, nargs="+", default=[42],

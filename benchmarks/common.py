@@ -29,9 +29,12 @@ def simulate(run_dir: Path, *args: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def optimizer_phrase(optimizer: str, lr: float, schedule: str) -> str:
+def optimizer_phrase(optimizer: str, lr: float, schedule: str, weight_decay: float = 0.0) -> str:
     """How a results file names the local optimizer (momentum 0.9 is run_sim's SGD default)."""
-    return f"{optimizer} lr {lr} ({schedule} over the rounds)" + (" momentum 0.9" if optimizer == "sgd" else "")
+    return (
+        f"{optimizer} lr {lr} ({schedule} over the rounds)" + (" momentum 0.9" if optimizer == "sgd" else "")
+        + (f" weight decay {weight_decay:g}" if weight_decay else "")
+    )
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:

@@ -69,7 +69,7 @@ def centralized(args: argparse.Namespace, data_dir: Path) -> list[dict[str, floa
         lr = scheduled_lr(args.lr, args.lr_schedule, epoch, args.rounds)
         train_local(
             model, task, data.train, epochs=args.local_epochs, batch_size=args.batch_size, lr=lr,
-            seed=epoch, optimizer=args.optimizer,
+            seed=epoch, optimizer=args.optimizer, weight_decay=args.weight_decay,
         )
         rows.append({"epoch": epoch * args.local_epochs, **evaluate(model, task, data.test)})
         print(f"centralized epoch {epoch}: {rows[-1]}", flush=True)
@@ -81,6 +81,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=60)
     p.add_argument("--optimizer", default="adam", choices=("sgd", "adam"))
     p.add_argument("--lr", type=float, default=0.001)
+    p.add_argument("--weight-decay", type=float, default=0.0,
+                   help="both runs: the local optimizer's L2 penalty (weight-decay), e.g. 1e-4")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--rotation", type=float, default=0.0,
                    help="max train-time rotation about the up axis, degrees (180 = any)")
@@ -116,6 +118,7 @@ def main() -> None:
             f"num-points={args.points} model-width={args.width} pointnet-transforms={args.transforms}"
             f" pointnet-norm={args.norm}"
             f" optimizer={args.optimizer} augment-rotation={args.rotation} lr-schedule={args.lr_schedule}"
+            f" weight-decay={args.weight_decay}"
             + (" freeze-classifier=true" if args.freeze_classifier else "")
             + (f" {args.run_config}" if args.run_config else ""),
         )
@@ -127,7 +130,7 @@ def main() -> None:
         f"ModelNet10 ({data_dir / 'modelnet10_1024.npz'}, 3,991 train / 908 test), {args.points} "
         f"points per shape, PointNet ({norm_phrase(args)}) "
         f"width x{args.width}, transforms={args.transforms}; "
-        f"{optimizer_phrase(args.optimizer, args.lr, args.lr_schedule)}"
+        f"{optimizer_phrase(args.optimizer, args.lr, args.lr_schedule, args.weight_decay)}"
         f", batch {args.batch_size}, augmentation: rotation about z within +-{args.rotation:g} deg, "
         f"scale 0.8-1.25, jitter 0.01"
         + (", classifier frozen at its random init in both runs (freeze-classifier)" if args.freeze_classifier else "")

@@ -177,7 +177,7 @@ def train(msg: Message, context: Context) -> Message:
         outcome, report = sample_dp_round(
             model, task, split, settings=dp_settings, state=context.state, partition_id=pid,
             epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=lr,
-            momentum=cfg.momentum, seed=seed, device=device(),
+            momentum=cfg.momentum, weight_decay=cfg.weight_decay, seed=seed, device=device(),
         )
         metrics.update(report)
         if not outcome.trained:
@@ -196,6 +196,7 @@ def train(msg: Message, context: Context) -> Message:
             seed=seed,
             device=device(),
             optimizer=cfg.optimizer,
+            weight_decay=cfg.weight_decay,
         )
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if attacking and start is not None:

@@ -51,12 +51,14 @@ def sample_dp_round(
     momentum: float,
     seed: int,
     device: str,
+    weight_decay: float = 0.0,
 ) -> tuple[DPRound, dict[str, float]]:
     """One DP-SGD round on ``model``; returns its outcome and the reply's privacy report."""
     account = load_account(state, settings)
     outcome = train_private(
         model, task, split, settings=settings, account=account, epochs=epochs,
         batch_size=batch_size, lr=lr, momentum=momentum, seed=seed, device=device,
+        weight_decay=weight_decay,
     )
     if outcome.trained:
         save_account(state, account)

@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "lr": 0.0,
     "momentum": 0.9,
     "optimizer": "sgd",
+    "weight-decay": 0.0,
     "lr-schedule": "constant",
     "partition": "iid",
     "strategy": "fedavg",
@@ -128,6 +129,7 @@ class RunConfig:
     lr: float
     momentum: float
     optimizer: str
+    weight_decay: float
     lr_schedule: str
     partition: str
     strategy: str
@@ -321,6 +323,7 @@ def parse_run_config(mapping: Mapping[str, Any]) -> RunConfig:
         _check(raw[key] > 0, key, raw[key], "> 0")
     for key in ("momentum", "server-momentum"):
         _check(0 <= raw[key] < 1, key, raw[key], "0 <= m < 1")
+    _check(raw["weight-decay"] >= 0, "weight-decay", raw["weight-decay"], ">= 0")
     _check(raw["optimizer"] in OPTIMIZERS, "optimizer", raw["optimizer"], ", ".join(OPTIMIZERS))
     _check(raw["lr-schedule"] in LR_SCHEDULES, "lr-schedule", raw["lr-schedule"], ", ".join(LR_SCHEDULES))
     if raw["optimizer"] != "sgd" and raw["dp"] == "sample":

@@ -44,18 +44,20 @@ def proximal_term(model: nn.Module, global_params: Sequence[torch.Tensor]) -> to
 
 
 def make_optimizer(
-    params: Iterable[nn.Parameter], name: str, *, lr: float, momentum: float
+    params: Iterable[nn.Parameter], name: str, *, lr: float, momentum: float, weight_decay: float = 0.0
 ) -> torch.optim.Optimizer:
     """A fresh local optimizer: ``sgd`` (with ``momentum``) or ``adam``.
 
     Adam (Kingma & Ba 2015) uses ``lr`` as its step size and PyTorch's default
     betas; ``momentum`` is ignored. Its moment estimates start from zero every
     round (they are not part of the model, so they are never aggregated).
+    ``weight_decay`` is torch's: ``weight_decay * param`` is added to each gradient
+    (an L2 penalty; for Adam the coupled form, not AdamW).
     """
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"invalid optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
 
 
@@ -110,6 +112,7 @@ def train_local(
     seed: int = 0,
     device: str = "cpu",
     optimizer: str = "sgd",
+    weight_decay: float = 0.0,
 ) -> float:
     """Train ``model`` in place with ``optimizer`` (see :func:`make_optimizer`); mean loss.
 
@@ -117,7 +120,7 @@ def train_local(
     """
     generator = torch.Generator().manual_seed(seed)
     model.to(device).train()
-    opt = make_optimizer(trainable(model), optimizer, lr=lr, momentum=momentum)
+    opt = make_optimizer(trainable(model), optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay)
     loss_fn = task.loss_fn()
     x_all = torch.from_numpy(split.x)
     y_all = torch.from_numpy(split.y)
