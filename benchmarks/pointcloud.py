@@ -15,7 +15,8 @@ Usage: python benchmarks/pointcloud.py [--rounds 60 --points 512 --width 0.5 --l
 FedBABU, both runs keep the classifier at the random init the server draws
 (``--output pointcloud_fedbabu.md``); ``--partition iid``: no label skew.
 ``--norm batch --freeze-classifier --output pointcloud_batchnorm.md``: the README's best row at 512 points;
-add ``--points 1024 --output pointcloud_batchnorm_1024.md`` for its best row overall (about 70 minutes).
+add ``--points 1024 --output pointcloud_batchnorm_1024.md`` for 1024 points (about 70 minutes), and
+``--weight-decay 1e-4 --output pointcloud_batchnorm_1024_wd.md`` to that for the best row (Adam's L2 penalty).
 With ``--norm batch`` the federated run calibrates the BatchNorm statistics every round
 (``batchnorm-calibration``, the default; ``--run-config batchnorm-calibration=false`` averages
 them instead); the centralized run keeps torch's running averages.
