@@ -23,7 +23,7 @@ from torch import nn
 
 from tasks.base import DataSplit, Task
 from tasks.head import trainable
-from tasks.training import seeded_torch
+from tasks.training import make_optimizer, seeded_torch
 
 from .accounting import (
     ClientAccount,
@@ -235,7 +235,7 @@ def train_private(
     # materialising per-sample gradients: same clipping and noise, ~5x faster on CPU.
     private, optimizer, criterion, dp_loader = engine.make_private(
         module=work,
-        optimizer=torch.optim.SGD(trainable(work), lr=lr, momentum=momentum, weight_decay=weight_decay),
+        optimizer=make_optimizer(trainable(work), "sgd", lr=lr, momentum=momentum, weight_decay=weight_decay),
         criterion=criterion,
         data_loader=loader,
         noise_multiplier=noise,
