@@ -71,6 +71,7 @@ def centralized(args: argparse.Namespace, data_dir: Path) -> list[dict[str, floa
         train_local(
             model, task, data.train, epochs=args.local_epochs, batch_size=args.batch_size, lr=lr,
             seed=epoch, optimizer=args.optimizer, weight_decay=args.weight_decay,
+            logit_adjustment=args.logit_adjustment,
         )
         rows.append({"epoch": epoch * args.local_epochs, **evaluate(model, task, data.test)})
         print(f"centralized epoch {epoch}: {rows[-1]}", flush=True)
@@ -84,6 +85,9 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=0.001)
     p.add_argument("--weight-decay", type=float, default=0.0,
                    help="both runs: the local optimizer's L2 penalty (weight-decay), e.g. 1e-4")
+    p.add_argument("--logit-adjustment", type=float, default=0.0,
+                   help="both runs: the loss adds tau * log(label prior) to the logits (logit-adjustment); "
+                   "federated: each client's prior, centralized: the train split's")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--rotation", type=float, default=0.0,
                    help="max train-time rotation about the up axis, degrees (180 = any)")
@@ -119,7 +123,7 @@ def main() -> None:
             f"num-points={args.points} model-width={args.width} pointnet-transforms={args.transforms}"
             f" pointnet-norm={args.norm}"
             f" optimizer={args.optimizer} augment-rotation={args.rotation} lr-schedule={args.lr_schedule}"
-            f" weight-decay={args.weight_decay}"
+            f" weight-decay={args.weight_decay} logit-adjustment={args.logit_adjustment}"
             + (" freeze-classifier=true" if args.freeze_classifier else "")
             + (f" {args.run_config}" if args.run_config else ""),
         )
@@ -135,6 +139,8 @@ def main() -> None:
         f", batch {args.batch_size}, augmentation: rotation about z within +-{args.rotation:g} deg, "
         f"scale 0.8-1.25, jitter 0.01"
         + (", classifier frozen at its random init in both runs (freeze-classifier)" if args.freeze_classifier else "")
+        + (f", logit adjustment tau {args.logit_adjustment:g} in both runs (federated: each client's label "
+           "prior; centralized: the train split's)" if args.logit_adjustment else "")
         + f". Federated: {args.clients} clients, {args.partition}, {args.strategy}"
         + (f" ({args.run_config})" if args.run_config else "")
         + ", "

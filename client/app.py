@@ -197,6 +197,7 @@ def train(msg: Message, context: Context) -> Message:
             device=device(),
             optimizer=cfg.optimizer,
             weight_decay=cfg.weight_decay,
+            logit_adjustment=cfg.logit_adjustment,
         )
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if attacking and start is not None:

@@ -18,7 +18,7 @@ from privacy.he_profiles import PACKINGS, SCHEMES, packing_error
 from privacy.accounting import ACCOUNTANTS
 from privacy.dp import SampleDPSettings
 from client.attacks import ATTACKS
-from tasks.base import TaskOptions
+from tasks.base import Task, TaskOptions
 from tasks.partition import parse_partition
 from tasks.pointnet import NORMS as POINTNET_NORMS
 from tasks.registry import get_task
@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "momentum": 0.9,
     "optimizer": "sgd",
     "weight-decay": 0.0,
+    "logit-adjustment": 0.0,
     "lr-schedule": "constant",
     "partition": "iid",
     "strategy": "fedavg",
@@ -130,6 +131,7 @@ class RunConfig:
     momentum: float
     optimizer: str
     weight_decay: float
+    logit_adjustment: float
     lr_schedule: str
     partition: str
     strategy: str
@@ -324,6 +326,7 @@ def parse_run_config(mapping: Mapping[str, Any]) -> RunConfig:
     for key in ("momentum", "server-momentum"):
         _check(0 <= raw[key] < 1, key, raw[key], "0 <= m < 1")
     _check(raw["weight-decay"] >= 0, "weight-decay", raw["weight-decay"], ">= 0")
+    _check_logit_adjustment(raw, task)
     _check(raw["optimizer"] in OPTIMIZERS, "optimizer", raw["optimizer"], ", ".join(OPTIMIZERS))
     _check(raw["lr-schedule"] in LR_SCHEDULES, "lr-schedule", raw["lr-schedule"], ", ".join(LR_SCHEDULES))
     if raw["optimizer"] != "sgd" and raw["dp"] == "sample":
@@ -372,6 +375,25 @@ def parse_run_config(mapping: Mapping[str, Any]) -> RunConfig:
     if raw["he"]:
         check_he_combination(raw)
     return RunConfig(**{k.replace("-", "_"): v for k, v in raw.items()})
+
+
+def _check_logit_adjustment(raw: Mapping[str, Any], task: Task) -> None:
+    """``logit-adjustment`` is a tau >= 0, for single-label data and training without DP-SGD."""
+    tau = raw["logit-adjustment"]
+    _check(tau >= 0, "logit-adjustment", tau, ">= 0 (0: off; 1: the balanced softmax)")
+    if not tau:
+        return
+    if task.multi_label(raw["dataset"]):
+        raise ValueError(
+            f"logit-adjustment={tau:g} does not work with {raw['dataset']}: it shifts a softmax by "
+            "the log of the client's class prior, and this data set is multi-label; valid: 0"
+        )
+    if raw["dp"] == "sample":
+        raise ValueError(
+            f"logit-adjustment={tau:g} does not work with dp=sample: the shift is computed from the "
+            "client's label counts, which DP-SGD's privacy accounting does not cover; valid with "
+            "dp=sample: 0 (dp=client and dp=none allow it)"
+        )
 
 
 def check_he_combination(raw: Mapping[str, Any]) -> None:

@@ -112,6 +112,11 @@ class Task(ABC):
     def loss_fn(self) -> nn.Module:
         return nn.CrossEntropyLoss()
 
+    def multi_label(self, dataset: str) -> bool:
+        """Whether ``dataset``'s examples carry several 0/1 labels (not one class index)."""
+        del dataset
+        return False
+
     def augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Train-time augmentation of one batch (identity by default)."""
         del generator

@@ -217,6 +217,9 @@ class MedMnistTask(Task):
     def loss_fn(self) -> nn.Module:
         return MedMnistLoss()
 
+    def multi_label(self, dataset: str) -> bool:
+        return str(medmnist_info()[dataset]["task"]) == MULTI_LABEL
+
     def labels_for_partitioning(self, data: TaskData) -> np.ndarray:
         return partition_labels(data.train.y, str(data.info["task_type"]))
 

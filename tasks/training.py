@@ -13,6 +13,7 @@ from torch import nn
 from .base import DataSplit, Task
 from .batchnorm import is_batch_norm
 from .head import trainable
+from .logit_adjustment import label_log_prior
 
 #: Valid values of the ``optimizer`` run-config key (local training).
 OPTIMIZERS = ("sgd", "adam")
@@ -113,10 +114,13 @@ def train_local(
     device: str = "cpu",
     optimizer: str = "sgd",
     weight_decay: float = 0.0,
+    logit_adjustment: float = 0.0,
 ) -> float:
     """Train ``model`` in place with ``optimizer`` (see :func:`make_optimizer`); mean loss.
 
-    ``epochs`` may be fractional (see :func:`epoch_orders`).
+    ``epochs`` may be fractional (see :func:`epoch_orders`). ``logit_adjustment`` (tau > 0):
+    the loss sees the logits plus ``tau * log`` of ``split``'s label prior
+    (:mod:`tasks.logit_adjustment`), and the mean loss returned is that adjusted loss.
     """
     generator = torch.Generator().manual_seed(seed)
     model.to(device).train()
@@ -127,6 +131,7 @@ def train_local(
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu else []
     min_size = 2 if any(is_batch_norm(m) for m in model.modules()) else 1  # no batch of one
     total, count = 0.0, 0
+    offsets: torch.Tensor | None = None
     with seeded_torch(seed + 1, device):
         for order in epoch_orders(len(split), epochs, generator):
             if len(order) < min_size:
@@ -140,7 +145,12 @@ def train_local(
                 xb = task.augment(x_all[idx], generator).to(device)
                 yb = y_all[idx].to(device)
                 opt.zero_grad()
-                loss = loss_fn(model(xb), yb)
+                logits = model(xb)
+                if logit_adjustment:
+                    if offsets is None:
+                        offsets = logit_adjustment * label_log_prior(split.y, logits.shape[1]).to(device)
+                    logits = logits + offsets
+                loss = loss_fn(logits, yb)
                 objective = loss
                 if proximal_mu:
                     objective = loss + 0.5 * proximal_mu * proximal_term(model, global_params)
