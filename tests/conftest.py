@@ -47,3 +47,23 @@ def task_identity():
 
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
     yield
+
+
+@pytest.fixture()
+def client_train_round(task_identity):
+    """``run(run_config, arrays, partition_id=0, num_partitions=2)``: one round of the real
+    ``client.app.train`` (server round 1, fresh client state); the reply's weights."""
+    from types import SimpleNamespace
+
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    from client.app import train
+
+    def run(run_config, arrays, partition_id=0, num_partitions=2):
+        context = SimpleNamespace(run_config=run_config, state=RecordDict(),
+                                  node_config={"partition-id": partition_id, "num-partitions": num_partitions})
+        msg = Message(content=RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": 1})}),
+                      dst_node_id=1, message_type="train")
+        return train(msg, context).content["arrays"].to_torch_state_dict()
+
+    return run

@@ -2,12 +2,11 @@
 own labels to the logits inside the loss; predictions use the plain logits."""
 
 import copy
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord
 
 from server.config import parse_run_config
 from tasks.base import DataSplit
@@ -70,10 +69,8 @@ def test_bad_settings_are_one_line_naming_the_valid_ones():
                       "dp-noise": 1.0})
 
 
-def test_a_client_round_uses_its_own_label_prior(tmp_path, task_identity, monkeypatch):
+def test_a_client_round_uses_its_own_label_prior(tmp_path, client_train_round):
     # A label-skewed client trains on the shifted loss: its update differs from the plain one.
-    from client.app import train
-
     data = load_task_data("digits", "unused", "digits")
     torch.manual_seed(0)
     state = ArrayRecord(DigitsTask().build_model(data).state_dict())
@@ -81,10 +78,6 @@ def test_a_client_round_uses_its_own_label_prior(tmp_path, task_identity, monkey
     for tau in (0.0, 1.0):
         run_config = {"task": "digits", "lr": 0.05, "partition": "dirichlet:0.1", "logit-adjustment": tau,
                       "run-dir": str(tmp_path / str(tau))}
-        context = SimpleNamespace(run_config=run_config, state=RecordDict(),
-                                  node_config={"partition-id": 0, "num-partitions": 4})
-        msg = Message(content=RecordDict({"arrays": state, "config": ConfigRecord({"server-round": 1})}),
-                      dst_node_id=1, message_type="train")
-        weights[tau] = train(msg, context).content["arrays"].to_torch_state_dict()
+        weights[tau] = client_train_round(run_config, state, partition_id=0, num_partitions=4)
     moved = {k: float((weights[1.0][k] - weights[0.0][k]).abs().max()) for k in weights[0.0]}
     assert max(moved.values()) > 1e-3

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord
 
 from privacy.accounting import ClientAccount
 from privacy.dp import SampleDPSettings, train_private
@@ -55,9 +55,7 @@ def test_dp_sgd_adds_weight_decay_to_the_noised_gradient():
 
 
 @pytest.mark.parametrize("dp", ["none", "sample"])
-def test_a_client_round_uses_the_run_configs_weight_decay(tmp_path, dp, task_identity):
-    from client.app import train
-
+def test_a_client_round_uses_the_run_configs_weight_decay(tmp_path, dp, client_train_round):
     data = load_task_data("digits", "unused", "digits")
     torch.manual_seed(0)
     state = ArrayRecord(DigitsTask().build_model(data).state_dict())
@@ -65,11 +63,7 @@ def test_a_client_round_uses_the_run_configs_weight_decay(tmp_path, dp, task_ide
     for wd in (0.0, 1.0):
         run_config = {"task": "digits", "lr": 0.05, "momentum": 0.0, "weight-decay": wd, "dp": dp,
                       "dp-noise": 0.5, "run-dir": str(tmp_path / str(wd))}
-        context = SimpleNamespace(run_config=run_config, state=RecordDict(),
-                                  node_config={"partition-id": 0, "num-partitions": 2})
-        msg = Message(content=RecordDict({"arrays": state, "config": ConfigRecord({"server-round": 1})}),
-                      dst_node_id=1, message_type="train")
-        weights = train(msg, context).content["arrays"].to_torch_state_dict()
+        weights = client_train_round(run_config, state)
         norms[wd] = float(torch.cat([w.flatten() for w in weights.values()]).norm())
     # About 45 steps at lr 0.05 shrink the weights by (1 - 0.05)^45 ~ 0.1 beyond what the data do.
     assert norms[1.0] < 0.5 * norms[0.0]
