@@ -16,7 +16,9 @@ FedBABU, both runs keep the classifier at the random init the server draws
 (``--output pointcloud_fedbabu.md``); ``--partition iid``: no label skew.
 ``--norm batch --freeze-classifier --output pointcloud_batchnorm.md``: the README's best row at 512 points;
 add ``--points 1024 --output pointcloud_batchnorm_1024.md`` for 1024 points (about 70 minutes), and
-``--weight-decay 1e-4 --output pointcloud_batchnorm_1024_wd.md`` to that for the best row (Adam's L2 penalty).
+``--weight-decay 1e-4 --output pointcloud_batchnorm_1024_wd.md`` to that (Adam's L2 penalty), and
+``--logit-adjustment 1 --output pointcloud_batchnorm_1024_wd_la.md`` to that for the balanced softmax (both runs:
+the loss shifts the logits by the log label prior, each client's own in the federated run).
 With ``--norm batch`` the federated run calibrates the BatchNorm statistics every round
 (``batchnorm-calibration``, the default; ``--run-config batchnorm-calibration=false`` averages
 them instead); the centralized run keeps torch's running averages.
