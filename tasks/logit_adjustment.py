@@ -5,10 +5,11 @@ often and others rarely or never; plain cross-entropy then pulls its model towar
 predicting its own frequent classes, and the updates the server averages disagree.
 Adding ``tau * log(prior)`` to the logits inside the loss (the logit-adjusted loss of
 Menon et al. 2021, "Long-tail learning via logit adjustment"; with ``tau=1`` the balanced
-softmax of Ren et al. 2020, used for label skew in federated learning by FedLC, Zhang et
-al. 2022) lets the model's own logits fit the class-conditional part only: the prior is
-supplied by the shift, so rare classes are not pushed down and absent ones are barely
-touched. Prediction uses the unshifted logits.
+softmax of Ren et al. 2020; FedLC, Zhang et al. 2022, calibrates logits by each client's
+label counts against label skew in the same spirit, with another formula) lets the
+model's own logits fit the class-conditional part only: the prior is supplied by the
+shift, so rare classes are not pushed down and absent ones are barely touched.
+Prediction uses the unshifted logits.
 
 The prior is each client's label counts plus one (Laplace smoothing: a class the client
 never sees gets a large negative shift instead of minus infinity). The counts stay on the
