@@ -20,7 +20,7 @@ from privacy.dp import SampleDPSettings
 from client.attacks import ATTACKS
 from tasks.base import Task, TaskOptions
 from tasks.partition import parse_partition
-from tasks.pointnet import NORMS as POINTNET_NORMS
+from tasks.batchnorm import NORMS
 from tasks.registry import get_task
 from tasks.training import LR_SCHEDULES, OPTIMIZERS
 
@@ -57,6 +57,7 @@ DEFAULTS: dict[str, Any] = {
     "num-points": 1024,
     "pointnet-transforms": "both",
     "pointnet-norm": "group",
+    "resnet-norm": "group",
     "batchnorm-calibration": True,
     "augment-rotation": 180.0,
     "augment-images": False,
@@ -102,6 +103,8 @@ CLIENT_DP_STRATEGIES = ("fedavg", "fedprox")
 
 IMAGE_SIZES = (28, 64, 128, 224)
 POINTNET_TRANSFORMS = ("none", "input", "feature", "both")
+#: Run-config keys choosing a model's normalisation, and the task each applies to.
+NORM_KEYS = {"pointnet-norm": "pointcloud", "resnet-norm": "medmnist"}
 MNIST_MODELS = ("mcmahan", "dp-cnn")
 DP_MODES = ("none", "sample", "client")
 DP_CLIPPING = ("fixed", "adaptive")
@@ -149,6 +152,7 @@ class RunConfig:
     num_points: int
     pointnet_transforms: str
     pointnet_norm: str
+    resnet_norm: str
     batchnorm_calibration: bool
     augment_rotation: float
     augment_images: bool
@@ -189,6 +193,7 @@ class RunConfig:
             num_points=self.num_points,
             pointnet_transforms=self.pointnet_transforms,
             pointnet_norm=self.pointnet_norm,
+            resnet_norm=self.resnet_norm,
             augment_rotation=self.augment_rotation,
             augment_images=self.augment_images,
             model_width=self.model_width,
@@ -345,12 +350,13 @@ def parse_run_config(mapping: Mapping[str, Any]) -> RunConfig:
         raw["pointnet-transforms"] in POINTNET_TRANSFORMS,
         "pointnet-transforms", raw["pointnet-transforms"], ", ".join(POINTNET_TRANSFORMS),
     )
-    _check(raw["pointnet-norm"] in POINTNET_NORMS, "pointnet-norm", raw["pointnet-norm"], ", ".join(POINTNET_NORMS))
-    if raw["pointnet-norm"] == "batch" and raw["dp"] == "sample" and raw["task"] == "pointcloud":
-        raise ValueError(
-            "pointnet-norm=batch does not work with dp=sample: BatchNorm mixes the examples of a "
-            "batch, so Opacus cannot clip each example's gradient; valid with dp=sample: group"
-        )
+    for key, norm_task in NORM_KEYS.items():
+        _check(raw[key] in NORMS, key, raw[key], ", ".join(NORMS))
+        if raw[key] == "batch" and raw["dp"] == "sample" and raw["task"] == norm_task:
+            raise ValueError(
+                f"{key}=batch does not work with dp=sample: BatchNorm mixes the examples of a "
+                "batch, so Opacus cannot clip each example's gradient; valid with dp=sample: group"
+            )
     _check(
         0 <= raw["augment-rotation"] <= 180,
         "augment-rotation", raw["augment-rotation"], "0 <= degrees <= 180",

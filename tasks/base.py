@@ -50,7 +50,8 @@ class TaskOptions:
     ``image_size`` (medmnist): 28, 64, 128 or 224 px. ``num_points`` (pointcloud):
     points per shape. ``pointnet_transforms`` (pointcloud): none, input, feature
     or both. ``pointnet_norm`` (pointcloud): ``group`` (GroupNorm, works with
-    DP-SGD) or ``batch`` (the paper's BatchNorm). ``model_width`` (medmnist, pointcloud): channel multiplier, 1.0 is
+    DP-SGD) or ``batch`` (the paper's BatchNorm); ``resnet_norm`` (medmnist): the
+    same choice for the ResNet-18. ``model_width`` (medmnist, pointcloud): channel multiplier, 1.0 is
     the published architecture. ``augment_rotation`` (pointcloud): train-time
     rotation about the up axis, uniform in +-this many degrees (180: any angle,
     as in PointNet; 0: none, for data aligned like ModelNet's test split).
@@ -63,6 +64,7 @@ class TaskOptions:
     num_points: int = 1024
     pointnet_transforms: str = "both"
     pointnet_norm: str = "group"
+    resnet_norm: str = "group"
     model_width: float = 1.0
     augment_rotation: float = 180.0
     augment_images: bool = False

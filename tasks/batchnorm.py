@@ -15,9 +15,37 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .base import DataSplit
+
+#: Normalisations of the models that offer BatchNorm: ``group`` (GroupNorm, works with
+#: DP-SGD) and ``batch`` (BatchNorm, as the published networks; not with DP-SGD).
+NORMS = ("group", "batch")
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm over (B, C), (B, C, P) or (B, C, H, W), as torch's ``BatchNorm1d`` and
+    ``BatchNorm2d`` but without their int64 step counter: every array of the model is
+    then float, as averaging, compression and encryption expect. Training needs
+    batches of two or more examples."""
+
+    batch_statistics = True  # see is_batch_norm
+
+    def __init__(self, channels: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+        self.momentum, self.eps = momentum, eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias,
+            training=self.training, momentum=self.momentum, eps=self.eps,
+        )
 
 
 def is_batch_norm(module: nn.Module) -> bool:

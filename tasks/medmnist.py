@@ -1,4 +1,4 @@
-"""``medmnist``: any 2D MedMNIST v2 dataset (Yang et al. 2023) with a GroupNorm ResNet-18.
+"""``medmnist``: any 2D MedMNIST v2 dataset (Yang et al. 2023) with a ResNet-18 (GroupNorm or BatchNorm).
 
 Classes, task type and channels come from the ``medmnist`` package's ``INFO``
 table when the package is installed, otherwise from the same facts built into
@@ -26,7 +26,8 @@ from torch import nn
 from .base import DatasetNotFoundError, DataSplit, Task, TaskData, TaskOptions
 from .medmnist_info import builtin_info
 from .metrics import MULTI_LABEL, TASK_TYPES, medmnist_accuracy, medmnist_auc, pooled_auc
-from .resnet import ResNetGN
+from .batchnorm import NORMS
+from .resnet import ResNet
 
 IMAGE_SIZES = (28, 64, 128, 224)
 DEFAULT_DATASET = "breastmnist"
@@ -156,26 +157,32 @@ def flip_and_shift(x: torch.Tensor, generator: torch.Generator, *, max_shift: in
 
 
 class MedMnistTask(Task):
-    """A 2D MedMNIST dataset chosen by ``--dataset``; ResNet-18 (GroupNorm) model."""
+    """A 2D MedMNIST dataset chosen by ``--dataset``; ResNet-18 model (GroupNorm or BatchNorm)."""
 
     name = "medmnist"
     metric_names = ("accuracy", "auc")
     validation_split = True
 
-    def __init__(self, *, image_size: int = 28, width: float = 1.0, augment: bool = False) -> None:
+    def __init__(
+        self, *, image_size: int = 28, width: float = 1.0, augment: bool = False, norm: str = "group"
+    ) -> None:
         if image_size not in IMAGE_SIZES:
             raise ValueError(
                 f"invalid image-size {image_size}; valid: {', '.join(map(str, IMAGE_SIZES))}"
             )
         if width <= 0:
             raise ValueError(f"invalid model-width {width}; valid: > 0")
+        if norm not in NORMS:
+            raise ValueError(f"invalid resnet-norm {norm!r}; valid: {', '.join(NORMS)}")
         self.image_size = image_size
         self.width = width
         self.augment_images = augment
+        self.norm = norm
 
     def configure(self, options: TaskOptions) -> MedMnistTask:
         return MedMnistTask(
-            image_size=options.image_size, width=options.model_width, augment=options.augment_images
+            image_size=options.image_size, width=options.model_width, augment=options.augment_images,
+            norm=options.resnet_norm,
         )
 
     def augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -204,11 +211,12 @@ class MedMnistTask(Task):
         return TaskData(splits["train"], splits["test"], num_classes=len(meta["label"]), info=info)
 
     def build_model(self, data: TaskData) -> nn.Module:
-        return ResNetGN(
+        return ResNet(
             int(data.info["channels"]),  # type: ignore[call-overload]
             data.num_classes,
             image_size=self.image_size,
             width=max(1, round(RESNET18_WIDTH * self.width)),
+            norm=self.norm,
         )
 
     def _task_type(self, y: torch.Tensor | np.ndarray) -> str:

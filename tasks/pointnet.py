@@ -22,11 +22,11 @@ chance after several epochs.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .batchnorm import NORMS, BatchNorm
+
 TRANSFORMS = ("none", "input", "feature", "both")
-NORMS = ("group", "batch")
 DROPOUT = 0.3
 MIN_CHANNELS_PER_GROUP = 64
 MAX_GROUPS = 32
@@ -43,28 +43,6 @@ def group_norm(channels: int) -> nn.GroupNorm:
     while channels % groups:
         groups -= 1
     return nn.GroupNorm(groups, channels)
-
-
-class BatchNorm(nn.Module):
-    """BatchNorm over (B, C) or (B, C, P), as ``nn.BatchNorm1d`` but without its int64
-    step counter: every array of the model is then float, as averaging, compression
-    and encryption expect. Training needs batches of two or more examples."""
-
-    batch_statistics = True  # see tasks.batchnorm.is_batch_norm
-
-    def __init__(self, channels: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-        self.register_buffer("running_mean", torch.zeros(channels))
-        self.register_buffer("running_var", torch.ones(channels))
-        self.momentum, self.eps = momentum, eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.batch_norm(
-            x, self.running_mean, self.running_var, self.weight, self.bias,
-            training=self.training, momentum=self.momentum, eps=self.eps,
-        )
 
 
 def norm_layer(channels: int, norm: str) -> nn.Module:

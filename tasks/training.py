@@ -137,7 +137,7 @@ def train_local(
             if len(order) < min_size:
                 raise ValueError(
                     f"the model's BatchNorm layers need batches of 2 or more examples, but this "
-                    f"client trains on {len(order)} per epoch; use GroupNorm (pointnet-norm=group) "
+                    f"client trains on {len(order)} per epoch; use GroupNorm (pointnet-norm=group, resnet-norm=group) "
                     "or give each client more data"
                 )
             for start, stop in batch_bounds(len(order), batch_size, min_size):

@@ -22,7 +22,7 @@ from tasks.medmnist import (
 )
 from tasks.medmnist_info import builtin_info
 from tasks.metrics import BINARY, MULTI_CLASS, MULTI_LABEL, medmnist_accuracy, medmnist_auc
-from tasks.resnet import ResNetGN
+from tasks.resnet import ResNet
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 BREAST = DATA / "medmnist" / "breastmnist.npz"
@@ -211,14 +211,14 @@ def test_run_config_keys_reach_the_task() -> None:
 
 @pytest.mark.parametrize("size", [28, 64, 128, 224])
 def test_resnet_output_shape_and_no_batchnorm(size: int) -> None:
-    model = ResNetGN(3, 9, image_size=size, width=8)
+    model = ResNet(3, 9, image_size=size, width=8)
     assert model(torch.zeros(2, 3, size, size)).shape == (2, 9)
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def test_resnet_first_logits_are_zero() -> None:
     torch.manual_seed(0)
-    out = ResNetGN(1, 3, width=16)(torch.randn(4, 1, 28, 28))
+    out = ResNet(1, 3, width=16)(torch.randn(4, 1, 28, 28))
     assert torch.count_nonzero(out) == 0
     loss = torch.nn.functional.cross_entropy(out, torch.tensor([0, 1, 2, 0]))
     assert torch.isclose(loss, torch.log(torch.tensor(3.0)))
@@ -232,7 +232,7 @@ def test_full_width_resnet_does_not_diverge_in_its_first_epoch() -> None:
     task = MedMnistTask(width=1.0)
     train = load_medmnist_npz(BREAST, BINARY, 1)["train"]
     torch.manual_seed(0)
-    model = ResNetGN(1, 2, width=64)
+    model = ResNet(1, 2, width=64)
     loss = train_local(model, task, train, epochs=1, batch_size=32, lr=0.01, optimizer="sgd")
     assert loss < 1.0  # log(2) = 0.69 is a coin flip; fixed: 0.76, unfixed: 1.9 here
 
@@ -240,7 +240,36 @@ def test_full_width_resnet_does_not_diverge_in_its_first_epoch() -> None:
 def test_resnet_is_opacus_compatible() -> None:
     from opacus.validators import ModuleValidator
 
-    assert ModuleValidator.validate(ResNetGN(1, 2, width=8), strict=False) == []
+    assert ModuleValidator.validate(ResNet(1, 2, width=8), strict=False) == []
+
+
+def test_batchnorm_resnet_from_the_run_config_keeps_float_statistics_and_refuses_dp_sgd() -> None:
+    from server.config import parse_run_config
+    from tasks.base import DataSplit, TaskData
+    from tasks.batchnorm import BatchNorm
+    from tasks.registry import get_task
+
+    cfg = parse_run_config({"task": "medmnist", "resnet-norm": "batch"})
+    images = DataSplit(np.zeros((1, 1, 28, 28), np.float32), np.zeros(1, np.int64))
+    model = get_task("medmnist", cfg.task_options()).build_model(
+        TaskData(images, images, num_classes=2, info={"channels": 1}))
+    norms = [m for m in model.modules() if isinstance(m, (BatchNorm, torch.nn.GroupNorm))]
+    assert norms and all(isinstance(m, BatchNorm) for m in norms)  # every norm, shortcuts included
+    assert {v.dtype for v in model.state_dict().values()} == {torch.float32}  # no int64 counter
+    x = torch.randn(4, 1, 28, 28)
+    model.train()
+    model(x)  # training moves the running statistics
+    assert not torch.equal(model.state_dict()["stem.1.running_mean"], torch.zeros(model.stem[1].running_mean.shape))
+    model.eval()  # running statistics: each image's output alone is the batch's
+    assert torch.allclose(model(x[:1]), model(x)[:1], atol=1e-6)
+    with pytest.raises(ValueError, match="invalid resnet-norm='layer'; valid: group, batch"):
+        parse_run_config({"task": "medmnist", "resnet-norm": "layer"})
+    with pytest.raises(ValueError, match="resnet-norm=batch does not work with dp=sample.*valid with dp=sample: group"):
+        parse_run_config({"task": "medmnist", "resnet-norm": "batch", "dp": "sample", "dp-noise": 1.0})
+    with pytest.raises(ValueError, match="invalid resnet-norm 'layer'; valid: group, batch"):
+        ResNet(1, 2, width=8, norm="layer")
+    # The key belongs to medmnist: other tasks keep DP-SGD with it set.
+    assert parse_run_config({"task": "digits", "resnet-norm": "batch", "dp": "sample", "dp-noise": 1.0}).dp == "sample"
 
 
 # -- end to end ----------------------------------------------------------------------------

@@ -70,33 +70,43 @@ def test_robust_strategy_with_topk_qsgd_uploads(task, tmp_path):
     assert row["bytes_up"] < 2 * config["num_parameters"] * 4 / 15
 
 
-@pytest.mark.parametrize(("task", "metric"), [("medmnist", "auc"), ("pointcloud", "mean_class_accuracy")])
-def test_federated_evaluation_gives_the_central_metrics(task, metric, tmp_path):
+def assert_calibrated(state: dict, layer: str, inputs: torch.Tensor) -> None:
+    """``layer``'s running mean and variance are the moments of its ``inputs`` (N, C)."""
+    torch.testing.assert_close(state[f"{layer}.running_mean"].double(), inputs.mean(0), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(state[f"{layer}.running_var"].double(), inputs.var(0), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("task", "metric", "norm"), [
+    ("medmnist", "auc", "group"), ("medmnist", "auc", "batch"), ("pointcloud", "mean_class_accuracy", "batch"),
+])
+def test_federated_evaluation_gives_the_central_metrics(task, metric, norm, tmp_path):
     # Every client evaluates its share of the test set; the server pools their counts,
     # so the federated AUC / mean class accuracy are those of the whole test set.
+    # With BatchNorm the clients evaluate with the calibrated statistics.
     args = TASKS[task](tmp_path)
-    args[args.index("--run-config") + 1] += " fraction-evaluate=1.0"
-    if task == "pointcloud":  # the paper's BatchNorm: clients evaluate with the calibrated statistics
-        args[args.index("--run-config") + 1] += " pointnet-norm=batch"
+    norm_key = {"medmnist": "resnet-norm", "pointcloud": "pointnet-norm"}[task]
+    args[args.index("--run-config") + 1] += f" fraction-evaluate=1.0 {norm_key}={norm}"
     config, (row,) = run(tmp_path, args, "--num-clients", "3")
     assert row["fed_accuracy"] == pytest.approx(row["accuracy"], abs=1e-9)
     assert row[f"fed_{metric}"] == pytest.approx(row[metric], abs=1e-6)
-    if task == "pointcloud":
-        # The clients measured the aggregate's BatchNorm statistics on their data: the
-        # first layer's are the moments of its inputs over the whole training set.
-        from tasks.base import TaskOptions
-        from tasks.registry import load_task_data
+    if norm == "group":
+        return
+    # The clients measured the aggregate's BatchNorm statistics on their data: the
+    # first layer's are the moments of its inputs over the whole training set.
+    from tasks.base import TaskOptions
+    from tasks.registry import load_task_data
 
-        state = torch.load(tmp_path / "run" / "model.pt")
+    state = torch.load(tmp_path / "run" / "model.pt")
+    data_dir = args[args.index("--data-dir") + 1]
+    if task == "pointcloud":
         options = TaskOptions(num_points=128, model_width=0.125, pointnet_transforms="both", pointnet_norm="batch")
-        data_dir = args[args.index("--data-dir") + 1]
         points = torch.from_numpy(load_task_data("pointcloud", data_dir, "modelnet10", options).train.x)
-        assert "input_tnet.features.1.running_mean" in state
         w, b = state["input_tnet.features.0.weight"].double(), state["input_tnet.features.0.bias"].double()
         inputs = torch.einsum("oc,npc->npo", w[:, :, 0], points.double()) + b  # its 1x1 conv
-        flat = inputs.reshape(-1, inputs.shape[-1])
-        torch.testing.assert_close(state["input_tnet.features.1.running_mean"].double(), flat.mean(0),
-                                   rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(state["input_tnet.features.1.running_var"].double(), flat.var(0),
-                                   rtol=1e-4, atol=1e-5)
-        assert row["bytes_down"] > 3 * 3 * 4 * config["num_parameters"]  # train, query, evaluate: 3 each
+        assert_calibrated(state, "input_tnet.features.1", inputs.reshape(-1, inputs.shape[-1]))
+    else:
+        options = TaskOptions(model_width=0.125, resnet_norm="batch")
+        images = torch.from_numpy(load_task_data("medmnist", data_dir, "breastmnist", options).train.x)
+        inputs = torch.nn.functional.conv2d(images.double(), state["stem.0.weight"].double(), padding=1)
+        assert_calibrated(state, "stem.1", inputs.permute(0, 2, 3, 1).reshape(-1, inputs.shape[1]))
+    assert row["bytes_down"] > 3 * 3 * 4 * config["num_parameters"]  # train, query, evaluate: 3 each
