@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from .base import DatasetNotFoundError, DataSplit, Task, TaskData, TaskOptions
+from .batchnorm import NORMS
 from .medmnist_info import builtin_info
 from .metrics import MULTI_LABEL, TASK_TYPES, medmnist_accuracy, medmnist_auc, pooled_auc
-from .batchnorm import NORMS
 from .resnet import ResNet
 
 IMAGE_SIZES = (28, 64, 128, 224)
