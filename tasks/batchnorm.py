@@ -11,7 +11,7 @@ variance over all clients' data (:func:`pooled_moments`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -23,6 +23,17 @@ from .base import DataSplit
 #: Normalisations of the models that offer BatchNorm: ``group`` (GroupNorm, works with
 #: DP-SGD) and ``batch`` (BatchNorm, as the published networks; not with DP-SGD).
 NORMS = ("group", "batch")
+
+
+def check_norm(norm: str, key: str) -> None:
+    """Raise the one-line error for a ``norm`` not in :data:`NORMS`; ``key`` names the option."""
+    if norm not in NORMS:
+        raise ValueError(f"invalid {key} {norm!r}; valid: {', '.join(NORMS)}")
+
+
+def norm_layer(channels: int, norm: str, group_norm: Callable[[int], nn.Module]) -> nn.Module:
+    """:class:`BatchNorm` for ``norm="batch"``, else the model's own ``group_norm(channels)``."""
+    return BatchNorm(channels) if norm == "batch" else group_norm(channels)
 
 
 class BatchNorm(nn.Module):

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .base import DatasetNotFoundError, DataSplit, Task, TaskData, TaskOptions
-from .batchnorm import NORMS
+from .batchnorm import check_norm
 from .medmnist_info import builtin_info
 from .metrics import MULTI_LABEL, TASK_TYPES, medmnist_accuracy, medmnist_auc, pooled_auc
 from .resnet import ResNet
@@ -172,8 +172,7 @@ class MedMnistTask(Task):
             )
         if width <= 0:
             raise ValueError(f"invalid model-width {width}; valid: > 0")
-        if norm not in NORMS:
-            raise ValueError(f"invalid resnet-norm {norm!r}; valid: {', '.join(NORMS)}")
+        check_norm(norm, "resnet-norm")
         self.image_size = image_size
         self.width = width
         self.augment_images = augment

@@ -18,9 +18,10 @@ import torch
 from torch import nn
 
 from .base import DataSplit, Task, TaskData, TaskOptions
+from .batchnorm import check_norm
 from .metrics import class_counts, mean_class_accuracy, mean_recall, overall_accuracy
 from .modelnet import DATASETS, load_modelnet
-from .pointnet import NORMS, TRANSFORMS, PointNet
+from .pointnet import TRANSFORMS, PointNet
 
 SCALE_RANGE = (0.8, 1.25)
 JITTER_SIGMA = 0.01
@@ -80,8 +81,7 @@ class PointCloudTask(Task):
             raise ValueError(f"invalid model-width {width}; valid: > 0")
         if not 0 <= rotation <= 180:
             raise ValueError(f"invalid augment-rotation {rotation}; valid: 0 <= degrees <= 180")
-        if norm not in NORMS:
-            raise ValueError(f"invalid pointnet-norm {norm!r}; valid: {', '.join(NORMS)}")
+        check_norm(norm, "pointnet-norm")
         self.num_points, self.transforms, self.width = num_points, transforms, width
         self.rotation, self.norm = rotation, norm
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .batchnorm import NORMS, BatchNorm
+from .batchnorm import check_norm, norm_layer
 
 TRANSFORMS = ("none", "input", "feature", "both")
 DROPOUT = 0.3
@@ -45,11 +45,6 @@ def group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(groups, channels)
 
 
-def norm_layer(channels: int, norm: str) -> nn.Module:
-    """``norm`` is one of :data:`NORMS` (``PointNet`` checks it)."""
-    return BatchNorm(channels) if norm == "batch" else group_norm(channels)
-
-
 def _ch(base: int, width: float) -> int:
     return max(1, round(base * width))
 
@@ -58,7 +53,7 @@ def shared_mlp(channels: list[int], norm: str = "group") -> nn.Sequential:
     """Per-point MLP as 1x1 convolutions over (B, C, P), each followed by a norm and ReLU."""
     layers: list[nn.Module] = []
     for c_in, c_out in zip(channels[:-1], channels[1:]):
-        layers += [nn.Conv1d(c_in, c_out, 1), norm_layer(c_out, norm), nn.ReLU()]
+        layers += [nn.Conv1d(c_in, c_out, 1), norm_layer(c_out, norm, group_norm), nn.ReLU()]
     return nn.Sequential(*layers)
 
 
@@ -66,7 +61,7 @@ def head(channels: list[int], *, dropout: float = 0.0, norm: str = "group") -> n
     """Fully connected layers with a norm and ReLU, up to (not incl.) the output layer."""
     layers: list[nn.Module] = []
     for c_in, c_out in zip(channels[:-1], channels[1:]):
-        layers += [nn.Linear(c_in, c_out), norm_layer(c_out, norm), nn.ReLU()]
+        layers += [nn.Linear(c_in, c_out), norm_layer(c_out, norm, group_norm), nn.ReLU()]
     if dropout:
         layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
@@ -103,8 +98,7 @@ class PointNet(nn.Module):
             )
         if width <= 0:
             raise ValueError(f"invalid model-width {width}; valid: > 0")
-        if norm not in NORMS:
-            raise ValueError(f"invalid pointnet-norm {norm!r}; valid: {', '.join(NORMS)}")
+        check_norm(norm, "pointnet-norm")
         c64 = _ch(64, width)
         self.input_tnet = TNet(3, width, norm) if transforms in ("input", "both") else None
         self.mlp1 = shared_mlp([3, c64, c64], norm)

@@ -27,7 +27,7 @@ import math
 import torch
 from torch import nn
 
-from .batchnorm import NORMS, BatchNorm
+from .batchnorm import check_norm, norm_layer
 
 MAX_GROUPS = 32
 BLOCKS_PER_STAGE = (2, 2, 2, 2)
@@ -38,25 +38,20 @@ def group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(math.gcd(MAX_GROUPS, channels), channels)
 
 
-def norm_layer(channels: int, norm: str) -> nn.Module:
-    """``norm`` is one of :data:`tasks.batchnorm.NORMS` (``ResNet`` checks it)."""
-    return BatchNorm(channels) if norm == "batch" else group_norm(channels)
-
-
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions with a residual connection."""
 
     def __init__(self, c_in: int, c_out: int, stride: int, norm: str = "group") -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
-        self.norm1 = norm_layer(c_out, norm)
+        self.norm1 = norm_layer(c_out, norm, group_norm)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
-        self.norm2 = norm_layer(c_out, norm)
+        self.norm2 = norm_layer(c_out, norm, group_norm)
         self.relu = nn.ReLU()
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), norm_layer(c_out, norm)
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), norm_layer(c_out, norm, group_norm)
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,7 +68,7 @@ def stem(in_channels: int, width: int, image_size: int, norm: str = "group") -> 
         layers = [nn.Conv2d(in_channels, width, 3, stride=2, padding=1, bias=False)]
     else:
         layers = [nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False)]
-    layers += [norm_layer(width, norm), nn.ReLU()]
+    layers += [norm_layer(width, norm, group_norm), nn.ReLU()]
     if image_size > 64:
         layers.append(nn.MaxPool2d(3, stride=2, padding=1))
     return nn.Sequential(*layers)
@@ -89,8 +84,7 @@ class ResNet(nn.Module):
         super().__init__()
         if width < 1:
             raise ValueError(f"invalid ResNet width {width}; valid: >= 1")
-        if norm not in NORMS:
-            raise ValueError(f"invalid resnet-norm {norm!r}; valid: {', '.join(NORMS)}")
+        check_norm(norm, "resnet-norm")
         self.stem = stem(in_channels, width, image_size, norm)
         stages: list[nn.Module] = []
         c_in = width

@@ -259,7 +259,7 @@ def test_batchnorm_resnet_from_the_run_config_keeps_float_statistics_and_refuses
     x = torch.randn(4, 1, 28, 28)
     model.train()
     model(x)  # training moves the running statistics
-    assert not torch.equal(model.state_dict()["stem.1.running_mean"], torch.zeros(model.stem[1].running_mean.shape))
+    assert torch.count_nonzero(model.stem[1].running_mean) > 0
     model.eval()  # running statistics: each image's output alone is the batch's
     assert torch.allclose(model(x[:1]), model(x)[:1], atol=1e-6)
     with pytest.raises(ValueError, match="invalid resnet-norm='layer'; valid: group, batch"):

@@ -226,7 +226,7 @@ def test_pointnet_is_opacus_compatible_and_rejects_bad_transforms() -> None:
 
 
 def test_batchnorm_pointnet_keeps_float_running_statistics() -> None:
-    from tasks.pointnet import BatchNorm
+    from tasks.batchnorm import BatchNorm
 
     model = PointNet(10, transforms="both", width=0.25, norm="batch")
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -266,7 +266,7 @@ def test_batchnorm_training_never_sees_a_batch_of_one() -> None:
 
 def test_pointnet_norm_comes_from_the_run_config_and_batchnorm_refuses_dp_sgd() -> None:
     from server.config import parse_run_config
-    from tasks.pointnet import BatchNorm
+    from tasks.batchnorm import BatchNorm
 
     cfg = parse_run_config({"task": "pointcloud", "pointnet-norm": "batch"})
     model = get_task("pointcloud", cfg.task_options()).build_model(
