@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,19 @@ from pathlib import Path
 from flwr.serverapp import strategy as fl
 
 Builder = Callable[["StrategyParams"], fl.Strategy]
+
+
+class _NoEvaluationSkippedWarning(logging.Filter):
+    """Drops the warning Flower's FedAvg logs, once per strategy built, when
+    ``fraction_evaluate`` is 0. That is fedloom's default: the server evaluates every
+    round on the central test set, and ``fraction-evaluate`` turns the clients' own
+    evaluation on; the warning made every default run start with two warnings."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("fraction_evaluate is set to 0.0.")
+
+
+logging.getLogger("flwr").addFilter(_NoEvaluationSkippedWarning())
 
 
 @dataclass(frozen=True)
