@@ -28,6 +28,7 @@ from tasks.batchnorm import pooled_moments
 
 from .delegating import DelegatingStrategy
 from .instrumented import payload_bytes
+from .ordering import canonical_order
 
 #: ``config`` entry of the query message: what the client is asked for.
 QUERY_KEY = "query"
@@ -68,7 +69,11 @@ class BatchNormCalibration(DelegatingStrategy):
             for node in self._nodes
         ]
         self.extra_bytes_down = sum(payload_bytes(m.content) for m in queries)
-        answers = [m for m in self._grid.send_and_receive(queries, timeout=self.timeout) if not m.has_error()]
+        # Pooled in an order fixed by content, not arrival, so float sums repeat exactly.
+        answers = [
+            m for m in canonical_order(self._grid.send_and_receive(queries, timeout=self.timeout))
+            if not m.has_error()
+        ]
         self.extra_bytes_up = sum(payload_bytes(m.content) for m in answers)
         moments = pooled_moments(
             {k: v.numpy() for k, v in m.content[SUMS_KEY].items()} for m in answers if SUMS_KEY in m.content

@@ -64,3 +64,38 @@ def test_a_checkpointed_chain_leaves_the_grid_behind() -> None:
     restored = pickle.loads(pickle.dumps(chain))
     (again,) = [s for s in chain_of(restored) if isinstance(s, BatchNormCalibration)]
     assert again._grid is None and again._nodes == [] and calibration._nodes == [1, 2]
+
+
+def test_calibration_pools_the_answers_in_an_order_fixed_by_content(task_identity) -> None:
+    # float64 sums depend on their order ((1e16 + 1) - 1e16 == 0, (1e16 - 1e16) + 1 == 1);
+    # answers arrive in the order clients finish, so they are pooled in content order.
+    from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+
+    from strategies.calibration import SUMS_KEY
+
+    class Inner:
+        def aggregate_train(self, server_round, replies):
+            return ArrayRecord({"bn.running_mean": Array(np.zeros(1, np.float32)),
+                                "bn.running_var": Array(np.ones(1, np.float32))}), MetricRecord({})
+
+    class Grid:
+        def __init__(self, order: list[int]) -> None:
+            self.order = order
+
+        def send_and_receive(self, queries, timeout=None):
+            sums = [1e16, 1.0, -1e16]
+            answers = [
+                Message(RecordDict({SUMS_KEY: ArrayRecord({
+                    "bn.sum": Array(np.array([sums[i]])), "bn.sumsq": Array(np.array([0.0])),
+                    "bn.count": Array(np.array([1.0]))})}), reply_to=q)
+                for i, q in enumerate(queries)
+            ]
+            return [answers[i] for i in self.order]
+
+    means = set()
+    for order in ([0, 1, 2], [1, 0, 2], [2, 0, 1], [0, 2, 1]):
+        calibration = BatchNormCalibration(Inner())  # type: ignore[arg-type]
+        calibration._grid, calibration._nodes = Grid(order), [11, 12, 13]
+        arrays, _ = calibration.aggregate_train(1, [])
+        means.add(float(arrays["bn.running_mean"].numpy()[0]))
+    assert len(means) == 1  # arrival order changes nothing (it did: 0 and 1/3)
