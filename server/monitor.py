@@ -97,6 +97,8 @@ class RoundMonitor:
             rejected=stats.rejected,
             bytes_up=stats.bytes_up,
             bytes_down=stats.bytes_down,
+            record_bytes_up=stats.record_bytes_up,
+            record_bytes_down=stats.record_bytes_down,
             seconds=round(time.perf_counter() - stats.started, 3),
             central_seconds=round(central_seconds, 3),
         )

@@ -27,7 +27,6 @@ from flwr.serverapp.strategy import Strategy
 from tasks.batchnorm import pooled_moments
 
 from .delegating import DelegatingStrategy
-from .instrumented import payload_bytes
 from .ordering import canonical_order
 
 #: ``config`` entry of the query message: what the client is asked for.
@@ -44,17 +43,19 @@ class BatchNormCalibration(DelegatingStrategy):
         self.inner, self.timeout = inner, timeout
         self._grid: Grid | None = None
         self._nodes: list[int] = []
-        self.extra_bytes_up = self.extra_bytes_down = 0  # this round's queries: InstrumentedStrategy adds them
+        # This round's queries and answers: InstrumentedStrategy counts their bytes.
+        self.extra_down: list[Message] = []
+        self.extra_up: list[Message] = []
 
     def __getstate__(self) -> dict[str, Any]:  # checkpoints pickle the chain; a Grid is not state
-        return {**self.__dict__, "_grid": None, "_nodes": []}
+        return {**self.__dict__, "_grid": None, "_nodes": [], "extra_down": [], "extra_up": []}
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
         self._grid, self._nodes = grid, [m.metadata.dst_node_id for m in messages]
-        self.extra_bytes_up = self.extra_bytes_down = 0
+        self.extra_down, self.extra_up = [], []
         return messages
 
     def aggregate_train(
@@ -68,13 +69,13 @@ class BatchNormCalibration(DelegatingStrategy):
             Message(content=content, message_type=MessageType.QUERY, dst_node_id=node)
             for node in self._nodes
         ]
-        self.extra_bytes_down = sum(payload_bytes(m.content) for m in queries)
+        self.extra_down = queries
         # Pooled in an order fixed by content, not arrival, so float sums repeat exactly.
         answers = [
             m for m in canonical_order(self._grid.send_and_receive(queries, timeout=self.timeout))
             if not m.has_error()
         ]
-        self.extra_bytes_up = sum(payload_bytes(m.content) for m in answers)
+        self.extra_up = answers
         moments = pooled_moments(
             {k: v.numpy() for k, v in m.content[SUMS_KEY].items()} for m in answers if SUMS_KEY in m.content
         )

@@ -33,6 +33,38 @@ def payload_bytes(content: RecordDict) -> int:
     return total
 
 
+def _value_bytes(value: object) -> int:
+    if isinstance(value, (list, tuple)):
+        return sum(_value_bytes(v) for v in value)
+    if isinstance(value, bool):
+        return 1
+    if isinstance(value, str):
+        return len(value.encode())
+    if isinstance(value, bytes):
+        return len(value)
+    return 8  # int64 / float64
+
+
+def record_bytes(content: RecordDict) -> int:
+    """Bytes of a message's metric and config records beside its payload: keys and
+    strings at their UTF-8 length, numbers at 8 (int64 / float64), booleans at 1. The
+    byte configs are payload (:func:`payload_bytes`). Small for scalar metrics; the
+    per-example statistics of federated AUC (:mod:`.federated_metrics`) make them large."""
+    total = 0
+    for rec in content.metric_records.values():
+        total += sum(len(k.encode()) + _value_bytes(v) for k, v in rec.items())
+    for rec in content.config_records.values():
+        total += sum(len(k.encode()) + (0 if isinstance(v, bytes) else _value_bytes(v)) for k, v in rec.items())
+    return total
+
+
+def traffic(messages: Iterable[Message]) -> tuple[int, int]:
+    """(:func:`payload_bytes`, :func:`record_bytes`) summed over the messages that carry
+    content (error replies carry none)."""
+    contents = [m.content for m in messages if not m.has_error()]
+    return sum(payload_bytes(c) for c in contents), sum(record_bytes(c) for c in contents)
+
+
 #: Train-reply metrics: the partition a client trained on, of how many. The server
 #: checks them (two nodes on one partition train on the same data) and records them.
 PARTITION_ID_KEY = "partition-id"
@@ -76,6 +108,8 @@ class RoundStats:
     rejected: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
+    record_bytes_up: int = 0  # metric and config records (record_bytes)
+    record_bytes_down: int = 0
     train_metrics: dict[str, float] = field(default_factory=dict)
     evaluate_metrics: dict[str, float] = field(default_factory=dict)
 
@@ -121,6 +155,16 @@ class InstrumentedStrategy(Strategy):
     def summary(self) -> None:
         self.inner.summary()
 
+    def _count_up(self, replies: Iterable[Message]) -> None:
+        payload, records = traffic(replies)
+        self.stats.bytes_up += payload
+        self.stats.record_bytes_up += records
+
+    def _count_down(self, messages: Iterable[Message]) -> None:
+        payload, records = traffic(messages)
+        self.stats.bytes_down += payload
+        self.stats.record_bytes_down += records
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
@@ -128,7 +172,7 @@ class InstrumentedStrategy(Strategy):
         server_round += self.round_offset
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
         self.stats.sampled = len(messages)
-        self.stats.bytes_down += sum(payload_bytes(m.content) for m in messages)
+        self._count_down(messages)
         return messages
 
     def aggregate_train(
@@ -137,7 +181,7 @@ class InstrumentedStrategy(Strategy):
         replies = canonical_order(replies)
         ok = [m for m in replies if not m.has_error()]
         self.stats.failures = self.stats.sampled - len(ok)
-        self.stats.bytes_up += sum(payload_bytes(m.content) for m in ok)
+        self._count_up(ok)
         if len(ok) < self.min_replies:
             raise TooFewReplies(
                 f"round {server_round + self.round_offset}: only {len(ok)} of "
@@ -151,8 +195,9 @@ class InstrumentedStrategy(Strategy):
         arrays, metrics = self.inner.aggregate_train(server_round + self.round_offset, replies)
         self.stats.rejected = sum(len(getattr(s, "rejected", ())) for s in chain_of(self.inner))
         # Messages a wrapper sent beside the round's own (BatchNorm calibration queries).
-        self.stats.bytes_up += sum(getattr(s, "extra_bytes_up", 0) for s in chain_of(self.inner))
-        self.stats.bytes_down += sum(getattr(s, "extra_bytes_down", 0) for s in chain_of(self.inner))
+        for s in chain_of(self.inner):
+            self._count_up(getattr(s, "extra_up", ()))
+            self._count_down(getattr(s, "extra_down", ()))
         self.stats.num_clients = len(ok) - self.stats.rejected if arrays is not None else 0
         self.stats.train_metrics = _scalars(metrics)
         return arrays, metrics
@@ -164,14 +209,14 @@ class InstrumentedStrategy(Strategy):
         messages = list(self.inner.configure_evaluate(server_round, arrays, config, grid))
         if messages and self.on_model_out is not None:
             self.on_model_out(server_round)
-        self.stats.bytes_down += sum(payload_bytes(m.content) for m in messages)
+        self._count_down(messages)
         return messages
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         replies = canonical_order(replies)
-        self.stats.bytes_up += sum(payload_bytes(m.content) for m in replies if not m.has_error())
+        self._count_up(replies)
         metrics = self.inner.aggregate_evaluate(server_round + self.round_offset, replies)
         if metrics is not None:
             pooled = pooled_statistics(m.content for m in replies if not m.has_error())

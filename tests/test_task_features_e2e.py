@@ -89,6 +89,13 @@ def test_federated_evaluation_gives_the_central_metrics(task, metric, norm, tmp_
     config, (row,) = run(tmp_path, args, "--num-clients", "3")
     assert row["fed_accuracy"] == pytest.approx(row["accuracy"], abs=1e-9)
     assert row[f"fed_{metric}"] == pytest.approx(row[metric], abs=1e-6)
+    # The statistics behind them ride in the replies' metric records, counted apart from
+    # the payload: for the AUC, a log-odds and a 0/1 target per test image and class.
+    assert row["record_bytes_down"] > 0
+    if task == "medmnist":
+        assert row["record_bytes_up"] > 156 * 2 * (8 + 8)  # BreastMNIST: 156 test images, 2 classes
+    else:
+        assert 0 < row["record_bytes_up"] < 10_000  # class counts
     if norm == "group":
         return
     # The clients measured the aggregate's BatchNorm statistics on their data: the
