@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-from flwr.app import MetricRecord, RecordDict
+from flwr.app import RecordDict
 
 STATISTIC_PREFIX = "stat."
 
@@ -36,6 +36,10 @@ def pooled_statistics(contents: Iterable[RecordDict]) -> dict[str, list[np.ndarr
     return pooled
 
 
-def without_statistics(metrics: MetricRecord) -> MetricRecord:
-    """``metrics`` less the (averaged, meaningless) statistics entries."""
-    return MetricRecord({k: v for k, v in metrics.items() if not k.startswith(STATISTIC_PREFIX)})
+def remove_statistics(contents: Iterable[RecordDict]) -> None:
+    """Delete the statistics entries from the contents' metric records, in place."""
+    for content in contents:
+        for record in content.metric_records.values():
+            for key in [k for k in record if k.startswith(STATISTIC_PREFIX)]:
+                del record[key]
+

@@ -21,7 +21,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from .federated_metrics import pooled_statistics, without_statistics
+from .federated_metrics import pooled_statistics, remove_statistics
 from .ordering import canonical_order
 
 
@@ -217,12 +217,14 @@ class InstrumentedStrategy(Strategy):
     ) -> MetricRecord | None:
         replies = canonical_order(replies)
         self._count_up(replies)
+        # The statistics leave the replies before the strategy sees them: Flower averages
+        # list metrics element by element, and the shares' lists differ in length.
+        contents = [m.content for m in replies if not m.has_error()]
+        pooled = pooled_statistics(contents)
+        remove_statistics(contents)
         metrics = self.inner.aggregate_evaluate(server_round + self.round_offset, replies)
-        if metrics is not None:
-            pooled = pooled_statistics(m.content for m in replies if not m.has_error())
-            metrics = without_statistics(metrics)
-            if pooled and self.finish_metrics is not None:
-                for key, value in self.finish_metrics(pooled).items():
-                    metrics[key] = value
+        if metrics is not None and pooled and self.finish_metrics is not None:
+            for key, value in self.finish_metrics(pooled).items():
+                metrics[key] = value
         self.stats.evaluate_metrics = _scalars(metrics)
         return metrics
