@@ -14,6 +14,7 @@ import torch
 from flwr.app import Array, ArrayRecord, RecordDict
 from flwr.common.logger import log
 
+from compression.exact import split_exact
 from compression.flat import flatten, layout_of, unflatten
 from compression.pipeline import decode, encode_with_feedback
 from compression.spec import Chain, CodecContext
@@ -30,8 +31,10 @@ def received_state(
     if down.is_none:
         return arrays.to_torch_state_dict()
     ref = {k: v.detach().cpu().numpy() for k, v in like.items()}
-    vec = decode(down, record_payload(arrays), CodecContext(layout_of(ref)))
-    return {k: torch.from_numpy(v) for k, v in unflatten(vec, ref).items()}
+    coded, exact = split_exact(ref)  # BatchNorm statistics ride exact beside the payload
+    vec = decode(down, record_payload(arrays, exact), CodecContext(layout_of(coded)))
+    decoded = unflatten(vec, coded)
+    return {k: torch.from_numpy(decoded[k] if k in decoded else arrays[k].numpy().copy()) for k in ref}
 
 
 def load_residual(state: RecordDict, size: int) -> np.ndarray | None:

@@ -12,11 +12,12 @@ model the server holds, so a lossy download only moves the point where clients
 start training, never the server's copy. Uploads of full weights (no upload
 codec) under a lossy download are rebased the same way: the server keeps the
 lossy model each client decoded and aggregates exact global + (reply - lossy).
+A download's BatchNorm statistics ride exact beside its payload (:mod:`compression.exact`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from logging import WARNING
 
 import numpy as np
@@ -25,6 +26,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from compression.exact import split_exact
 from compression.flat import flatten, layout_of, unflatten
 from compression.pipeline import decode, encode
 from compression.spec import Chain, CodecContext
@@ -37,15 +39,19 @@ SEED_KEY = "compression-seed"
 ARRAYS_KEY = "arrays"
 
 
-def payload_record(payload: bytes) -> ArrayRecord:
-    """The wire form of an encoded payload: one uint8 array."""
-    return ArrayRecord({PAYLOAD_KEY: Array(np.frombuffer(payload, dtype=np.uint8))})
+def payload_record(payload: bytes, exact: Mapping[str, np.ndarray] | None = None) -> ArrayRecord:
+    """The wire form of an encoded payload: one uint8 array, then the arrays sent exact
+    beside it under their own names (a download's BatchNorm statistics)."""
+    exact = {k: Array(np.ascontiguousarray(v)) for k, v in (exact or {}).items()}
+    return ArrayRecord({PAYLOAD_KEY: Array(np.frombuffer(payload, dtype=np.uint8)), **exact})
 
 
-def record_payload(record: ArrayRecord) -> bytes:
-    """Inverse of :func:`payload_record`; ``ValueError`` if the record is not one."""
-    if list(record.keys()) != [PAYLOAD_KEY]:
-        raise ValueError(f"expected one array {PAYLOAD_KEY!r}, got keys {list(record.keys())}")
+def record_payload(record: ArrayRecord, exact: Iterable[str] = ()) -> bytes:
+    """Inverse of :func:`payload_record` with the ``exact`` names expected beside the
+    payload; ``ValueError`` if the record is not one."""
+    if list(record.keys()) != [PAYLOAD_KEY, *exact]:
+        expected = "one array " + repr(PAYLOAD_KEY) + "".join(f", {k!r}" for k in exact)
+        raise ValueError(f"expected {expected}, got keys {list(record.keys())}")
     arr = record[PAYLOAD_KEY].numpy()
     if arr.dtype != np.uint8 or arr.ndim != 1:
         raise ValueError(f"payload must be a 1-d uint8 array, got {arr.dtype} {arr.shape}")
@@ -86,10 +92,11 @@ class DecodingStrategy(DelegatingStrategy):
             if key not in encoded:
                 content = RecordDict(dict(msg.content.items()))
                 arrays = numpy_arrays(content[ARRAYS_KEY])
-                payload = encode(self.down, flatten(arrays), CodecContext(layout_of(arrays), rng=rng))
-                content[ARRAYS_KEY] = payload_record(payload)
-                lossy = unflatten(decode(self.down, payload, CodecContext(layout_of(arrays))), arrays)
-                encoded[key] = content, lossy
+                coded, exact = split_exact(arrays)  # BatchNorm statistics ride exact
+                payload = encode(self.down, flatten(coded), CodecContext(layout_of(coded), rng=rng))
+                content[ARRAYS_KEY] = payload_record(payload, exact)
+                decoded = unflatten(decode(self.down, payload, CodecContext(layout_of(coded))), coded)
+                encoded[key] = content, {k: decoded[k] if k in decoded else exact[k] for k in arrays}
             msg.content, self.decoded[msg.metadata.dst_node_id] = encoded[key]
         return messages
 

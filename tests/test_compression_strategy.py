@@ -171,3 +171,31 @@ def test_a_diverged_round_does_not_spoil_the_error_feedback_residual():
     decoded = record_payload(record)
     assert decoded and np.isfinite(state[STATE_KEY][RESIDUAL_KEY].numpy()).all()
 
+
+
+@pytest.mark.parametrize("down", ["fp16", "qsgd:4"])
+def test_a_lossy_download_sends_the_batchnorm_statistics_exact(down):
+    # A small running variance flattened beside larger weights quantizes to zero, and
+    # BatchNorm then divides by sqrt(eps). The statistics ride exact beside the payload.
+    from client.compress import received_state
+    from compression.spec import parse_down_spec
+    from tasks.batchnorm import BatchNorm
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 300), BatchNorm(300))
+    with torch.no_grad():
+        model[0].weight.uniform_(-2.0, 2.0)
+        model[1].running_var.uniform_(1e-4, 1e-2)
+        model[1].running_mean.uniform_(-1e-3, 1e-3)
+    exact = ArrayRecord(model.state_dict())
+    strategy = build("none", down=down)
+    msg, _ = strategy.configure_train(1, exact, ConfigRecord(), grid([1, 2]))
+    assert list(msg.content["arrays"].keys()) == ["payload", "1.running_mean", "1.running_var"]
+    got = received_state(msg.content["arrays"], model.state_dict(), parse_down_spec(down))
+    assert list(got) == list(model.state_dict())
+    for key in ("1.running_mean", "1.running_var"):
+        torch.testing.assert_close(got[key], model.state_dict()[key], rtol=0, atol=0)
+    assert not torch.equal(got["0.weight"], model[0].weight)  # the rest is lossy
+    # Counted in the download's bytes: the payload and the statistics' arrays.
+    statistics = sum(exact[k].numpy().nbytes for k in ("1.running_mean", "1.running_var"))
+    assert strategy.stats.bytes_down == 2 * msg.content["arrays"].count_bytes()
+    assert msg.content["arrays"].count_bytes() > statistics
