@@ -420,7 +420,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run_sim.py: error: {exc}", file=sys.stderr)
         return 2
     if not args.verbose:
-        logging.getLogger("flwr").setLevel(logging.WARNING)
+        from client.faults import QuietInjectedFailures
+
+        flwr_logger = logging.getLogger("flwr")
+        flwr_logger.setLevel(logging.WARNING)
+        if not any(isinstance(f, QuietInjectedFailures) for f in flwr_logger.filters):
+            flwr_logger.addFilter(QuietInjectedFailures())
     simulate(run_config, args.num_clients, args.client_cpus, client_gpus, args.verbose)
     return 0
 

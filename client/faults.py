@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -23,3 +24,20 @@ def inject_faults(
         )
     if slow_draw < straggler_rate:
         time.sleep(straggler_delay)
+
+
+class QuietInjectedFailures(logging.Filter):
+    """For Flower's logger in a simulation: drops the tracebacks of injected failures.
+
+    A ClientApp that raises makes Flower log three ERROR records: the Ray backend's
+    note (which names no cause), the exception, and its traceback. The server prints one
+    line per failed reply with its reason and writes it to ``failures.jsonl``, so an
+    injected failure's records tell nothing more; any other exception keeps its own
+    (its traceback is the way to the bug). ``--verbose`` keeps them all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.ERROR:
+            return True
+        text = record.getMessage()
+        return not (text.startswith("An exception was raised when processing a message by")
+                    or InjectedFailure.__name__ in text)

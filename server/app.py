@@ -237,6 +237,7 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
                 if monitor.privacy is not None:
                     write_epsilons(monitor.privacy, results.path)  # the refusals
             except TooFewReplies as exc:
+                monitor.report_failures(max(monitor.last_round, strategy.round_offset) + 1)  # the one that ended it
                 progress.console.print(f"run ended early, too few clients remain: {exc}", soft_wrap=True)
                 if monitor.privacy is not None:
                     write_epsilons(monitor.privacy, results.path)  # the refusals

@@ -111,9 +111,22 @@ class RoundMonitor:
             self.best.offer(row, arrays)
         if server_round == 1 and self.on_first_round is not None:
             self.on_first_round()
+        self.report_failures(server_round)
         self.progress.round_done(row, self.total_rounds)
         return MetricRecord(metrics)
 
+
+    def report_failures(self, server_round: int) -> None:
+        """One console line per failed reply of the round, and its failures.jsonl lines."""
+        failed = self.strategy.stats.failed
+        for f in failed:
+            self.progress.console.print(
+                f"round {server_round}: node {f['node_id']}"
+                + (f" (partition {f['partition_id']})" if "partition_id" in f else "")
+                + f" failed in {f['phase']}: {f['reason']}",
+                soft_wrap=True, markup=False, highlight=False,
+            )
+        self.results.add_failures(server_round, failed)
 
     def checkpoint(self, server_round: int) -> None:
         """Atomically replace ``checkpoint.pt`` with the state after ``server_round``."""

@@ -39,6 +39,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+#: One line per failed reply: round, phase (train / evaluate), node_id, reason.
+FAILURES = "failures.jsonl"
+
+
+def jsonl_bytes(rows: list[Mapping[str, Any]]) -> bytes:
+    return "".join(json.dumps(json_safe(r), allow_nan=False) + "\n" for r in rows).encode()
+
+
 def metrics_csv(rows: list[Mapping[str, Any]]) -> str:
     """All rows as CSV; columns are the union of keys in first-seen order. NaN and
     infinities are empty cells, as they are ``null`` in ``metrics.jsonl``."""
@@ -59,6 +67,7 @@ class ResultsFolder:
         self.path = path
         self.path.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict[str, Any]] = []
+        self.failures: list[dict[str, Any]] = []
 
     def write_json(self, name: str, obj: Any) -> None:
         text = json.dumps(json_safe(obj), indent=2, allow_nan=False)
@@ -66,14 +75,31 @@ class ResultsFolder:
 
     def add_row(self, row: dict[str, Any]) -> None:
         """Record one round: rewrites metrics.jsonl and metrics.csv."""
-        self.restore_rows([*self.rows, row])
+        self._write_rows([*self.rows, row])
 
     def restore_rows(self, rows: list[dict[str, Any]]) -> None:
-        """Make ``rows`` the run's metrics (a resumed run drops rows past its checkpoint)."""
+        """Make ``rows`` the run's metrics (a resumed run drops rows past its checkpoint,
+        and the failures of those rounds)."""
+        self._write_rows(rows)
+        last = rows[-1]["round"] if rows else 0
+        path = self.path / FAILURES
+        if path.exists():
+            kept = [f for f in map(json.loads, path.read_text().splitlines()) if f["round"] <= last]
+            self._write_failures(kept)
+
+    def add_failures(self, server_round: int, failed: list[dict[str, Any]]) -> None:
+        """Record a round's failed replies in failures.jsonl (written from the first one on)."""
+        if failed:
+            self._write_failures([*self.failures, *({"round": server_round, **f} for f in failed)])
+
+    def _write_rows(self, rows: list[dict[str, Any]]) -> None:
         self.rows = list(rows)
-        jsonl = "".join(json.dumps(json_safe(r), allow_nan=False) + "\n" for r in self.rows)
-        atomic_write_bytes(self.path / "metrics.jsonl", jsonl.encode())
+        atomic_write_bytes(self.path / "metrics.jsonl", jsonl_bytes(self.rows))
         atomic_write_bytes(self.path / "metrics.csv", metrics_csv(self.rows).encode())
+
+    def _write_failures(self, failures: list[dict[str, Any]]) -> None:
+        self.failures = failures
+        atomic_write_bytes(self.path / FAILURES, jsonl_bytes(failures))
 
     def save_torch(self, name: str, obj: Any) -> None:
         buf = io.BytesIO()

@@ -9,10 +9,12 @@ that a seeded run aggregates, and so ends, the same way every time.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable
 from logging import WARNING
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -65,6 +67,53 @@ def traffic(messages: Iterable[Message]) -> tuple[int, int]:
     return sum(payload_bytes(c) for c in contents), sum(record_bytes(c) for c in contents)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+#: Where Python chains a client's exception to the one the simulation raised from it.
+_CAUSE = "\n\nThe above exception was the direct cause of the following exception:"
+
+
+def failure_reason(reason: str) -> str:
+    """A failed reply's Flower error reason on one line: ``Type: message``.
+
+    Flower writes ``<class 'Type'>:<'message'>``. In a simulation the type is Ray's
+    task error and the message the client's traceback, whose exception line (the last
+    one before Python's "direct cause" note) is what the client raised."""
+    reason = _ANSI.sub("", reason)
+    match = re.fullmatch(r"<class '([\w.() ]+)'>:<'(.*)'>", reason, flags=re.DOTALL)
+    if match:
+        kind, text = match.group(1).rsplit(".", 1)[-1], match.group(2)
+        if _CAUSE in text:
+            lines = [ln for ln in text.split(_CAUSE)[0].splitlines() if ln.strip()]
+            text = lines[-1].strip() if lines else text
+            head, sep, tail = text.partition(": ")
+            reason = f"{head.rsplit('.', 1)[-1]}: {tail}" if sep and " " not in head else text
+        elif kind == "ClientAppException" and "occurred. Message: " in text:
+            reason = text.split("occurred. Message: ", 1)[1]
+        else:
+            reason = f"{kind}: {text}"
+    return " ".join(reason.split())
+
+
+def failed_replies(
+    phase: str, sent: list[int], replies: list[Message], partitions: dict[int, tuple[int, int]]
+) -> list[dict[str, Any]]:
+    """One entry (``phase``, ``node_id``, ``reason``; ``partition_id`` when the node has
+    reported one, ``detail``: Flower's whole error reason) per error reply, and per node of
+    ``sent`` that did not reply at all (its reply missed the round's timeout)."""
+    failed = [
+        {"phase": phase, "node_id": m.metadata.src_node_id, "reason": failure_reason(m.error.reason) or
+         f"error code {m.error.code}", "detail": _ANSI.sub("", m.error.reason)}
+        for m in replies if m.has_error()
+    ]
+    replied = {m.metadata.src_node_id for m in replies}
+    silent = [n for n in sent if n not in replied][: max(len(sent) - len(replies), 0)]
+    failed += [{"phase": phase, "node_id": n, "reason": "no reply before the round timed out"} for n in silent]
+    for f in failed:
+        if f["node_id"] in partitions:
+            f["partition_id"] = partitions[f["node_id"]][0]
+    return failed
+
+
 #: Train-reply metrics: the partition a client trained on, of how many. The server
 #: checks them (two nodes on one partition train on the same data) and records them.
 PARTITION_ID_KEY = "partition-id"
@@ -110,6 +159,7 @@ class RoundStats:
     bytes_down: int = 0
     record_bytes_up: int = 0  # metric and config records (record_bytes)
     record_bytes_down: int = 0
+    failed: list[dict[str, Any]] = field(default_factory=list)  # failed_replies, train then evaluate
     train_metrics: dict[str, float] = field(default_factory=dict)
     evaluate_metrics: dict[str, float] = field(default_factory=dict)
 
@@ -151,6 +201,7 @@ class InstrumentedStrategy(Strategy):
         self.round_offset = 0
         self.min_replies = min_replies
         self.on_model_out: Callable[[int], None] | None = None  # before evaluation sends the model
+        self._sent: list[int] = []  # nodes of the round's current phase
 
     def summary(self) -> None:
         self.inner.summary()
@@ -173,6 +224,7 @@ class InstrumentedStrategy(Strategy):
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
         self.stats.sampled = len(messages)
         self._count_down(messages)
+        self._sent = [m.metadata.dst_node_id for m in messages]
         return messages
 
     def aggregate_train(
@@ -181,6 +233,7 @@ class InstrumentedStrategy(Strategy):
         replies = canonical_order(replies)
         ok = [m for m in replies if not m.has_error()]
         self.stats.failures = self.stats.sampled - len(ok)
+        self.stats.failed = failed_replies("train", self._sent, replies, self.partitions)
         self._count_up(ok)
         if len(ok) < self.min_replies:
             raise TooFewReplies(
@@ -210,6 +263,7 @@ class InstrumentedStrategy(Strategy):
         if messages and self.on_model_out is not None:
             self.on_model_out(server_round)
         self._count_down(messages)
+        self._sent = [m.metadata.dst_node_id for m in messages]
         return messages
 
     def aggregate_evaluate(
@@ -217,6 +271,7 @@ class InstrumentedStrategy(Strategy):
     ) -> MetricRecord | None:
         replies = canonical_order(replies)
         self._count_up(replies)
+        self.stats.failed += failed_replies("evaluate", self._sent, replies, self.partitions)
         # The statistics leave the replies before the strategy sees them: Flower averages
         # list metrics element by element, and the shares' lists differ in length.
         contents = [m.content for m in replies if not m.has_error()]

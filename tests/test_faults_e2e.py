@@ -113,7 +113,7 @@ def test_client_state_is_kept_per_run(tmp_path):
     assert sorted(p.name for p in old.iterdir()) == ["round-3.pkl", "round-4.pkl"]
 
 
-def test_failing_clients_are_left_out_and_counted(tmp_path):
+def test_failing_clients_are_left_out_and_counted(tmp_path, capfd):
     run_dir = tmp_path / "run"
     code = run_sim.main(["--num-clients", "5", "--rounds", "4", "--fail-rate", "0.3",
                          "--run-dir", str(run_dir), "--seed", "2"])
@@ -123,6 +123,18 @@ def test_failing_clients_are_left_out_and_counted(tmp_path):
     assert sum(r["failures"] for r in rows) > 0
     assert all(r["num_clients"] + r["failures"] == 5 for r in rows)
     assert rows[-1]["accuracy"] > rows[0]["accuracy"]
+    # Each failed reply: a line in failures.jsonl and on the console, with the client's
+    # own exception; no Flower traceback for an injected failure.
+    failed = [json.loads(line) for line in (run_dir / "failures.jsonl").read_text().splitlines()]
+    assert [f["round"] for f in failed] == [r["round"] for r in rows for _ in range(r["failures"])]
+    for f in failed:
+        assert f["phase"] == "train"
+        assert f["reason"].startswith(f"InjectedFailure: injected failure (fail-rate=0.3) in round {f['round']}, partition ")
+        if "partition_id" in f:  # known from the node's earlier replies
+            assert f["reason"].endswith(f"partition {f['partition_id']}")
+    out, err = capfd.readouterr()
+    assert out.count(" failed in train: InjectedFailure: injected failure") == len(failed)
+    assert "Traceback" not in out + err
 
 
 def test_median_holds_where_fedavg_falls_under_sign_flipping(tmp_path):
@@ -145,5 +157,7 @@ def test_run_ends_clearly_when_too_few_clients_remain(tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "run ended early, too few clients remain: round 1: only 0 of 2 sampled clients replied" in out
+    failed = [json.loads(line) for line in (run_dir / "failures.jsonl").read_text().splitlines()]
+    assert [(f["round"], f["phase"]) for f in failed] == [(1, "train"), (1, "train")]
     assert not (run_dir / "metrics.jsonl").exists()
     assert (run_dir / "model.pt").is_file()  # the last model stands

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
@@ -114,3 +116,56 @@ def test_secret_files_are_owner_only_even_when_they_existed_wider(tmp_path):
     path.chmod(0o644)
     write_private(path, b"new")
     assert path.read_bytes() == b"new" and stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+SIMULATION_REASON = (  # a Ray actor's ClientApp raised; Flower's error reason, as sent
+    "<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'\x1b[36mray::ClientAppActor.run()\x1b[39m "
+    "(pid=1, ip=192.0.2.2)\n  File \"client/faults.py\", line 22, in inject_faults\n"
+    "    raise InjectedFailure(\nclient.faults.InjectedFailure: injected failure (fail-rate=0.3) in round 2, "
+    "partition 4\n\nThe above exception was the direct cause of the following exception:\n\n"
+    "ray::ClientAppActor.run()\nflwr.clientapp.client_app.ClientAppException: \n"
+    "Exception ClientAppException occurred. Message: injected failure (fail-rate=0.3) in round 2, partition 4'>"
+)
+
+
+@pytest.mark.parametrize(("reason", "line"), [
+    (SIMULATION_REASON, "InjectedFailure: injected failure (fail-rate=0.3) in round 2, partition 4"),
+    ("<class 'KeyError'>:<''lr''>", "KeyError: 'lr'"),  # a SuperNode's ClientApp raised
+    ("<class 'flwr.clientapp.client_app.ClientAppException'>:<'\nException ClientAppException occurred. "
+     "Message: out of memory'>", "out of memory"),
+    ("Error: Message Unavailable -\n the node is gone", "Error: Message Unavailable - the node is gone"),
+])
+def test_a_failed_replys_reason_is_one_line_naming_the_clients_exception(reason, line):
+    from strategies.instrumented import failure_reason
+
+    assert failure_reason(reason) == line
+
+
+def test_failed_replies_are_the_error_replies_and_the_silent_nodes(task_identity):
+    from flwr.app import Message, RecordDict
+    from flwr.common import Error
+
+    from strategies.instrumented import failed_replies
+
+    sent = [Message(RecordDict(), dst_node_id=n, message_type="train") for n in (11, 12, 13)]
+    replies = [Message(RecordDict(), reply_to=sent[0]), Message(Error(0, "<class 'ValueError'>:<'nan'>"), reply_to=sent[1])]
+    failed = failed_replies("train", [11, 12, 13], replies, {12: (4, 10)})
+    assert [(f["node_id"], f.get("partition_id"), f["reason"]) for f in failed] == [
+        (12, 4, "ValueError: nan"), (13, None, "no reply before the round timed out"),
+    ]
+
+
+def test_a_resume_keeps_the_failures_of_the_rounds_it_keeps(tmp_path):
+    from server.results import FAILURES, ResultsFolder
+
+    results = ResultsFolder(tmp_path)
+    results.add_row({"round": 1})
+    assert not (tmp_path / FAILURES).exists()  # written from the first failure on
+    for r in (2, 3):
+        results.add_row({"round": r})
+        results.add_failures(r, [{"phase": "train", "node_id": 7, "reason": "boom"}])
+    again = ResultsFolder(tmp_path)
+    again.restore_rows([{"round": 1}, {"round": 2}])  # the checkpoint was after round 2
+    again.add_failures(3, [{"phase": "evaluate", "node_id": 8, "reason": "late"}])
+    lines = [json.loads(x) for x in (tmp_path / FAILURES).read_text().splitlines()]
+    assert [(f["round"], f["node_id"]) for f in lines] == [(2, 7), (3, 8)]
