@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -238,6 +239,22 @@ def test_two_rounds_of_digits_over_tls(deployment: Deployment) -> None:
     for i in range(NUM_NODES):  # client state on the node's disk: one folder per run, then partition
         saved = sorted(p.name for p in (deployment.root / f"node-{i}" / "state" / config["run_id"] / str(i)).iterdir())
         assert saved == ["round-1.pkl", "round-2.pkl"]
+
+
+@pytest.mark.e2e
+def test_a_failing_node_is_reported_with_its_exception(deployment: Deployment) -> None:
+    """A SuperNode's ClientApp raises: the server names the node, its partition and the
+    exception, on the console and in failures.jsonl."""
+    run_dir = deployment.root / "server" / "runs" / "failing"
+    done = submit(deployment, f'num-server-rounds=1 fail-rate=1.0 run-dir="{run_dir}"')
+
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    failed = [json.loads(line) for line in (run_dir / "failures.jsonl").read_text().splitlines()]
+    assert sorted(f["node_id"] for f in failed) == sorted(deployment.node_ids)
+    for f in failed:
+        assert (f["round"], f["phase"]) == (1, "train")
+        assert re.fullmatch(r"InjectedFailure: injected failure \(fail-rate=1.0\) in round 1, partition [01]", f["reason"])
+    assert "too few clients remain" in deployment.procs.log("superlink") + done.stdout
 
 
 @pytest.mark.e2e
