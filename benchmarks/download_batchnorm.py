@@ -29,7 +29,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from compression.exact import split_exact
+    from compression.exact import join_exact, split_exact
     from compression.flat import flatten, layout_of, unflatten
     from compression.pipeline import decode, encode
     from compression.spec import CodecContext, parse_down_spec
@@ -67,7 +67,7 @@ def main() -> None:
         for draw in range(args.draws):
             quantized.append(accuracy(lossy(chain, ref, np.random.default_rng(draw))))
             part = lossy(chain, coded, np.random.default_rng(draw))
-            kept.append(accuracy({k: part[k] if k in part else exact[k] for k in ref}))
+            kept.append(accuracy(join_exact(ref, part, exact)))
         print(f"{spec}: statistics quantized {quantized}, exact {kept}")
         rows.append([
             f"`{spec}`", f"{baseline:.4f}", ", ".join(f"{a:.4f}" for a in quantized),

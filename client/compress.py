@@ -14,7 +14,7 @@ import torch
 from flwr.app import Array, ArrayRecord, RecordDict
 from flwr.common.logger import log
 
-from compression.exact import split_exact
+from compression.exact import join_exact, split_exact
 from compression.flat import flatten, layout_of, unflatten
 from compression.pipeline import decode, encode_with_feedback
 from compression.spec import Chain, CodecContext
@@ -33,8 +33,8 @@ def received_state(
     ref = {k: v.detach().cpu().numpy() for k, v in like.items()}
     coded, exact = split_exact(ref)  # BatchNorm statistics ride exact beside the payload
     vec = decode(down, record_payload(arrays, exact), CodecContext(layout_of(coded)))
-    decoded = unflatten(vec, coded)
-    return {k: torch.from_numpy(decoded[k] if k in decoded else arrays[k].numpy().copy()) for k in ref}
+    sent_exact = {k: arrays[k].numpy().copy() for k in exact}
+    return {k: torch.from_numpy(v) for k, v in join_exact(ref, unflatten(vec, coded), sent_exact).items()}
 
 
 def load_residual(state: RecordDict, size: int) -> np.ndarray | None:

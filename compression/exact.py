@@ -12,7 +12,7 @@ float32 arrays under their own names.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -26,3 +26,8 @@ def split_exact(arrays: Mapping[str, T]) -> tuple[dict[str, T], dict[str, T]]:
     coded = {k: v for k, v in arrays.items() if not k.endswith(EXACT_SUFFIXES)}
     exact = {k: v for k, v in arrays.items() if k.endswith(EXACT_SUFFIXES)}
     return coded, exact
+
+
+def join_exact(order: Iterable[str], coded: Mapping[str, T], exact: Mapping[str, T]) -> dict[str, T]:
+    """Inverse of :func:`split_exact`: both parts' arrays in ``order``."""
+    return {k: coded[k] if k in coded else exact[k] for k in order}

@@ -26,7 +26,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from compression.exact import split_exact
+from compression.exact import join_exact, split_exact
 from compression.flat import flatten, layout_of, unflatten
 from compression.pipeline import decode, encode
 from compression.spec import Chain, CodecContext
@@ -42,8 +42,8 @@ ARRAYS_KEY = "arrays"
 def payload_record(payload: bytes, exact: Mapping[str, np.ndarray] | None = None) -> ArrayRecord:
     """The wire form of an encoded payload: one uint8 array, then the arrays sent exact
     beside it under their own names (a download's BatchNorm statistics)."""
-    exact = {k: Array(np.ascontiguousarray(v)) for k, v in (exact or {}).items()}
-    return ArrayRecord({PAYLOAD_KEY: Array(np.frombuffer(payload, dtype=np.uint8)), **exact})
+    beside = {k: Array(np.ascontiguousarray(v)) for k, v in (exact or {}).items()}
+    return ArrayRecord({PAYLOAD_KEY: Array(np.frombuffer(payload, dtype=np.uint8)), **beside})
 
 
 def record_payload(record: ArrayRecord, exact: Iterable[str] = ()) -> bytes:
@@ -96,7 +96,7 @@ class DecodingStrategy(DelegatingStrategy):
                 payload = encode(self.down, flatten(coded), CodecContext(layout_of(coded), rng=rng))
                 content[ARRAYS_KEY] = payload_record(payload, exact)
                 decoded = unflatten(decode(self.down, payload, CodecContext(layout_of(coded))), coded)
-                encoded[key] = content, {k: decoded[k] if k in decoded else exact[k] for k in arrays}
+                encoded[key] = content, join_exact(arrays, decoded, exact)
             msg.content, self.decoded[msg.metadata.dst_node_id] = encoded[key]
         return messages
 
