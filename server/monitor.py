@@ -115,7 +115,6 @@ class RoundMonitor:
         self.progress.round_done(row, self.total_rounds)
         return MetricRecord(metrics)
 
-
     def report_failures(self, server_round: int) -> None:
         """One console line per failed reply of the round, and its failures.jsonl lines."""
         failed = self.strategy.stats.failed

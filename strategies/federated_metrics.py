@@ -42,4 +42,3 @@ def remove_statistics(contents: Iterable[RecordDict]) -> None:
         for record in content.metric_records.values():
             for key in [k for k in record if k.startswith(STATISTIC_PREFIX)]:
                 del record[key]
-

@@ -52,12 +52,11 @@ def record_bytes(content: RecordDict) -> int:
     strings at their UTF-8 length, numbers at 8 (int64 / float64), booleans at 1. The
     byte configs are payload (:func:`payload_bytes`). Small for scalar metrics; the
     per-example statistics of federated AUC (:mod:`.federated_metrics`) make them large."""
-    total = 0
-    for rec in content.metric_records.values():
-        total += sum(len(k.encode()) + _value_bytes(v) for k, v in rec.items())
-    for rec in content.config_records.values():
-        total += sum(len(k.encode()) + (0 if isinstance(v, bytes) else _value_bytes(v)) for k, v in rec.items())
-    return total
+    records = [*content.metric_records.values(), *content.config_records.values()]
+    return sum(
+        len(k.encode()) + (0 if isinstance(v, bytes) else _value_bytes(v))  # metrics hold no bytes
+        for rec in records for k, v in rec.items()
+    )
 
 
 def traffic(messages: Iterable[Message]) -> tuple[int, int]:
