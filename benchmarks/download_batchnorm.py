@@ -37,6 +37,13 @@ def main() -> None:
     from tasks.registry import get_task, load_task_data
     from tasks.training import evaluate
 
+    missing = [name for name in ("config.json", "model.pt") if not (args.run_dir / name).is_file()]
+    if missing:
+        parser.error(f"--run-dir {args.run_dir} is not a finished run: no {' or '.join(missing)}")
+    try:
+        chains = {spec: parse_down_spec(spec) for spec in args.codecs}
+    except ValueError as exc:
+        parser.error(str(exc))
     torch.set_num_threads(1)
     run_config = json.loads((args.run_dir / "config.json").read_text())["run_config"]
     cfg = parse_run_config(run_config)
@@ -61,8 +68,7 @@ def main() -> None:
     baseline = accuracy(ref)
     print(f"{args.run_dir}: test accuracy {baseline:.4f} as the server holds it")
     rows = []
-    for spec in args.codecs:
-        chain = parse_down_spec(spec)
+    for spec, chain in chains.items():
         quantized, kept = [], []
         for draw in range(args.draws):
             quantized.append(accuracy(lossy(chain, ref, np.random.default_rng(draw))))
