@@ -67,10 +67,10 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from compression.spec import codec_usages
-    from server.config import DEFAULTS
-    from strategies.registry import strategy_names
-    from tasks.registry import task_names
+    from fedloom.compression.spec import codec_usages
+    from fedloom.server.config import DEFAULTS
+    from fedloom.strategies.registry import strategy_names
+    from fedloom.tasks.registry import task_names
 
     # Defaults are in the help texts: most options default to None here so that an
     # unset flag falls through to --run-config / --resume / DEFAULTS.
@@ -197,17 +197,17 @@ def resume_config(args: argparse.Namespace) -> dict[str, Any]:
 
 def checkpoint_round(run_dir: Path) -> int:
     """The last round ``run_dir``'s checkpoint holds."""
-    from server.checkpoint import load_checkpoint
+    from fedloom.server.checkpoint import load_checkpoint
 
     return int(load_checkpoint(run_dir)["round"])
 
 
 def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     """Validate everything a run needs before any process starts; return the run config."""
-    from server.config import parse_run_config
-    from server.privacy import check_privacy
-    from strategies.registry import build_strategy, min_replies
-    from tasks.registry import load_task_data, partitions
+    from fedloom.server.config import parse_run_config
+    from fedloom.server.privacy import check_privacy
+    from fedloom.strategies.registry import build_strategy, min_replies
+    from fedloom.tasks.registry import load_task_data, partitions
 
     resumed = resume_config(args) if args.resume else None
     if args.num_clients is None:
@@ -237,7 +237,7 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(cfg, key.replace("-", "_"))
         if value > args.num_clients:
             raise UsageError(f"{key}={value} exceeds --num-clients {args.num_clients}")
-    from server.app import strategy_params
+    from fedloom.server.app import strategy_params
 
     build_strategy(cfg.strategy, strategy_params(cfg))  # a user's class fails here, in one line
     per_round = max(int(args.num_clients * cfg.fraction_train), cfg.min_train_nodes)
@@ -263,7 +263,7 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
         )
     resolved = cfg.to_run_config()
     if not cfg.run_dir:
-        from server.app import default_run_dir
+        from fedloom.server.app import default_run_dir
 
         resolved["run-dir"] = str((Path.cwd() / default_run_dir(cfg)).resolve())
     if not cfg.resume and (Path(resolved["run-dir"]) / "config.json").exists():
@@ -292,7 +292,7 @@ def provision_keys(cfg: Any, nodes_dir: Path, server_dir: Path, run_dir: Path, *
     """The provisioning step of --he: secret.ctx for the clients in ``nodes_dir``, which
     must lie outside the results folder, and public.ctx for the server in ``server_dir``;
     sized for ``max_weight`` examples (the training set)."""
-    from privacy.he import PUBLIC_FILE, SECRET_FILE, provision
+    from fedloom.privacy.he import PUBLIC_FILE, SECRET_FILE, provision
 
     for inside in (run_dir, server_dir):
         if nodes_dir == inside or nodes_dir.is_relative_to(inside):
@@ -375,8 +375,8 @@ def simulate(run_config: dict[str, Any], num_clients: int, client_cpus: float, c
     from flwr.supercore.task_identity import TaskIdentity
     from flwr.supercore.telemetry import EventType
 
-    from client.app import app as client_app
-    from server.app import app as server_app
+    from fedloom.client.app import app as client_app
+    from fedloom.server.app import app as server_app
 
     run = Run.create_empty(run_id=generate_rand_int_from_bytes(RUN_ID_NUM_BYTES))
     run.override_config = dict(run_config)
@@ -420,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run_sim.py: error: {exc}", file=sys.stderr)
         return 2
     if not args.verbose:
-        from client.faults import QuietInjectedFailures
+        from fedloom.client.faults import QuietInjectedFailures
 
         flwr_logger = logging.getLogger("flwr")
         flwr_logger.setLevel(logging.WARNING)

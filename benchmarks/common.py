@@ -13,9 +13,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DATA_DIR = Path(os.environ.get("FEDLOOM_DATA", ROOT.parent / "shared" / "data"))
 
-# The repo before this folder: benchmarks/compression.py must not shadow the package.
-sys.path.insert(0, str(ROOT))
-
 
 def simulate(run_dir: Path, *args: str) -> list[dict[str, Any]]:
     """Run ``run_sim.py`` as a user would (its own process, from the repo); return its rows.

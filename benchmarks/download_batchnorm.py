@@ -29,13 +29,13 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from compression.exact import join_exact, split_exact
-    from compression.flat import flatten, layout_of, unflatten
-    from compression.pipeline import decode, encode
-    from compression.spec import CodecContext, parse_down_spec
-    from server.config import parse_run_config
-    from tasks.registry import get_task, load_task_data
-    from tasks.training import evaluate
+    from fedloom.compression.exact import join_exact, split_exact
+    from fedloom.compression.flat import flatten, layout_of, unflatten
+    from fedloom.compression.pipeline import decode, encode
+    from fedloom.compression.spec import CodecContext, parse_down_spec
+    from fedloom.server.config import parse_run_config
+    from fedloom.tasks.registry import get_task, load_task_data
+    from fedloom.tasks.training import evaluate
 
     missing = [name for name in ("config.json", "model.pt") if not (args.run_dir / name).is_file()]
     if missing:

@@ -30,7 +30,7 @@ PROFILES = (("BFV, 1 value/slot", "bfv", 1), ("BFV, 2 values/slot", "bfv", 2), (
 def pipeline_baseline(states, weights, base) -> dict[str, float]:
     """The usual TenSEAL CKKS setup (one vector per layer, N=8192), same clients: sizes,
     encrypt and aggregate time (its decryption is the same TenSEAL call, not measured)."""
-    from privacy import he
+    from fedloom.privacy import he
 
     ctx = he.baseline_ckks_context()  # keys once, as provisioning is for fedloom's profiles
     t0 = time.perf_counter()
@@ -47,9 +47,9 @@ def pipeline_he(states, weights, base, scheme: str, values_per_slot: int) -> dic
     """One round of encrypted aggregation with ``values_per_slot`` values per slot."""
     import torch
 
-    from client.he_client import decrypt_global, encrypt_local
-    from privacy import he
-    from strategies.encrypted import ciphertext_record, record_ciphertexts
+    from fedloom.client.he_client import decrypt_global, encrypt_local
+    from fedloom.privacy import he
+    from fedloom.strategies.encrypted import ciphertext_record, record_ciphertexts
 
     tmp = Path(tempfile.mkdtemp())
     try:
@@ -83,7 +83,7 @@ def pipeline(num_clients: int) -> list[list[str]]:
     import torch
     from flwr.app import ArrayRecord
 
-    from tasks.mnist import MnistCNN
+    from fedloom.tasks.mnist import MnistCNN
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

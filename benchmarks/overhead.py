@@ -26,9 +26,9 @@ def plain_round(task_name: str, data_dir: str, num_clients: int, batch_size: int
     """Seconds for one FedAvg round with every client trained sequentially in-process."""
     import torch
 
-    from server.config import parse_run_config
-    from tasks.registry import client_split, get_task, load_task_data
-    from tasks.training import evaluate, train_local
+    from fedloom.server.config import parse_run_config
+    from fedloom.tasks.registry import client_split, get_task, load_task_data
+    from fedloom.tasks.training import evaluate, train_local
 
     cfg = parse_run_config({"task": task_name, "data-dir": data_dir, "batch-size": batch_size, "seed": seed})
     task = get_task(task_name)

@@ -39,8 +39,8 @@ from common import DATA_DIR, markdown_table, optimizer_phrase, simulate, write_r
 def norm_phrase(args: argparse.Namespace) -> str:
     """The norm layers, and for BatchNorm what the federated run does with their statistics
     (read from ``--run-config`` as run_sim reads it: ``=false``, ``=no`` and ``=0`` alike)."""
-    from run_sim import parse_overrides
-    from server.config import parse_run_config
+    from fedloom.run_sim import parse_overrides
+    from fedloom.server.config import parse_run_config
 
     if args.norm == "group":
         return "GroupNorm"
@@ -51,10 +51,10 @@ def norm_phrase(args: argparse.Namespace) -> str:
 
 def centralized(args: argparse.Namespace, data_dir: Path) -> list[dict[str, float]]:
     """Train the same model on the whole train split; test metrics after each epoch."""
-    from tasks.base import TaskOptions
-    from tasks.head import freeze_classifier
-    from tasks.registry import get_task, load_task_data
-    from tasks.training import evaluate, scheduled_lr, train_local
+    from fedloom.tasks.base import TaskOptions
+    from fedloom.tasks.head import freeze_classifier
+    from fedloom.tasks.registry import get_task, load_task_data
+    from fedloom.tasks.training import evaluate, scheduled_lr, train_local
 
     torch.set_num_threads(2)
     options = TaskOptions(

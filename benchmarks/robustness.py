@@ -16,8 +16,8 @@ from pathlib import Path
 
 from common import DATA_DIR, markdown_table, simulate, write_result
 
-from client.attacks import attackers
-from strategies.registry import min_replies
+from fedloom.client.attacks import attackers
+from fedloom.strategies.registry import min_replies
 
 STRATEGIES = ("fedavg", "fedmedian", "fedtrimmedavg", "krum", "bulyan")
 

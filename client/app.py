@@ -1,4 +1,4 @@
-"""The fedloom ClientApp (``client.app:app``).
+"""The fedloom ClientApp (``fedloom.client.app:app``).
 
 The partition comes from the node config (``partition-id``, ``num-partitions``),
 so the same app runs in simulation and on SuperNodes on other machines. A node may
@@ -16,28 +16,28 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.attacks import attackers, poison
-from client.compress import encode_update, received_state
-from client.faults import inject_faults
-from client.he_client import decrypt_global, encrypt_local, secret_path
-from client.privacy import ACCOUNT_KEY, dp_clipping_mod, sample_dp_round
-from client.state import load_state, save_state
-from compression.flat import flatten, unflatten
-from compression.sparse import randk_indices
-from compression.spec import Chain, parse_down_spec, parse_spec
-from privacy import he
-from privacy.dp import make_dp_ready
-from server.config import RUN_ID_KEY, RunConfig, parse_run_config
-from strategies.calibration import QUERY_BATCHNORM, QUERY_KEY, SUMS_KEY
-from strategies.compressed import SEED_KEY
-from strategies.encrypted import BLOCK_WEIGHTS_KEY, KEY_ID_KEY, TOTAL_WEIGHT_KEY
-from strategies.federated_metrics import statistics_metrics
-from strategies.instrumented import NUM_PARTITIONS_KEY, PARTITION_ID_KEY
-from tasks.base import Task
-from tasks.batchnorm import batchnorm_sums
-from tasks.head import freeze_classifier
-from tasks.registry import client_split, client_test_split, get_task, load_task_data
-from tasks.training import evaluate, predict, scheduled_lr, train_local
+from fedloom.client.attacks import attackers, poison
+from fedloom.client.compress import encode_update, received_state
+from fedloom.client.faults import inject_faults
+from fedloom.client.he_client import decrypt_global, encrypt_local, secret_path
+from fedloom.client.privacy import ACCOUNT_KEY, dp_clipping_mod, sample_dp_round
+from fedloom.client.state import load_state, save_state
+from fedloom.compression.flat import flatten, unflatten
+from fedloom.compression.sparse import randk_indices
+from fedloom.compression.spec import Chain, parse_down_spec, parse_spec
+from fedloom.privacy import he
+from fedloom.privacy.dp import make_dp_ready
+from fedloom.server.config import RUN_ID_KEY, RunConfig, parse_run_config
+from fedloom.strategies.calibration import QUERY_BATCHNORM, QUERY_KEY, SUMS_KEY
+from fedloom.strategies.compressed import SEED_KEY
+from fedloom.strategies.encrypted import BLOCK_WEIGHTS_KEY, KEY_ID_KEY, TOTAL_WEIGHT_KEY
+from fedloom.strategies.federated_metrics import statistics_metrics
+from fedloom.strategies.instrumented import NUM_PARTITIONS_KEY, PARTITION_ID_KEY
+from fedloom.tasks.base import Task
+from fedloom.tasks.batchnorm import batchnorm_sums
+from fedloom.tasks.head import freeze_classifier
+from fedloom.tasks.registry import client_split, client_test_split, get_task, load_task_data
+from fedloom.tasks.training import evaluate, predict, scheduled_lr, train_local
 
 app = ClientApp(mods=[dp_clipping_mod])  # the mod acts only for client-side DP clipping
 

@@ -14,11 +14,11 @@ import torch
 from flwr.app import Array, ArrayRecord, RecordDict
 from flwr.common.logger import log
 
-from compression.exact import join_exact, split_exact
-from compression.flat import flatten, layout_of, unflatten
-from compression.pipeline import decode, encode_with_feedback
-from compression.spec import Chain, CodecContext
-from strategies.compressed import payload_record, record_payload
+from fedloom.compression.exact import join_exact, split_exact
+from fedloom.compression.flat import flatten, layout_of, unflatten
+from fedloom.compression.pipeline import decode, encode_with_feedback
+from fedloom.compression.spec import Chain, CodecContext
+from fedloom.strategies.compressed import payload_record, record_payload
 
 STATE_KEY = "compression"
 RESIDUAL_KEY = "residual"

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
-from compression.flat import flatten, unflatten
-from privacy import he
-from privacy.he_encoding import decrypt_weights, encrypt_weights
-from strategies.encrypted import ciphertext_record, record_ciphertexts
+from fedloom.compression.flat import flatten, unflatten
+from fedloom.privacy import he
+from fedloom.privacy.he_encoding import decrypt_weights, encrypt_weights
+from fedloom.strategies.encrypted import ciphertext_record, record_ciphertexts
 
 
 def secret_path(he_secret_dir: str, he_dir: str, node_config: Mapping[str, object]) -> Path:

@@ -16,10 +16,10 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.app.message_type import MessageType
 from torch import nn
 
-from privacy.accounting import ClientAccount
-from privacy.dp import DPRound, SampleDPSettings, train_private
-from strategies.private import EPSILON_KEY, EXHAUSTED_KEY, PARTITION_KEY
-from tasks.base import DataSplit, Task
+from fedloom.privacy.accounting import ClientAccount
+from fedloom.privacy.dp import DPRound, SampleDPSettings, train_private
+from fedloom.strategies.private import EPSILON_KEY, EXHAUSTED_KEY, PARTITION_KEY
+from fedloom.tasks.base import DataSplit, Task
 
 ACCOUNT_KEY = "dp-account"
 
@@ -72,7 +72,7 @@ def sample_dp_round(
 
 def dp_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Flower's client-side clipping for train messages of a ``dp=client`` run."""
-    from client.app import run_config  # the app module imports this one
+    from fedloom.client.app import run_config  # the app module imports this one
 
     cfg = run_config(context)
     if (

@@ -24,10 +24,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import APP_DIR, Parser, fail, is_ip  # noqa: E402
+from _common import Parser, fail, is_ip  # noqa: E402
 
-sys.path.insert(0, str(APP_DIR))
-from privacy.files import write_private  # noqa: E402
+from fedloom.privacy.files import write_private  # noqa: E402
 
 LOCAL_NAMES = ("127.0.0.1", "::1", "localhost")  # Flower connects its ServerApp via loopback
 FILES = ("ca.crt", "ca.key", "server.pem", "server.key")

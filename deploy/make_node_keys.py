@@ -19,10 +19,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import APP_DIR, Parser, fail  # noqa: E402
+from _common import Parser, fail  # noqa: E402
 
-sys.path.insert(0, str(APP_DIR))
-from privacy.files import write_private  # noqa: E402
+from fedloom.privacy.files import write_private  # noqa: E402
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Parser, fail  # noqa: E402
-from privacy.he_profiles import PACKINGS, SCHEMES, packing_error  # noqa: E402  (plain data, no TenSEAL)
+from fedloom.privacy.he_profiles import PACKINGS, SCHEMES, packing_error  # noqa: E402  (plain data, no TenSEAL)
 
 
 def provision_split(
@@ -26,7 +26,7 @@ def provision_split(
     scheme: str = "bfv",
 ) -> None:
     """Generate the keys once; put secret.ctx in ``nodes_dir`` and public.ctx in ``server_dir``."""
-    from privacy import he
+    from fedloom.privacy import he
 
     try:
         he.provision(nodes_dir, server_dir, clip=clip, max_weight=max_weight, values_per_slot=values_per_slot, scheme=scheme)
@@ -36,8 +36,8 @@ def provision_split(
 
 def train_size(task: str, data_dir: str, dataset: str) -> int:
     """Examples in the task's whole training set: the largest weight one client can have."""
-    from server.config import parse_run_config
-    from tasks.registry import load_task_data
+    from fedloom.server.config import parse_run_config
+    from fedloom.tasks.registry import load_task_data
 
     cfg = parse_run_config({"task": task, "data-dir": data_dir, "dataset": dataset})
     return len(load_task_data(cfg.task, cfg.data_dir, cfg.dataset, cfg.task_options()).train)

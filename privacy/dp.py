@@ -21,9 +21,9 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from tasks.base import DataSplit, Task
-from tasks.head import trainable
-from tasks.training import make_optimizer, seeded_torch
+from fedloom.tasks.base import DataSplit, Task
+from fedloom.tasks.head import trainable
+from fedloom.tasks.training import make_optimizer, seeded_torch
 
 from .accounting import (
     ClientAccount,
@@ -81,6 +81,11 @@ def make_dp_ready(model: nn.Module) -> nn.Module:
         stacklevel=2,
     )
     return fixed
+
+
+def device_generator(device: str | torch.device, seed: int) -> torch.Generator:
+    """A torch generator on ``device``: torch only draws on a device from a generator there."""
+    return torch.Generator(device=torch.device(device)).manual_seed(seed)
 
 
 def check_per_example_loss(
@@ -220,11 +225,13 @@ def train_private(
     work = copy.deepcopy(model).to(device).train()
     criterion = task.loss_fn()
     check_per_example_loss(criterion, work, split, device)
+    # Opacus draws the noise on the parameters' device, so its generator lives there;
+    # the Poisson sampler draws on the CPU, where the data loader runs.
     if settings.seeded_noise:  # reproducible, and predictable to whoever knows the seed
-        sampling, noise_generator = generator, torch.Generator().manual_seed(seed + 1)
+        sampling, noise_generator = generator, device_generator(device, seed + 1)
     else:  # secret: 63 bits of OS entropy each
         sampling = torch.Generator().manual_seed(secrets.randbits(63))
-        noise_generator = torch.Generator().manual_seed(secrets.randbits(63))
+        noise_generator = device_generator(device, secrets.randbits(63))
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(torch.from_numpy(split.x), torch.from_numpy(split.y)),
         batch_size=batch_size, generator=sampling,

@@ -1,4 +1,4 @@
-"""The fedloom ServerApp (``server.app:app``)."""
+"""The fedloom ServerApp (``fedloom.server.app:app``)."""
 
 from __future__ import annotations
 
@@ -21,19 +21,19 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
-from compression.spec import parse_down_spec, parse_spec
-from strategies.calibration import BatchNormCalibration
-from strategies.compressed import DecodingStrategy
-from privacy.dp import make_dp_ready
-from strategies.encrypted import EncryptedFedAvg, record_ciphertexts
-from strategies.instrumented import InstrumentedStrategy, TooFewReplies, chain_of
-from strategies.private import PrivacyBudgetExhausted
-from strategies.validation import ValidatingStrategy
-from strategies.registry import StrategyParams, build_strategy
-from tasks.batchnorm import batch_norm_layers
-from tasks.head import freeze_classifier
-from tasks.partition import label_counts
-from tasks.registry import get_task, load_task_data, partitions
+from fedloom.compression.spec import parse_down_spec, parse_spec
+from fedloom.strategies.calibration import BatchNormCalibration
+from fedloom.strategies.compressed import DecodingStrategy
+from fedloom.privacy.dp import make_dp_ready
+from fedloom.strategies.encrypted import EncryptedFedAvg, record_ciphertexts
+from fedloom.strategies.instrumented import InstrumentedStrategy, TooFewReplies, chain_of
+from fedloom.strategies.private import PrivacyBudgetExhausted
+from fedloom.strategies.validation import ValidatingStrategy
+from fedloom.strategies.registry import StrategyParams, build_strategy
+from fedloom.tasks.batchnorm import batch_norm_layers
+from fedloom.tasks.head import freeze_classifier
+from fedloom.tasks.partition import label_counts
+from fedloom.tasks.registry import get_task, load_task_data, partitions
 
 from .best import BestRound
 from .checkpoint import load_checkpoint, restore_rng_states

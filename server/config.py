@@ -13,16 +13,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from compression.spec import check_he, parse_down_spec, parse_spec
-from privacy.he_profiles import PACKINGS, SCHEMES, packing_error
-from privacy.accounting import ACCOUNTANTS
-from privacy.dp import SampleDPSettings
-from client.attacks import ATTACKS
-from tasks.base import Task, TaskOptions
-from tasks.partition import parse_partition
-from tasks.batchnorm import NORMS
-from tasks.registry import get_task
-from tasks.training import LR_SCHEDULES, OPTIMIZERS
+from fedloom.compression.spec import check_he, parse_down_spec, parse_spec
+from fedloom.privacy.he_profiles import PACKINGS, SCHEMES, packing_error
+from fedloom.privacy.accounting import ACCOUNTANTS
+from fedloom.privacy.dp import SampleDPSettings
+from fedloom.client.attacks import ATTACKS
+from fedloom.tasks.base import Task, TaskOptions
+from fedloom.tasks.partition import parse_partition
+from fedloom.tasks.batchnorm import NORMS
+from fedloom.tasks.registry import get_task
+from fedloom.tasks.training import LR_SCHEDULES, OPTIMIZERS
 
 DEFAULTS: dict[str, Any] = {
     "task": "digits",

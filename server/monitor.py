@@ -9,9 +9,9 @@ import torch
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp import Grid
 
-from strategies.instrumented import InstrumentedStrategy
-from tasks.base import DataSplit, Task, TaskData
-from tasks.training import evaluate
+from fedloom.strategies.instrumented import InstrumentedStrategy
+from fedloom.tasks.base import DataSplit, Task, TaskData
+from fedloom.tasks.training import evaluate
 
 from .best import BestRound
 from .checkpoint import CHECKPOINT, checkpoint_payload, pickle_strategy

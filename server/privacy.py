@@ -14,16 +14,16 @@ from typing import Any
 
 from flwr.serverapp.strategy import Strategy
 
-from privacy.accounting import EpsilonLedger, poisson_plan
-from privacy.dp import check_per_example_loss, make_dp_ready
-from strategies.instrumented import chain_of
-from strategies.private import (
+from fedloom.privacy.accounting import EpsilonLedger, poisson_plan
+from fedloom.privacy.dp import check_per_example_loss, make_dp_ready
+from fedloom.strategies.instrumented import chain_of
+from fedloom.strategies.private import (
     ClientDPStrategy,
     SampleDPStrategy,
     client_dp_noise,
     clients_per_round,
 )
-from tasks.registry import get_task, load_task_data, partitions
+from fedloom.tasks.registry import get_task, load_task_data, partitions
 
 from .config import RunConfig
 

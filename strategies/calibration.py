@@ -24,7 +24,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from tasks.batchnorm import pooled_moments
+from fedloom.tasks.batchnorm import pooled_moments
 
 from .delegating import DelegatingStrategy
 from .ordering import canonical_order

@@ -26,10 +26,10 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from compression.exact import join_exact, split_exact
-from compression.flat import flatten, layout_of, unflatten
-from compression.pipeline import decode, encode
-from compression.spec import Chain, CodecContext
+from fedloom.compression.exact import join_exact, split_exact
+from fedloom.compression.flat import flatten, layout_of, unflatten
+from fedloom.compression.pipeline import decode, encode
+from fedloom.compression.spec import Chain, CodecContext
 
 from .delegating import DelegatingStrategy
 from .validation import Rejection

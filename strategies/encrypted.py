@@ -27,10 +27,10 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from compression.flat import flatten
-from compression.sparse import randk_indices
-from privacy import he
-from privacy.he_encoding import block_sizes, encrypt_weights
+from fedloom.compression.flat import flatten
+from fedloom.compression.sparse import randk_indices
+from fedloom.privacy import he
+from fedloom.privacy.he_encoding import block_sizes, encrypt_weights
 
 from .compressed import SEED_KEY, round_seed
 from .validation import WEIGHT_KEY, Rejection

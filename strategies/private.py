@@ -35,7 +35,7 @@ from flwr.serverapp.strategy import (
 )
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
-from privacy.accounting import EpsilonLedger, calibrate_noise, client_level_epsilon
+from fedloom.privacy.accounting import EpsilonLedger, calibrate_noise, client_level_epsilon
 
 from .delegating import DelegatingStrategy
 

@@ -7,13 +7,13 @@ import pickle
 import numpy as np
 import torch
 
-from server.app import strategy_chain
-from server.config import parse_run_config
-from strategies.calibration import BatchNormCalibration
-from strategies.instrumented import chain_of
-from tasks.base import DataSplit
-from tasks.batchnorm import batch_norm_layers, batchnorm_sums, pooled_moments
-from tasks.pointnet import PointNet
+from fedloom.server.app import strategy_chain
+from fedloom.server.config import parse_run_config
+from fedloom.strategies.calibration import BatchNormCalibration
+from fedloom.strategies.instrumented import chain_of
+from fedloom.tasks.base import DataSplit
+from fedloom.tasks.batchnorm import batch_norm_layers, batchnorm_sums, pooled_moments
+from fedloom.tasks.pointnet import PointNet
 
 
 def _split(n: int, seed: int) -> DataSplit:
@@ -71,7 +71,7 @@ def test_calibration_pools_the_answers_in_an_order_fixed_by_content(task_identit
     # answers arrive in the order clients finish, so they are pooled in content order.
     from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
-    from strategies.calibration import SUMS_KEY
+    from fedloom.strategies.calibration import SUMS_KEY
 
     class Inner:
         def aggregate_train(self, server_round, replies):

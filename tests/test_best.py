@@ -9,10 +9,10 @@ import pytest
 import torch
 from flwr.app import ArrayRecord
 
-from server.best import BEST_MODEL, BEST_RECORD, BestRound, improves
-from server.config import parse_run_config
-from server.results import ResultsFolder
-from tasks.registry import get_task, task_names
+from fedloom.server.best import BEST_MODEL, BEST_RECORD, BestRound, improves
+from fedloom.server.config import parse_run_config
+from fedloom.server.results import ResultsFolder
+from fedloom.tasks.registry import get_task, task_names
 
 
 def test_losses_are_minimised_other_metrics_maximised_and_nan_never_wins():

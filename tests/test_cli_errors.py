@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-import run_sim
+from fedloom import run_sim
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def test_bad_input_exits_2_with_one_line(argv, message, capsys):
 
 
 def test_missing_data_file_names_the_path(tmp_path, monkeypatch, capsys):
-    from tasks import mnist
+    from fedloom.tasks import mnist
 
     monkeypatch.setattr(mnist, "MIRRORS", ("http://127.0.0.1:9/",))
     assert run_sim.main(["--task", "mnist", "--data-dir", str(tmp_path)]) == 2

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compression.flat import flatten, layout_of, unflatten
-from compression.indices import decode_indices, encode_indices, varint_decode, varint_encode
-from compression.lowrank import lowrank_count
-from compression.pipeline import decode, encode, encode_with_feedback
-from compression.quantize import qsgd_decode, qsgd_encode, qsgd_size
-from compression.spec import CodecContext, parse_spec
-from compression.sparse import randk_indices
+from fedloom.compression.flat import flatten, layout_of, unflatten
+from fedloom.compression.indices import decode_indices, encode_indices, varint_decode, varint_encode
+from fedloom.compression.lowrank import lowrank_count
+from fedloom.compression.pipeline import decode, encode, encode_with_feedback
+from fedloom.compression.quantize import qsgd_decode, qsgd_encode, qsgd_size
+from fedloom.compression.spec import CodecContext, parse_spec
+from fedloom.compression.sparse import randk_indices
 
 
 def ctx(layout=((5,),), seed=0, rng_seed=0) -> CodecContext:

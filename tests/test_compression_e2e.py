@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import run_sim
+from fedloom import run_sim
 
 pytestmark = pytest.mark.e2e
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-import run_sim
-from compression.spec import check_he, parse_down_spec, parse_spec
-from server.config import parse_run_config
+from fedloom import run_sim
+from fedloom.compression.spec import check_he, parse_down_spec, parse_spec
+from fedloom.server.config import parse_run_config
 
 
 @pytest.mark.parametrize(

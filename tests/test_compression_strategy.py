@@ -12,11 +12,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
-from compression.flat import flatten, layout_of
-from compression.pipeline import encode
-from compression.spec import CodecContext, parse_spec
-from strategies.compressed import DecodingStrategy, payload_record, record_payload
-from strategies.instrumented import InstrumentedStrategy
+from fedloom.compression.flat import flatten, layout_of
+from fedloom.compression.pipeline import encode
+from fedloom.compression.spec import CodecContext, parse_spec
+from fedloom.strategies.compressed import DecodingStrategy, payload_record, record_payload
+from fedloom.strategies.instrumented import InstrumentedStrategy
 
 NPY_HEADER = 128  # np.save header of a 1-d uint8 array
 
@@ -116,14 +116,14 @@ def test_compressed_strategy_chain_is_checkpointed(spec):
     # chain must pickle as its spec text or a resumed run would restart the strategy.
     import pickle
 
-    from server.app import strategy_chain
-    from server.checkpoint import pickle_strategy
-    from server.config import parse_run_config
+    from fedloom.server.app import strategy_chain
+    from fedloom.server.checkpoint import pickle_strategy
+    from fedloom.server.config import parse_run_config
 
     chain = strategy_chain(parse_run_config({"compression": spec, "compression-down": "fp16"}), 1000, 10)
     blob = pickle_strategy(chain)
     assert blob is not None
-    from strategies.instrumented import chain_of
+    from fedloom.strategies.instrumented import chain_of
 
     decoding = [s for s in chain_of(pickle.loads(blob)) if isinstance(s, DecodingStrategy)]
     assert [(str(d.up), str(d.down)) for d in decoding] == [(spec, "fp16")]
@@ -134,8 +134,8 @@ def test_full_weight_uploads_under_a_lossy_download_move_from_the_exact_model(do
     # Clients start from the lossy model they decode; with no upload codec they send full
     # weights. The server must add their updates to its exact model, not adopt the lossy
     # one: a client that adds +1 to every weight moves the exact model by exactly +1.
-    from client.compress import received_state
-    from compression.spec import parse_down_spec
+    from fedloom.client.compress import received_state
+    from fedloom.compression.spec import parse_down_spec
 
     rng = np.random.default_rng(0)
     exact = ArrayRecord({"w": Array(rng.standard_normal((16, 8)).astype(np.float32))})
@@ -157,7 +157,7 @@ def test_full_weight_uploads_under_a_lossy_download_move_from_the_exact_model(do
 def test_a_diverged_round_does_not_spoil_the_error_feedback_residual():
     # One NaN update is dropped by the server; the residual must not carry the NaN into
     # every later upload (then the client could never contribute again).
-    from client.compress import RESIDUAL_KEY, STATE_KEY, encode_update
+    from fedloom.client.compress import RESIDUAL_KEY, STATE_KEY, encode_update
 
     up, state = parse_spec("topk:0.5"), RecordDict()
     start = {"w": np.zeros(4, dtype=np.float32)}
@@ -177,9 +177,9 @@ def test_a_diverged_round_does_not_spoil_the_error_feedback_residual():
 def test_a_lossy_download_sends_the_batchnorm_statistics_exact(down):
     # A small running variance flattened beside larger weights quantizes to zero, and
     # BatchNorm then divides by sqrt(eps). The statistics ride exact beside the payload.
-    from client.compress import received_state
-    from compression.spec import parse_down_spec
-    from tasks.batchnorm import BatchNorm
+    from fedloom.client.compress import received_state
+    from fedloom.compression.spec import parse_down_spec
+    from fedloom.tasks.batchnorm import BatchNorm
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 300), BatchNorm(300))
     with torch.no_grad():

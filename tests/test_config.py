@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from server.config import DEFAULTS, parse_run_config
+from fedloom.server.config import DEFAULTS, parse_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +51,7 @@ def test_bad_values_name_the_problem(overrides, message):
 def test_lr_schedule_cosine_anneals_over_the_rounds_and_bad_names_fail():
     import math
 
-    from tasks.training import scheduled_lr
+    from fedloom.tasks.training import scheduled_lr
 
     assert [scheduled_lr(0.1, "constant", r, 4) for r in (1, 4)] == [0.1, 0.1]
     cosine = [scheduled_lr(0.1, "cosine", r, 4) for r in (1, 2, 3, 4)]

@@ -12,8 +12,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from opacus.accountants.analysis import rdp as rdp_analysis
 from torch import nn
 
-import run_sim
-from privacy.accounting import (
+from fedloom import run_sim
+from fedloom.privacy.accounting import (
     ClientAccount,
     EpsilonLedger,
     calibrate_noise,
@@ -21,16 +21,16 @@ from privacy.accounting import (
     epsilon,
     poisson_plan,
 )
-from privacy.dp import DPLossError, DPModelError, SampleDPSettings, make_dp_ready, train_private
-from strategies.private import (
+from fedloom.privacy.dp import DPLossError, DPModelError, SampleDPSettings, make_dp_ready, train_private
+from fedloom.strategies.private import (
     EPSILON_KEY,
     EXHAUSTED_KEY,
     PARTITION_KEY,
     PrivacyBudgetExhausted,
     SampleDPStrategy,
 )
-from tasks.base import DataSplit, TaskData, TaskOptions
-from tasks.registry import get_task, load_task_data
+from fedloom.tasks.base import DataSplit, TaskData, TaskOptions
+from fedloom.tasks.registry import get_task, load_task_data
 
 DELTA = 1e-5
 
@@ -266,7 +266,7 @@ def test_bad_dp_options_exit_2_with_one_line(argv, message, capsys):
 
 def test_default_run_has_no_privacy():
     assert math.isclose(DELTA, 1e-5)
-    from server.config import parse_run_config
+    from fedloom.server.config import parse_run_config
 
     cfg = parse_run_config({})
     assert cfg.dp == "none" and cfg.sample_dp() is None and cfg.dp_delta == DELTA
@@ -357,7 +357,7 @@ def test_a_loss_that_cannot_give_per_example_losses_is_refused(digits, monkeypat
 
 
 def test_a_batch_mean_loss_fails_dp_sample_at_start_up(monkeypatch, capsys):
-    from tasks.digits import DigitsTask
+    from fedloom.tasks.digits import DigitsTask
 
     monkeypatch.setattr(DigitsTask, "loss_fn", lambda self: BatchMeanLoss())
     assert run_sim.main(["--num-clients", "3", "--dp", "sample", "--dp-noise", "1"]) == 2
@@ -376,7 +376,7 @@ def test_client_dp_noise_covers_the_replies_actually_averaged(side, third, task_
     from flwr.serverapp import Grid
     from flwr.serverapp.strategy import FedAvg
 
-    from strategies.private import ClientDPStrategy
+    from fedloom.strategies.private import ClientDPStrategy
 
     grid = Mock(spec=Grid)
     grid.get_node_ids.return_value = [1, 2, 3]
@@ -437,7 +437,7 @@ def test_client_dp_noise_is_secret_unless_seeded_and_leaves_numpys_stream_alone(
     from flwr.serverapp import Grid
     from flwr.serverapp.strategy import FedAvg
 
-    from strategies.private import ClientDPStrategy
+    from fedloom.strategies.private import ClientDPStrategy
 
     grid = Mock(spec=Grid)
     grid.get_node_ids.return_value = [1, 2]
@@ -471,7 +471,7 @@ def test_adaptive_clipping_follows_andrew_et_al_and_noises_with_the_norm_that_cl
     from flwr.serverapp import Grid
     from flwr.serverapp.strategy import FedAvg
 
-    from strategies.private import ClientDPStrategy
+    from fedloom.strategies.private import ClientDPStrategy
 
     m, size = 20, 50_000
     grid = Mock(spec=Grid)
@@ -503,7 +503,7 @@ def test_a_client_dp_strategy_from_an_older_checkpoint_still_aggregates(task_ide
     from flwr.serverapp import Grid
     from flwr.serverapp.strategy import FedAvg
 
-    from strategies.private import ClientDPStrategy
+    from fedloom.strategies.private import ClientDPStrategy
 
     grid = Mock(spec=Grid)
     grid.get_node_ids.return_value = [1, 2]

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-import run_sim
-from privacy.accounting import poisson_plan
-from tasks.registry import partitions
+from fedloom import run_sim
+from fedloom.privacy.accounting import poisson_plan
+from fedloom.tasks.registry import partitions
 from tests.test_dp import independent_epsilon
 
 pytestmark = pytest.mark.e2e
@@ -21,7 +21,7 @@ def read_jsonl(path):
 
 
 def digits_sizes(num_clients: int) -> list[int]:
-    from server.config import DEFAULTS
+    from fedloom.server.config import DEFAULTS
 
     return [len(p) for p in partitions("digits", "", "digits", "iid", num_clients, DEFAULTS["seed"])]
 
@@ -89,10 +89,10 @@ def test_client_level_dp_reports_the_subsampled_gaussian_epsilon(tmp_path, clipp
 
 
 def test_dp_sgd_on_mnist_improves_accuracy(tmp_path, shared_data):
-    from server.config import DEFAULTS
-    from tasks.base import TaskOptions
-    from tasks.registry import get_task, load_task_data
-    from tasks.training import evaluate
+    from fedloom.server.config import DEFAULTS
+    from fedloom.tasks.base import TaskOptions
+    from fedloom.tasks.registry import get_task, load_task_data
+    from fedloom.tasks.training import evaluate
 
     # The untrained model, initialised as the server does.
     options = TaskOptions(mnist_model="dp-cnn")
@@ -119,7 +119,7 @@ def test_a_model_sent_for_evaluation_before_a_kill_counts_as_a_release(tmp_path)
     # dp=client with federated evaluation: each round's noised model reaches the
     # clients before the round's checkpoint. The server notes the release count
     # first, so a resume after a kill in between counts the re-run round twice.
-    from server.privacy import RELEASES_FILE
+    from fedloom.server.privacy import RELEASES_FILE
 
     run_dir = tmp_path / "run"
     args = ["--num-clients", "3", "--fraction", "0.67", "--dp", "client", "--dp-noise", "0.5",

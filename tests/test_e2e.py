@@ -8,8 +8,8 @@ import pytest
 import torch
 from flwr.app import ArrayRecord
 
-import run_sim
-from tasks.registry import get_task, load_task_data
+from fedloom import run_sim
+from fedloom.tasks.registry import get_task, load_task_data
 
 pytestmark = pytest.mark.e2e
 

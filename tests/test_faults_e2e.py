@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import run_sim
+from fedloom import run_sim
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +74,7 @@ def test_resume_errors_are_clear(tmp_path, capsys):
 
 
 def test_a_resume_drops_epsilon_rows_past_the_checkpoint(tmp_path):
-    from server.privacy import EPSILON_FILE, trim_epsilons
+    from fedloom.server.privacy import EPSILON_FILE, trim_epsilons
 
     rows = [{"round": r, "partition_id": c, "epsilon": 0.1 * r} for r in (1, 2) for c in (0, 1)]
     (tmp_path / EPSILON_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -98,9 +98,9 @@ def test_client_state_is_kept_per_run(tmp_path):
 
     from flwr.app import ConfigRecord, RecordDict
 
-    from client.app import client_state_dir
-    from client.state import load_state, save_state
-    from server.config import parse_run_config
+    from fedloom.client.app import client_state_dir
+    from fedloom.client.state import load_state, save_state
+    from fedloom.server.config import parse_run_config
 
     cfg = parse_run_config({})
     node = SimpleNamespace(node_config={"state-dir": str(tmp_path)})

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from client.attacks import attackers, poison
-from client.faults import InjectedFailure, inject_faults
-from client.state import load_state, save_state
+from fedloom.client.attacks import attackers, poison
+from fedloom.client.faults import InjectedFailure, inject_faults
+from fedloom.client.state import load_state, save_state
 
 
 def test_poison_by_hand():
@@ -77,8 +77,8 @@ def test_a_rerun_round_keeps_the_dp_account_of_the_run_it_replaces(tmp_path):
 def test_checkpointed_rng_states_include_the_client_sampler():
     from flwr.serverapp.strategy import strategy_utils
 
-    from server.checkpoint import restore_rng_states, rng_states
-    from server.sampling import SAMPLING_RNG, use_private_sampling_rng
+    from fedloom.server.checkpoint import restore_rng_states, rng_states
+    from fedloom.server.sampling import SAMPLING_RNG, use_private_sampling_rng
 
     use_private_sampling_rng(5)
     assert strategy_utils.random is SAMPLING_RNG  # what Flower's sample_nodes draws from
@@ -99,7 +99,7 @@ def test_checkpointed_rng_states_include_the_client_sampler():
 def test_a_nodes_partition_must_be_a_whole_number_in_range(node_config):
     from types import SimpleNamespace
 
-    from client.app import node_partition
+    from fedloom.client.app import node_partition
 
     assert node_partition(SimpleNamespace(node_config={"partition-id": 1, "num-partitions": 2})) == (1, 2)
     with pytest.raises(ValueError, match="valid: whole numbers with 0 <= partition-id < num-partitions"):
@@ -109,7 +109,7 @@ def test_a_nodes_partition_must_be_a_whole_number_in_range(node_config):
 def test_secret_files_are_owner_only_even_when_they_existed_wider(tmp_path):
     import stat
 
-    from privacy.files import write_private
+    from fedloom.privacy.files import write_private
 
     path = tmp_path / "key"
     path.write_bytes(b"old")
@@ -136,7 +136,7 @@ SIMULATION_REASON = (  # a Ray actor's ClientApp raised; Flower's error reason, 
     ("Error: Message Unavailable -\n the node is gone", "Error: Message Unavailable - the node is gone"),
 ])
 def test_a_failed_replys_reason_is_one_line_naming_the_clients_exception(reason, line):
-    from strategies.instrumented import failure_reason
+    from fedloom.strategies.instrumented import failure_reason
 
     assert failure_reason(reason) == line
 
@@ -145,7 +145,7 @@ def test_failed_replies_are_the_error_replies_and_the_silent_nodes(task_identity
     from flwr.app import Message, RecordDict
     from flwr.common import Error
 
-    from strategies.instrumented import failed_replies
+    from fedloom.strategies.instrumented import failed_replies
 
     sent = [Message(RecordDict(), dst_node_id=n, message_type="train") for n in (11, 12, 13)]
     replies = [Message(RecordDict(), reply_to=sent[0]), Message(Error(0, "<class 'ValueError'>:<'nan'>"), reply_to=sent[1])]
@@ -156,7 +156,7 @@ def test_failed_replies_are_the_error_replies_and_the_silent_nodes(task_identity
 
 
 def test_a_resume_keeps_the_failures_of_the_rounds_it_keeps(tmp_path):
-    from server.results import FAILURES, ResultsFolder
+    from fedloom.server.results import FAILURES, ResultsFolder
 
     results = ResultsFolder(tmp_path)
     results.add_row({"round": 1})

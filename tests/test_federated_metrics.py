@@ -9,13 +9,13 @@ import torch
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-from client.app import evaluation_metrics
-from strategies.federated_metrics import STATISTIC_PREFIX, remove_statistics
-from strategies.instrumented import InstrumentedStrategy
-from tasks.base import TaskOptions
-from tasks.medmnist import MedMnistTask, one_vs_rest_log_odds
-from tasks.metrics import MULTI_CLASS, MULTI_LABEL, class_counts, mean_class_accuracy, medmnist_auc, pooled_auc
-from tasks.pointcloud import PointCloudTask
+from fedloom.client.app import evaluation_metrics
+from fedloom.strategies.federated_metrics import STATISTIC_PREFIX, remove_statistics
+from fedloom.strategies.instrumented import InstrumentedStrategy
+from fedloom.tasks.base import TaskOptions
+from fedloom.tasks.medmnist import MedMnistTask, one_vs_rest_log_odds
+from fedloom.tasks.metrics import MULTI_CLASS, MULTI_LABEL, class_counts, mean_class_accuracy, medmnist_auc, pooled_auc
+from fedloom.tasks.pointcloud import PointCloudTask
 
 
 def test_pooled_auc_is_medmnists_auc_and_leaves_out_undefined_classes():
@@ -118,7 +118,7 @@ def test_federated_auc_is_the_test_sets(num_classes, task_type, task_identity):
 
 def test_multilabel_accuracy_counts_a_score_at_the_threshold_as_positive():
     # MedMNIST's getACC: score < 0.5 -> 0, else 1. A zero logit (an untrained head) is 0.5.
-    from tasks.metrics import medmnist_accuracy
+    from fedloom.tasks.metrics import medmnist_accuracy
 
     y = np.array([[1, 0], [1, 1]], np.float32)
     assert medmnist_accuracy(y, np.full((2, 2), 0.5), MULTI_LABEL) == pytest.approx(0.75)
@@ -126,7 +126,7 @@ def test_multilabel_accuracy_counts_a_score_at_the_threshold_as_positive():
 
 
 def test_more_clients_than_test_examples_is_refused_under_federated_evaluation(capsys, tmp_path):
-    import run_sim
+    from fedloom import run_sim
     from conftest import require_data
 
     data = require_data("medmnist/breastmnist.npz").parents[1]
@@ -138,7 +138,7 @@ def test_more_clients_than_test_examples_is_refused_under_federated_evaluation(c
 
 
 def test_partition_label_counts_of_multilabel_data_count_each_labels_positives():
-    from tasks.partition import label_counts
+    from fedloom.tasks.partition import label_counts
 
     y = np.array([[0, 1, 0], [1, 1, 0], [0, 0, 0], [0, 0, 1]], np.float32)
     assert label_counts(y, [np.array([0, 1]), np.array([2, 3])], 3) == [[1, 2, 0], [0, 0, 1]]

@@ -8,15 +8,15 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from client.app import he_upload_blocks
-from client.he_client import decrypt_global, encrypt_local
-from compression.flat import flatten
-from compression.spec import parse_spec
-from privacy import he
-from privacy.he_encoding import value_weights
-from privacy.fixed_point import decode_mean, encode_weighted, fixed_point_scale, lane_radix, pack, unpack
-from strategies.encrypted import BLOCK_WEIGHTS_KEY, EncryptedFedAvg, ciphertext_record
-from tasks.mnist import MnistCNN
+from fedloom.client.app import he_upload_blocks
+from fedloom.client.he_client import decrypt_global, encrypt_local
+from fedloom.compression.flat import flatten
+from fedloom.compression.spec import parse_spec
+from fedloom.privacy import he
+from fedloom.privacy.he_encoding import value_weights
+from fedloom.privacy.fixed_point import decode_mean, encode_weighted, fixed_point_scale, lane_radix, pack, unpack
+from fedloom.strategies.encrypted import BLOCK_WEIGHTS_KEY, EncryptedFedAvg, ciphertext_record
+from fedloom.tasks.mnist import MnistCNN
 
 
 def provisioned(tmp_path_factory, name, **options):
@@ -325,9 +325,9 @@ def test_a_client_refuses_keys_from_another_provisioning(tmp_path, task_identity
     # The other secret key would decrypt the sums to garbage without any error.
     from types import SimpleNamespace
 
-    from client.app import he_inputs
-    from server.config import parse_run_config
-    from strategies.encrypted import KEY_ID_KEY
+    from fedloom.client.app import he_inputs
+    from fedloom.server.config import parse_run_config
+    from fedloom.strategies.encrypted import KEY_ID_KEY
 
     first = he.provision(tmp_path / "a-nodes", tmp_path / "a-server", clip=8.0, max_weight=100)
     second = he.provision(tmp_path / "b-nodes", tmp_path / "b-server", clip=8.0, max_weight=100)

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import run_sim
-from client import decrypt_model
-from tasks.registry import get_task, load_task_data
-from tasks.training import evaluate
+from fedloom import run_sim
+from fedloom.client import decrypt_model
+from fedloom.tasks.registry import get_task, load_task_data
+from fedloom.tasks.training import evaluate
 
 pytestmark = pytest.mark.e2e
 

@@ -9,15 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-import run_sim
+from fedloom import run_sim
 from conftest import require_data
-from privacy.accounting import ClientAccount
-from privacy.dp import SampleDPSettings, make_dp_ready, train_private
-from server.config import parse_run_config
-from tasks.base import DataSplit, TaskData, TaskOptions
-from tasks.head import classifier_layer, freeze_classifier, trainable
-from tasks.registry import get_task, load_task_data
-from tasks.training import evaluate, train_local
+from fedloom.privacy.accounting import ClientAccount
+from fedloom.privacy.dp import SampleDPSettings, make_dp_ready, train_private
+from fedloom.server.config import parse_run_config
+from fedloom.tasks.base import DataSplit, TaskData, TaskOptions
+from fedloom.tasks.head import classifier_layer, freeze_classifier, trainable
+from fedloom.tasks.registry import get_task, load_task_data
+from fedloom.tasks.training import evaluate, train_local
 
 
 def fake_data(x_shape: tuple[int, ...], num_classes: int) -> TaskData:

@@ -8,12 +8,12 @@ import pytest
 import torch
 from flwr.app import ArrayRecord
 
-from server.config import parse_run_config
-from tasks.base import DataSplit
-from tasks.digits import DigitsTask
-from tasks.logit_adjustment import label_log_prior
-from tasks.registry import load_task_data
-from tasks.training import train_local
+from fedloom.server.config import parse_run_config
+from fedloom.tasks.base import DataSplit
+from fedloom.tasks.digits import DigitsTask
+from fedloom.tasks.logit_adjustment import label_log_prior
+from fedloom.tasks.registry import load_task_data
+from fedloom.tasks.training import train_local
 
 
 def test_label_log_prior_is_the_laplace_smoothed_class_share():

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.base import DatasetNotFoundError, TaskOptions
-from tasks.medmnist import (
+from fedloom.tasks.base import DatasetNotFoundError, TaskOptions
+from fedloom.tasks.medmnist import (
     MedMnistLoss,
     MedMnistTask,
     find_or_download_npz,
@@ -20,9 +20,9 @@ from tasks.medmnist import (
     npz_name,
     partition_labels,
 )
-from tasks.medmnist_info import builtin_info
-from tasks.metrics import BINARY, MULTI_CLASS, MULTI_LABEL, medmnist_accuracy, medmnist_auc
-from tasks.resnet import ResNet
+from fedloom.tasks.medmnist_info import builtin_info
+from fedloom.tasks.metrics import BINARY, MULTI_CLASS, MULTI_LABEL, medmnist_accuracy, medmnist_auc
+from fedloom.tasks.resnet import ResNet
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 BREAST = DATA / "medmnist" / "breastmnist.npz"
@@ -127,7 +127,7 @@ def test_chestmnist_style_npz_loads_float_targets(tmp_path: Path) -> None:
 
 
 def test_builtin_table_agrees_with_the_package() -> None:
-    from tasks.medmnist import package_info
+    from fedloom.tasks.medmnist import package_info
 
     info = package_info()
     if info is None:
@@ -142,7 +142,7 @@ def test_builtin_table_agrees_with_the_package() -> None:
 
 
 def test_builtin_table_is_used_without_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("tasks.medmnist.package_info", lambda: None)
+    monkeypatch.setattr("fedloom.tasks.medmnist.package_info", lambda: None)
     info = medmnist_info.__wrapped__()
     breast = info["breastmnist"]
     assert breast["task"] == BINARY and breast["n_channels"] == 1
@@ -180,7 +180,7 @@ def test_missing_file_names_the_path(tmp_path: Path, monkeypatch: pytest.MonkeyP
     def offline(url: str, target: Path) -> None:
         raise OSError("network unreachable")
 
-    monkeypatch.setattr("tasks.medmnist._download", offline)
+    monkeypatch.setattr("fedloom.tasks.medmnist._download", offline)
     with pytest.raises(DatasetNotFoundError) as err:
         find_or_download_npz(tmp_path, "pneumoniamnist", 64)
     message = str(err.value)
@@ -198,7 +198,7 @@ def test_unknown_dataset_and_size_are_rejected() -> None:
 
 
 def test_run_config_keys_reach_the_task() -> None:
-    from server.config import parse_run_config
+    from fedloom.server.config import parse_run_config
 
     cfg = parse_run_config({"task": "medmnist", "image-size": 64, "model-width": 0.5})
     task = MedMnistTask().configure(cfg.task_options())
@@ -229,7 +229,7 @@ def test_resnet_first_logits_are_zero() -> None:
 def test_full_width_resnet_does_not_diverge_in_its_first_epoch() -> None:
     """Regression: at width 1.0 (64 channels) SGD lr 0.01 used to reach train loss 1.9-2.8 in epoch 1."""
     needs_breast()
-    from tasks.training import train_local
+    from fedloom.tasks.training import train_local
 
     task = MedMnistTask(width=1.0)
     train = load_medmnist_npz(BREAST, BINARY, 1)["train"]
@@ -246,10 +246,10 @@ def test_resnet_is_opacus_compatible() -> None:
 
 
 def test_batchnorm_resnet_from_the_run_config_keeps_float_statistics_and_refuses_dp_sgd() -> None:
-    from server.config import parse_run_config
-    from tasks.base import DataSplit, TaskData
-    from tasks.batchnorm import BatchNorm
-    from tasks.registry import get_task
+    from fedloom.server.config import parse_run_config
+    from fedloom.tasks.base import DataSplit, TaskData
+    from fedloom.tasks.batchnorm import BatchNorm
+    from fedloom.tasks.registry import get_task
 
     cfg = parse_run_config({"task": "medmnist", "resnet-norm": "batch"})
     images = DataSplit(np.zeros((1, 1, 28, 28), np.float32), np.zeros(1, np.int64))
@@ -280,8 +280,8 @@ def test_batchnorm_resnet_from_the_run_config_keeps_float_statistics_and_refuses
 @pytest.mark.e2e
 def test_breastmnist_federated_accuracy_rises(tmp_path: Path) -> None:
     needs_breast()
-    import run_sim
-    from tasks.training import evaluate
+    from fedloom import run_sim
+    from fedloom.tasks.training import evaluate
 
     seed = 7
     task = MedMnistTask(width=0.25)
@@ -309,7 +309,7 @@ def test_breastmnist_federated_accuracy_rises(tmp_path: Path) -> None:
 
 
 def test_flip_and_shift_gives_flipped_shifted_copies():
-    from tasks.medmnist import flip_and_shift
+    from fedloom.tasks.medmnist import flip_and_shift
 
     x = torch.arange(8 * 3 * 6 * 6, dtype=torch.float32).reshape(8, 3, 6, 6)
     out = flip_and_shift(x, torch.Generator().manual_seed(0), max_shift=1)

@@ -7,9 +7,9 @@ import pytest
 import torch
 from opacus.validators import ModuleValidator
 
-from server.config import DEFAULTS, parse_run_config
-from tasks.base import DataSplit, TaskData
-from tasks.registry import get_task
+from fedloom.server.config import DEFAULTS, parse_run_config
+from fedloom.tasks.base import DataSplit, TaskData
+from fedloom.tasks.registry import get_task
 
 
 def fake_data() -> TaskData:

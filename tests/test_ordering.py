@@ -6,8 +6,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-from strategies.instrumented import InstrumentedStrategy
-from strategies.ordering import canonical_order
+from fedloom.strategies.instrumented import InstrumentedStrategy
+from fedloom.strategies.ordering import canonical_order
 
 
 def reply(node_id: int, weights: np.ndarray, examples: int) -> Message:
@@ -59,7 +59,7 @@ def test_canonical_order_depends_on_content_only(task_identity):
 
 
 def test_partitions_the_nodes_report_are_checked():
-    from strategies.instrumented import partition_problems
+    from fedloom.strategies.instrumented import partition_problems
 
     assert partition_problems({11: (0, 3), 12: (1, 3), 13: (2, 3)}) == []
     assert partition_problems({11: (0, 3), 12: (0, 3), 13: (2, 4)}) == [

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tasks.partition import (
+from fedloom.tasks.partition import (
     PartitionSpec,
     dirichlet,
     iid,

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.base import DataSplit, DatasetNotFoundError, TaskData
-from tasks.metrics import mean_class_accuracy, overall_accuracy
-from tasks.modelnet import (
+from fedloom.tasks.base import DataSplit, DatasetNotFoundError, TaskData
+from fedloom.tasks.metrics import mean_class_accuracy, overall_accuracy
+from fedloom.tasks.modelnet import (
     load_hdf5_release,
     load_modelnet,
     load_npz,
@@ -23,9 +23,9 @@ from tasks.modelnet import (
     subsample,
     y_up_to_z_up,
 )
-from tasks.pointcloud import PointCloudTask, augment_batch, rotate_about_z
-from tasks.pointnet import PointNet
-from tasks.registry import get_task
+from fedloom.tasks.pointcloud import PointCloudTask, augment_batch, rotate_about_z
+from fedloom.tasks.pointnet import PointNet
+from fedloom.tasks.registry import get_task
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SMALL = DATA / "modelnet10" / "modelnet10_1024_small.npz"
@@ -164,7 +164,7 @@ def test_missing_data_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.Monk
     def offline(dataset: str, data_dir: Path) -> None:
         raise OSError("network unreachable")
 
-    monkeypatch.setattr("tasks.modelnet._download_meshes", offline)
+    monkeypatch.setattr("fedloom.tasks.modelnet._download_meshes", offline)
     with pytest.raises(DatasetNotFoundError) as err:
         load_modelnet(tmp_path, "modelnet10", 1024)
     message = str(err.value)
@@ -197,7 +197,7 @@ def test_augment_batch_bounds() -> None:
 
 
 def test_rotation_range_comes_from_the_run_config() -> None:
-    from server.config import parse_run_config
+    from fedloom.server.config import parse_run_config
 
     cfg = parse_run_config({"task": "pointcloud", "augment-rotation": 15})
     assert PointCloudTask().configure(cfg.task_options()).rotation == 15.0
@@ -226,7 +226,7 @@ def test_pointnet_is_opacus_compatible_and_rejects_bad_transforms() -> None:
 
 
 def test_batchnorm_pointnet_keeps_float_running_statistics() -> None:
-    from tasks.batchnorm import BatchNorm
+    from fedloom.tasks.batchnorm import BatchNorm
 
     model = PointNet(10, transforms="both", width=0.25, norm="batch")
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -249,7 +249,7 @@ def test_batchnorm_pointnet_keeps_float_running_statistics() -> None:
 
 
 def test_batchnorm_training_never_sees_a_batch_of_one() -> None:
-    from tasks.training import batch_bounds, train_local
+    from fedloom.tasks.training import batch_bounds, train_local
 
     assert batch_bounds(17, 8, min_size=2) == [(0, 8), (8, 17)]  # 17 = 8 + 8 + 1: the 1 joins
     assert batch_bounds(17, 8) == [(0, 8), (8, 16), (16, 17)]  # without BatchNorm: as before
@@ -265,8 +265,8 @@ def test_batchnorm_training_never_sees_a_batch_of_one() -> None:
 
 
 def test_pointnet_norm_comes_from_the_run_config_and_batchnorm_refuses_dp_sgd() -> None:
-    from server.config import parse_run_config
-    from tasks.batchnorm import BatchNorm
+    from fedloom.server.config import parse_run_config
+    from fedloom.tasks.batchnorm import BatchNorm
 
     cfg = parse_run_config({"task": "pointcloud", "pointnet-norm": "batch"})
     model = get_task("pointcloud", cfg.task_options()).build_model(
@@ -294,8 +294,8 @@ def test_overall_and_mean_class_accuracy() -> None:
 @pytest.mark.e2e
 def test_modelnet10_federated_accuracy_rises(tmp_path: Path) -> None:
     needs_small()
-    import run_sim
-    from tasks.training import evaluate
+    from fedloom import run_sim
+    from fedloom.tasks.training import evaluate
 
     (tmp_path / "data").mkdir()
     data_dir = small_data_dir(tmp_path / "data")

@@ -7,8 +7,8 @@ from io import StringIO
 
 from rich.console import Console
 
-from server.progress import RunProgress
-from strategies.registry import StrategyParams, build_strategy
+from fedloom.server.progress import RunProgress
+from fedloom.strategies.registry import StrategyParams, build_strategy
 
 ROWS = [
     {"round": 1, "accuracy": 0.7307692, "auc": 0.5275689, "loss": 0.5945923, "train_loss": 0.6225394,

@@ -7,7 +7,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Krum, QFedAvg, Strategy
 
-from strategies.registry import (
+from fedloom.strategies.registry import (
     StrategyParams,
     build_strategy,
     min_replies,
@@ -15,9 +15,9 @@ from strategies.registry import (
     resolve_strategy,
     strategy_names,
 )
-from tasks.digits import DigitsTask
+from fedloom.tasks.digits import DigitsTask
 from tests.test_compression_strategy import global_arrays, grid, reply, task_identity  # noqa: F401
-from tasks.registry import get_task, register_task, task_names
+from fedloom.tasks.registry import get_task, register_task, task_names
 
 ALL_STRATEGIES = [
     "bulyan", "fedadagrad", "fedadam", "fedavg", "fedavgm", "fedmedian", "fedprox",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import run_sim
+from fedloom import run_sim
 from conftest import require_data
 
 pytestmark = pytest.mark.e2e
@@ -100,8 +100,8 @@ def test_federated_evaluation_gives_the_central_metrics(task, metric, norm, tmp_
         return
     # The clients measured the aggregate's BatchNorm statistics on their data: the
     # first layer's are the moments of its inputs over the whole training set.
-    from tasks.base import TaskOptions
-    from tasks.registry import load_task_data
+    from fedloom.tasks.base import TaskOptions
+    from fedloom.tasks.registry import load_task_data
 
     state = torch.load(tmp_path / "run" / "model.pt")
     data_dir = args[args.index("--data-dir") + 1]

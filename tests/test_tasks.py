@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from tasks import mnist as mnist_mod
-from tasks.base import DatasetNotFoundError, DataSplit
-from tasks.digits import DigitsTask
-from tasks.mnist import MnistCNN, MnistTask, load_mnist_arrays, read_idx
-from tasks.registry import client_split, client_test_split, load_task_data
-from tasks.training import evaluate, make_optimizer, proximal_term, train_local
+from fedloom.tasks import mnist as mnist_mod
+from fedloom.tasks.base import DatasetNotFoundError, DataSplit
+from fedloom.tasks.digits import DigitsTask
+from fedloom.tasks.mnist import MnistCNN, MnistTask, load_mnist_arrays, read_idx
+from fedloom.tasks.registry import client_split, client_test_split, load_task_data
+from fedloom.tasks.training import evaluate, make_optimizer, proximal_term, train_local
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
@@ -143,8 +143,8 @@ def test_fedprox_term_pulls_towards_the_global_model():
 def test_local_training_is_reproducible_whatever_the_global_rng_did_before():
     # PointNet's head has dropout, which draws from torch's global RNG; a client's
     # round must not depend on what its Ray actor ran earlier, nor change that RNG.
-    from tasks.pointcloud import PointCloudTask
-    from tasks.pointnet import PointNet
+    from fedloom.tasks.pointcloud import PointCloudTask
+    from fedloom.tasks.pointnet import PointNet
 
     rng = np.random.default_rng(0)
     split = DataSplit(rng.normal(size=(24, 32, 3)).astype(np.float32), rng.integers(0, 3, 24))
@@ -167,7 +167,7 @@ def test_local_training_is_reproducible_whatever_the_global_rng_did_before():
 
 
 def test_epoch_orders_whole_and_fractional():
-    from tasks.training import epoch_orders
+    from fedloom.tasks.training import epoch_orders
 
     plain = torch.Generator().manual_seed(3)
     expected = [torch.randperm(10, generator=plain) for _ in range(2)]

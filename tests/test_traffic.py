@@ -7,7 +7,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common import Error, MessageType
 
-from strategies.instrumented import payload_bytes, record_bytes, traffic
+from fedloom.strategies.instrumented import payload_bytes, record_bytes, traffic
 
 
 def content() -> RecordDict:

@@ -5,8 +5,8 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-from strategies.registry import strategy_names
-from strategies.validation import ValidatingStrategy, check_train_reply, layout_of
+from fedloom.strategies.registry import strategy_names
+from fedloom.strategies.validation import ValidatingStrategy, check_train_reply, layout_of
 
 GLOBAL = ArrayRecord({"w": Array(np.zeros((2, 2), np.float32)), "b": Array(np.zeros(2, np.float32))})
 LAYOUT = layout_of(GLOBAL)
@@ -85,9 +85,9 @@ def test_every_strategy_keeps_learning_after_round_one(name, task_identity):
 
     from flwr.serverapp import Grid
 
-    from server.app import strategy_params
-    from server.config import parse_run_config
-    from strategies.registry import build_strategy
+    from fedloom.server.app import strategy_params
+    from fedloom.server.config import parse_run_config
+    from fedloom.strategies.registry import build_strategy
 
     grid = Mock(spec=Grid)
     grid.get_node_ids.return_value = list(range(1, 8))

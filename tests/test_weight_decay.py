@@ -9,13 +9,13 @@ import pytest
 import torch
 from flwr.app import ArrayRecord
 
-from privacy.accounting import ClientAccount
-from privacy.dp import SampleDPSettings, train_private
-from server.config import parse_run_config
-from tasks.base import DataSplit
-from tasks.digits import DigitsTask
-from tasks.registry import load_task_data
-from tasks.training import make_optimizer
+from fedloom.privacy.accounting import ClientAccount
+from fedloom.privacy.dp import SampleDPSettings, train_private
+from fedloom.server.config import parse_run_config
+from fedloom.tasks.base import DataSplit
+from fedloom.tasks.digits import DigitsTask
+from fedloom.tasks.registry import load_task_data
+from fedloom.tasks.training import make_optimizer
 
 
 @pytest.mark.parametrize(("name", "expected"), [("sgd", [0.95, -1.9]), ("adam", [0.9, -1.9])])
