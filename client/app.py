@@ -20,6 +20,7 @@ from fedloom.client.attacks import attackers, poison
 from fedloom.client.compress import encode_update, received_state
 from fedloom.client.faults import inject_faults
 from fedloom.client.he_client import decrypt_global, encrypt_local, secret_path
+from fedloom.client.resources import peak_memory_metrics, reset_peak_memory, training_device
 from fedloom.client.privacy import ACCOUNT_KEY, dp_clipping_mod, sample_dp_round
 from fedloom.client.state import load_state, save_state
 from fedloom.compression.flat import flatten, unflatten
@@ -93,7 +94,7 @@ def client_state_dir(cfg: RunConfig, context: Context, partition_id: int, run_id
 
 
 def device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return training_device()
 
 
 def _architecture(cfg: RunConfig, directory: str) -> torch.nn.Module:
@@ -173,6 +174,7 @@ def train(msg: Message, context: Context) -> Message:
     seed = cfg.seed * 100_003 + server_round * 1_009 + pid
     lr = scheduled_lr(cfg.lr, cfg.lr_schedule, server_round, cfg.num_server_rounds)
     dp_settings = cfg.sample_dp()
+    reset_peak_memory(device())
     if dp_settings is not None:  # DP-SGD; a client out of budget replies without an update
         outcome, report = sample_dp_round(
             model, task, split, settings=dp_settings, state=context.state, partition_id=pid,
@@ -199,6 +201,7 @@ def train(msg: Message, context: Context) -> Message:
             weight_decay=cfg.weight_decay,
             logit_adjustment=cfg.logit_adjustment,
         )
+    metrics.update(peak_memory_metrics(device()))
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if attacking and start is not None:
         rng = np.random.default_rng([cfg.seed, server_round, pid, 0xBAD])

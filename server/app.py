@@ -39,6 +39,7 @@ from .best import BestRound
 from .checkpoint import load_checkpoint, restore_rng_states
 from .config import RUN_ID_KEY, RunConfig, parse_run_config
 from .monitor import RoundMonitor, connected_nodes
+from .outcome import check_completed
 from .plots import plot_metrics
 from .privacy import (
     client_level,
@@ -215,6 +216,7 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
             best.offer(checkpoint["rows"][-1], initial)
     title = f"{cfg.task} · {cfg.strategy}"
     remaining = cfg.num_server_rounds - strategy.round_offset
+    rows_before, ended = len(results.rows), ""
     with RunProgress(cfg.num_server_rounds, title) as progress:
         progress.advance_to(strategy.round_offset)
         monitor = RoundMonitor(
@@ -233,10 +235,12 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
                     evaluate_fn=monitor.evaluate_fn,
                 )
             except PrivacyBudgetExhausted as exc:  # a clean end: the last model stands
+                ended = f"privacy budget exhausted: {exc}"
                 progress.console.print(f"run ended early, privacy budget exhausted: {exc}", soft_wrap=True)
                 if monitor.privacy is not None:
                     write_epsilons(monitor.privacy, results.path)  # the refusals
             except TooFewReplies as exc:
+                ended = f"too few clients remain: {exc}"
                 monitor.report_failures(max(monitor.last_round, strategy.round_offset) + 1)  # the one that ended it
                 progress.console.print(f"run ended early, too few clients remain: {exc}", soft_wrap=True)
                 if monitor.privacy is not None:
@@ -258,6 +262,7 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
     progress.summary(results.rows, str(results.path))
     if best is not None and best.round is not None:
         progress.console.print(f"best round {best.round} by {best.metric} ({best.value:.4f}): best.pt")
+    check_completed(len(results.rows) - rows_before, remaining, ended)
     return results.rows
 
 

@@ -90,6 +90,8 @@ class RoundMonitor:
         stats = self.strategy.stats
         row: dict[str, Any] = {"round": server_round, **metrics}
         row["train_loss"] = stats.train_metrics.get("train_loss")
+        if "gpu_memory_mib" in stats.train_metrics:  # clients on CUDA: their mean peak
+            row["gpu_memory_mib"] = stats.train_metrics["gpu_memory_mib"]
         row.update({f"fed_{k}": v for k, v in stats.evaluate_metrics.items()})
         row.update(
             num_clients=stats.num_clients,

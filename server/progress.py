@@ -16,7 +16,7 @@ from rich.table import Table
 _SHOWN = (
     "accuracy", "auc", "mean_class_accuracy", "loss", "train_loss",
     "fed_accuracy", "fed_auc", "fed_mean_class_accuracy", "epsilon",
-    "num_clients", "failures", "rejected",
+    "num_clients", "failures", "rejected", "gpu_memory_mib",
 )
 #: Counters the summary leaves out (naming them in its caption) when they stay 0.
 _QUIET = ("failures", "rejected")

@@ -86,6 +86,13 @@ class Task(ABC):
     metric_names: tuple[str, ...] = ("accuracy",)
     #: Whether :meth:`load` puts a validation split in ``TaskData.info["val"]``.
     validation_split: bool = False
+    #: Estimated GPU memory of one training client in GiB, its CUDA context included
+    #: (``--client-gpus auto`` packs clients by it); see :meth:`gpu_memory_gib`.
+    client_gpu_memory_gib: float = 1.0
+
+    def gpu_memory_gib(self) -> float:
+        """Estimated GPU memory of one training client (GiB) with this task's options."""
+        return self.client_gpu_memory_gib
 
     def configure(self, options: TaskOptions) -> Task:
         """This task with ``options`` applied (tasks without options return ``self``)."""

@@ -20,6 +20,7 @@ class DigitsTask(Task):
     datasets = ("digits",)
     # ~144 examples per client: small batches and a larger step learn within 10 rounds.
     train_defaults = {"lr": 0.05, "batch-size": 16}
+    client_gpu_memory_gib = 0.6  # an MLP: the CUDA context is most of it
 
     def load(self, data_dir: Path, dataset: str) -> TaskData:
         from sklearn.datasets import load_digits

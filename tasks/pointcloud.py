@@ -85,6 +85,8 @@ class PointCloudTask(Task):
         self.num_points, self.transforms, self.width = num_points, transforms, width
         self.rotation, self.norm = rotation, norm
 
+    client_gpu_memory_gib = 1.5  # PointNet over 1024 points, batches of 32
+
     def configure(self, options: TaskOptions) -> PointCloudTask:
         return PointCloudTask(
             num_points=options.num_points,

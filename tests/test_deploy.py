@@ -248,7 +248,8 @@ def test_a_failing_node_is_reported_with_its_exception(deployment: Deployment) -
     run_dir = deployment.root / "server" / "runs" / "failing"
     done = submit(deployment, f'num-server-rounds=1 fail-rate=1.0 run-dir="{run_dir}"')
 
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-2000:]  # no round completed
+    assert "finished:failed" in done.stdout
     failed = [json.loads(line) for line in (run_dir / "failures.jsonl").read_text().splitlines()]
     assert sorted(f["node_id"] for f in failed) == sorted(deployment.node_ids)
     for f in failed:

@@ -154,9 +154,13 @@ def test_run_ends_clearly_when_too_few_clients_remain(tmp_path, capsys):
     run_dir = tmp_path / "run"
     code = run_sim.main(["--num-clients", "2", "--rounds", "3", "--fail-rate", "1.0",
                          "--run-dir", str(run_dir)])
-    assert code == 0
-    out = capsys.readouterr().out
-    assert "run ended early, too few clients remain: round 1: only 0 of 2 sampled clients replied" in out
+    assert code == 1  # no round completed: a failed run
+    captured = capsys.readouterr()
+    assert "run ended early, too few clients remain: round 1: only 0 of 2 sampled clients replied" in captured.out
+    assert captured.err.strip().splitlines()[-1].startswith(
+        "run_sim.py: error: no round completed: too few clients remain: "
+        "round 1: only 0 of 2 sampled clients replied"
+    )
     failed = [json.loads(line) for line in (run_dir / "failures.jsonl").read_text().splitlines()]
     assert [(f["round"], f["phase"]) for f in failed] == [(1, "train"), (1, "train")]
     assert not (run_dir / "metrics.jsonl").exists()
