@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+#: ``FEDLOOM_DATA`` points the tests elsewhere (a machine without ../shared, e.g. a GPU host).
+SHARED_DATA = Path(os.environ.get("FEDLOOM_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def require_data(relative: str) -> Path:

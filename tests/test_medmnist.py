@@ -24,7 +24,8 @@ from fedloom.tasks.medmnist_info import builtin_info
 from fedloom.tasks.metrics import BINARY, MULTI_CLASS, MULTI_LABEL, medmnist_accuracy, medmnist_auc
 from fedloom.tasks.resnet import ResNet
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import SHARED_DATA as DATA
+
 BREAST = DATA / "medmnist" / "breastmnist.npz"
 
 

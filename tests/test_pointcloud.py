@@ -27,7 +27,8 @@ from fedloom.tasks.pointcloud import PointCloudTask, augment_batch, rotate_about
 from fedloom.tasks.pointnet import PointNet
 from fedloom.tasks.registry import get_task
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import SHARED_DATA as DATA
+
 SMALL = DATA / "modelnet10" / "modelnet10_1024_small.npz"
 
 # A unit square in the z = 0 plane made of two triangles, plus a quad on x = 0.
