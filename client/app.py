@@ -20,7 +20,12 @@ from fedloom.client.attacks import attackers, poison
 from fedloom.client.compress import encode_update, received_state
 from fedloom.client.faults import inject_faults
 from fedloom.client.he_client import decrypt_global, encrypt_local, secret_path
-from fedloom.client.resources import peak_memory_metrics, reset_peak_memory, training_device
+from fedloom.client.resources import (
+    deterministic_cuda,
+    peak_memory_metrics,
+    reset_peak_memory,
+    training_device,
+)
 from fedloom.client.privacy import ACCOUNT_KEY, dp_clipping_mod, sample_dp_round
 from fedloom.client.state import load_state, save_state
 from fedloom.compression.flat import flatten, unflatten
@@ -51,6 +56,7 @@ def _parse(items: tuple[tuple[str, object], ...]) -> RunConfig:
 def run_config(context: Context) -> RunConfig:
     """The run config, parsed once per process."""
     torch.set_num_threads(1)  # one core per Ray actor / SuperNode process
+    deterministic_cuda()  # seeded runs repeat on a GPU too
     return _parse(tuple(sorted(context.run_config.items())))
 
 

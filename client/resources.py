@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -20,6 +21,18 @@ MEMORY_HEADROOM = 0.9
 def training_device() -> str:
     """Where a client trains: the GPU Ray assigned to it (``cuda``) when there is one."""
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def deterministic_cuda() -> None:
+    """Seeded runs repeat on a GPU as on the CPU: deterministic cuDNN and cuBLAS kernels.
+
+    Called once per client process, before its first CUDA call (cuBLAS reads its
+    workspace setting then). Ops without a deterministic CUDA kernel warn, not fail.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def gpu_share(

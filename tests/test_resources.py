@@ -66,3 +66,22 @@ def test_peak_gpu_memory_is_measured_from_the_reset():
     mib = peak_memory_metrics("cuda")["gpu_memory_mib"]
     del x
     assert 256 <= mib < 300
+
+
+def test_client_processes_ask_for_deterministic_kernels(monkeypatch):
+    from fedloom.client.resources import deterministic_cuda
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        deterministic_cuda()
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+        import os
+
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        torch.use_deterministic_algorithms(before)
+        torch.backends.cudnn.deterministic = False
