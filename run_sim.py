@@ -22,41 +22,6 @@ from typing import Any, NoReturn
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 APP_DIR = Path(__file__).resolve().parent
 
-# Flag -> run-config key. Flags left unset fall back to --run-config, then defaults.
-FLAG_KEYS = {
-    "task": "task",
-    "dataset": "dataset",
-    "data_dir": "data-dir",
-    "rounds": "num-server-rounds",
-    "fraction": "fraction-train",
-    "local_epochs": "local-epochs",
-    "batch_size": "batch-size",
-    "lr": "lr",
-    "partition": "partition",
-    "strategy": "strategy",
-    "seed": "seed",
-    "run_dir": "run-dir",
-    "fail_rate": "fail-rate",
-    "straggler_rate": "straggler-rate",
-    "straggler_delay": "straggler-delay",
-    "attack": "attack",
-    "attack_fraction": "attack-fraction",
-    "he": "he",
-    "he_scheme": "he-scheme",
-    "compression": "compression",
-    "compression_down": "compression-down",
-    "dp": "dp",
-    "dp_noise": "dp-noise",
-    "dp_target_epsilon": "dp-target-epsilon",
-    "dp_max_grad_norm": "dp-max-grad-norm",
-    "dp_delta": "dp-delta",
-    "dp_accountant": "dp-accountant",
-    "dp_clipping": "dp-clipping",
-    "dp_clipping_side": "dp-clipping-side",
-    "dp_clipping_norm": "dp-clipping-norm",
-}
-
-
 class UsageError(Exception):
     """Bad input: printed as one line, exit status 2."""
 
@@ -67,89 +32,25 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fedloom.compression.spec import codec_usages
-    from fedloom.server.config import DEFAULTS
+    from fedloom.config.flags import add_key_flags
     from fedloom.strategies.registry import strategy_names
-    from fedloom.tasks.registry import task_names
 
-    # Defaults are in the help texts: most options default to None here so that an
-    # unset flag falls through to --run-config / --resume / DEFAULTS.
+    # Run-config keys' flags come from the schema (config/keys.py) and default to None,
+    # so that an unset flag falls through to --run-config / --resume / the key's default.
     p = Parser(description="Run a federated simulation whose clients are Ray actor processes.")
-    d = DEFAULTS
-    p.add_argument("--task", help=f"learning task: {', '.join(task_names())} [default: {d['task']}]")
-    p.add_argument("--dataset", help="dataset, for tasks that offer several [default: the task's first]")
-    p.add_argument("--data-dir", help=f"folder with the data files [default: {d['data-dir']}]")
+    add_key_flags(p, listings={"strategy": ", ".join(strategy_names())})
     p.add_argument("--num-clients", type=int, help="number of simulated clients (SuperNodes) [default: 10]")
-    p.add_argument("--rounds", type=int, help=f"federated rounds [default: {d['num-server-rounds']}]")
-    p.add_argument("--fraction", type=float, help=f"share of clients sampled per round [default: {d['fraction-train']}]")
-    p.add_argument(
-        "--local-epochs", type=float,
-        help=f"local epochs per round; a fraction such as 0.5 trains on a fresh random half of the "
-        f"client's data each round [default: {d['local-epochs']}]",
-    )
-    p.add_argument("--batch-size", type=int, help="local batch size [default: the task's, digits 16, others 32]")
-    p.add_argument("--lr", type=float, help="client learning rate [default: the task's, digits 0.05, others 0.01]")
-    p.add_argument("--partition", help=f"iid, dirichlet:ALPHA or shards:K [default: {d['partition']}]")
-    p.add_argument(
-        "--strategy",
-        help=f"{', '.join(strategy_names())}, or package.module:Class / file.py:Class "
-        f"[default: {d['strategy']}]",
-    )
-    p.add_argument("--seed", type=int, help=f"seed for partitions, init and sampling [default: {d['seed']}]")
-    p.add_argument("--run-dir", help="results folder [default: runs/<timestamp>-<task>-<strategy>]")
-    p.add_argument(
-        "--compression",
-        help=f"upload codec chain: {codec_usages()}, or TRANSFORM+QUANTIZER such as "
-        f"topk:0.01+qsgd:8 [default: {d['compression']}]",
-    )
-    p.add_argument(
-        "--compression-down",
-        help="download codec for the global model: none, fp16 or qsgd:BITS "
-        f"[default: {d['compression-down']}]",
-    )
-    p.add_argument(
-        "--dp", help="differential privacy: none, sample (Opacus DP-SGD on every client) or "
-        f"client (client-level DP-FedAvg with Flower's DP wrappers) [default: {d['dp']}]",
-    )
-    p.add_argument(
-        "--dp-noise", type=float,
-        help="noise multiplier (sample: per-step gradient noise; client: noise on the aggregate); "
-        "0 = calibrate from --dp-target-epsilon [default: 0]",
-    )
-    p.add_argument(
-        "--dp-target-epsilon", type=float,
-        help="privacy budget at --dp-delta (sample: per client, enforced; client: for the run); "
-        "without --dp-noise the noise is calibrated to spend it in --rounds rounds [default: none]",
-    )
-    p.add_argument("--dp-max-grad-norm", type=float, help=f"sample: per-example gradient clipping bound [default: {d['dp-max-grad-norm']}]")
-    p.add_argument("--dp-delta", type=float, help=f"delta of the reported (epsilon, delta) [default: {d['dp-delta']}]")
-    p.add_argument("--dp-accountant", help=f"sample: Opacus accountant, rdp or prv [default: {d['dp-accountant']}]")
-    p.add_argument("--dp-clipping", help=f"client: fixed or adaptive clipping of updates [default: {d['dp-clipping']}]")
-    p.add_argument("--dp-clipping-side", help=f"client: clip on the server or the clients [default: {d['dp-clipping-side']}]")
-    p.add_argument("--dp-clipping-norm", type=float, help=f"client: update clipping norm (initial norm when adaptive) [default: {d['dp-clipping-norm']}]")
     p.add_argument(
         "--run-config", default="",
-        help='other run-config keys, e.g. "fraction-evaluate=0.5 momentum=0" (see pyproject.toml) [default: none]',
+        help='other run-config keys, e.g. "fraction-evaluate=0.5 momentum=0" (README: run-config '
+        "reference) [default: none]",
     )
     p.add_argument("--client-cpus", type=float, default=1.0, help="CPUs per client actor (Ray num_cpus) [default: 1]")
     p.add_argument(
         "--client-gpus", default="auto",
         help="GPU share per client actor; auto = 1/(clients per GPU) when CUDA is available, else 0 [default: auto]",
     )
-    p.add_argument(
-        "--he", action="store_const", const=True,
-        help="encrypted aggregation: clients send ciphertexts the server can add but not read",
-    )
-    p.add_argument(
-        "--he-scheme",
-        help="TenSEAL scheme of --he: bfv (~15 bytes/parameter) or ckks (~32) [default: bfv]",
-    )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
-    p.add_argument("--fail-rate", type=float, help="fault injection: probability that a client's training raises [default: 0]")
-    p.add_argument("--straggler-rate", type=float, help="fault injection: probability that a client sleeps [default: 0]")
-    p.add_argument("--straggler-delay", type=float, help="seconds a straggler sleeps [default: 0]")
-    p.add_argument("--attack", help="byzantine clients: none, sign-flip, gaussian, scaled [default: none]")
-    p.add_argument("--attack-fraction", type=float, help="share of clients that attack [default: 0]")
     p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's own logs")
     return p
 
@@ -173,7 +74,9 @@ def resume_config(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(f"--resume {run_dir}: not a fedloom results folder (no readable config.json)") from None
     if not (run_dir / "checkpoint.pt").is_file():
         raise UsageError(f"--resume {run_dir}: no checkpoint.pt (the run never finished a round)")
-    changed = [f"--{flag.replace('_', '-')}" for flag in FLAG_KEYS if flag != "rounds" and getattr(args, flag) is not None]
+    from fedloom.config.flags import given_flags
+
+    changed = given_flags(args, but=("num-server-rounds",))
     if changed or args.run_config:
         raise UsageError(
             f"{', '.join(changed) or '--run-config'} cannot be combined with --resume: "
@@ -204,9 +107,10 @@ def checkpoint_round(run_dir: Path) -> int:
 
 def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     """Validate everything a run needs before any process starts; return the run config."""
-    from fedloom.server.config import parse_run_config
+    from fedloom.config import parse_run_config
+    from fedloom.config.flags import flag_values
     from fedloom.server.privacy import check_privacy
-    from fedloom.strategies.registry import build_strategy, min_replies
+    from fedloom.strategies.registry import build_strategy, check_strategy_config
     from fedloom.tasks.registry import load_task_data, partitions
 
     resumed = resume_config(args) if args.resume else None
@@ -220,9 +124,7 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
         raw: dict[str, Any] = resumed
     else:
         raw = parse_overrides(args.run_config)
-        raw.update({key: getattr(args, flag) for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None})
-    raw.setdefault("min-train-nodes", min(2, args.num_clients))
-    raw.setdefault("min-available-nodes", args.num_clients)
+        raw.update(flag_values(args))
     if raw.get("data-dir"):
         raw["data-dir"] = str(Path(raw["data-dir"]).expanduser().resolve())
     if raw.get("run-dir"):
@@ -230,9 +132,8 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     target, colon, attr = str(raw.get("strategy", "")).rpartition(":")
     if colon and target.endswith(".py"):  # a user's file: --resume may start elsewhere
         raw["strategy"] = f"{Path(target).expanduser().resolve()}:{attr}"
-    if str(raw.get("he", "")).lower() in ("1", "true", "yes"):
-        raw.setdefault("fraction-evaluate", 1.0)  # the server cannot evaluate under --he
-    cfg = parse_run_config(raw)
+    cfg = parse_run_config(raw, num_nodes=args.num_clients)
+    caps = check_strategy_config(cfg)
     for key in ("min-train-nodes", "min-available-nodes"):
         value = getattr(cfg, key.replace("-", "_"))
         if value > args.num_clients:
@@ -241,7 +142,7 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
 
     build_strategy(cfg.strategy, strategy_params(cfg))  # a user's class fails here, in one line
     per_round = max(int(args.num_clients * cfg.fraction_train), cfg.min_train_nodes)
-    needed = min_replies(cfg.strategy, cfg.num_malicious)
+    needed = caps.min_replies(cfg.num_malicious)
     if per_round < needed:
         raise UsageError(
             f"strategy {cfg.strategy} with num-malicious={cfg.num_malicious} needs >= {needed} "

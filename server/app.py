@@ -21,7 +21,6 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
-from fedloom.compression.spec import parse_down_spec, parse_spec
 from fedloom.strategies.calibration import BatchNormCalibration
 from fedloom.strategies.compressed import DecodingStrategy
 from fedloom.privacy.dp import make_dp_ready
@@ -29,7 +28,7 @@ from fedloom.strategies.encrypted import EncryptedFedAvg, record_ciphertexts
 from fedloom.strategies.instrumented import InstrumentedStrategy, TooFewReplies, chain_of
 from fedloom.strategies.private import PrivacyBudgetExhausted
 from fedloom.strategies.validation import ValidatingStrategy
-from fedloom.strategies.registry import StrategyParams, build_strategy
+from fedloom.strategies.registry import StrategyParams, build_strategy, check_strategy_config
 from fedloom.tasks.batchnorm import batch_norm_layers
 from fedloom.tasks.head import freeze_classifier
 from fedloom.tasks.partition import label_counts
@@ -37,7 +36,7 @@ from fedloom.tasks.registry import get_task, load_task_data, partitions
 
 from .best import BestRound
 from .checkpoint import load_checkpoint, restore_rng_states
-from .config import RUN_ID_KEY, RunConfig, parse_run_config
+from fedloom.config import INITIAL_LOSS_KEY, RUN_ID_KEY, DPMode, RunConfig, parse_run_config
 from .monitor import RoundMonitor, connected_nodes
 from .plots import plot_metrics
 from .privacy import (
@@ -76,10 +75,9 @@ def strategy_params(cfg: RunConfig) -> StrategyParams:
 
 def compressed(inner: Strategy, cfg: RunConfig) -> Strategy:
     """``inner`` wrapped to decode compressed uploads, or as is when nothing is compressed."""
-    up, down = parse_spec(cfg.compression), parse_down_spec(cfg.compression_down)
-    if up.is_none and down.is_none:
+    if cfg.compression.is_none and cfg.compression_down.is_none:
         return inner
-    return DecodingStrategy(inner, up=up, down=down, seed=cfg.seed)
+    return DecodingStrategy(inner, up=cfg.compression, down=cfg.compression_down, seed=cfg.seed)
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
@@ -106,7 +104,7 @@ def partitions_record(cfg: RunConfig, num_partitions: int) -> dict[str, Any]:
     )
     counts = label_counts(np.asarray(data.train.y), list(parts), data.num_classes)
     return {
-        "partition": cfg.partition,
+        "partition": str(cfg.partition),
         "seed": cfg.seed,
         "num_partitions": num_partitions,
         "clients": [
@@ -124,10 +122,11 @@ def strategy_chain(
     ledger = privacy_ledger(cfg)  # DP: client-level clips after validation, sample-level
     if cfg.he:  # the server adds ciphertexts; config checks allow only fedavg / fedprox
         params = strategy_params(cfg)
-        up = parse_spec(cfg.compression)  # none or randk (config checks)
+        up = cfg.compression  # none or randk (config checks)
+        proximal = check_strategy_config(cfg).proximal_term
         encrypted = EncryptedFedAvg(
             he_dir=cfg.he_dir, num_parameters=num_parameters, max_weight=max_examples,
-            proximal_mu=cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0,
+            proximal_mu=cfg.proximal_mu if proximal else 0.0,
             block_fraction=float(up.transform.param) if up.transform is not None else 1.0,
             seed=cfg.seed, **params.common(),
         )
@@ -135,7 +134,7 @@ def strategy_chain(
     inner = client_level(build_strategy(cfg.strategy, strategy_params(cfg)), cfg, ledger)
     validated = ValidatingStrategy(inner, max_examples)
     chain = compressed(validated, cfg)
-    if batch_norm and cfg.batchnorm_calibration and cfg.dp == "none":  # dp=client: the sums would be an un-noised release
+    if batch_norm and cfg.batchnorm_calibration and cfg.dp is DPMode.NONE:  # dp=client: the sums would be an un-noised release
         chain = BatchNormCalibration(chain, timeout=cfg.round_timeout)
     return sample_level(chain, cfg, ledger)  # drops spent clients first
 
@@ -153,7 +152,7 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
     task = get_task(cfg.task, cfg.task_options())
     data = load_task_data(cfg.task, cfg.data_dir, cfg.dataset, cfg.task_options())
     model = task.build_model(data)
-    if cfg.dp == "sample":
+    if cfg.dp is DPMode.SAMPLE:
         model = make_dp_ready(model)
     if cfg.freeze_classifier:  # FedBABU: this random head stays the global head
         freeze_classifier(model, reinit=True)
@@ -229,7 +228,10 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
                     initial_arrays=initial,
                     num_rounds=remaining,
                     timeout=cfg.round_timeout,
-                    train_config=ConfigRecord({RUN_ID_KEY: record["run_id"]}),
+                    train_config=ConfigRecord({
+                        RUN_ID_KEY: record["run_id"],
+                        INITIAL_LOSS_KEY: check_strategy_config(cfg).needs_initial_loss,
+                    }),
                     evaluate_fn=monitor.evaluate_fn,
                 )
             except PrivacyBudgetExhausted as exc:  # a clean end: the last model stands
@@ -264,4 +266,5 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = parse_run_config(context.run_config)
+    check_strategy_config(cfg)
     run_server(grid, cfg)

@@ -25,7 +25,7 @@ from fedloom.strategies.private import (
 )
 from fedloom.tasks.registry import get_task, load_task_data, partitions
 
-from .config import RunConfig
+from fedloom.config import DPMode, RunConfig
 
 EPSILON_FILE = "epsilon.jsonl"
 RELEASES_FILE = "dp_releases.json"
@@ -35,7 +35,7 @@ def check_privacy(cfg: RunConfig, num_clients: int) -> None:
     """Fail at start-up, with a ``ValueError``, on DP settings that cannot work:
     a model Opacus cannot train, a loss it cannot split per example, or a target
     epsilon no noise level reaches."""
-    if cfg.dp == "sample":
+    if cfg.dp is DPMode.SAMPLE:
         options = cfg.task_options()
         data = load_task_data(cfg.task, cfg.data_dir, cfg.dataset, options)
         task = get_task(cfg.task, options)
@@ -48,7 +48,7 @@ def check_privacy(cfg: RunConfig, num_clients: int) -> None:
         for part in parts:
             rate, steps = poisson_plan(len(part), cfg.batch_size, cfg.local_epochs)
             settings.noise_for(sample_rate=rate, steps_per_round=steps)
-    elif cfg.dp == "client":
+    elif cfg.dp is DPMode.CLIENT:
         per_round = min(
             clients_per_round(num_clients, cfg.fraction_train, cfg.min_train_nodes), num_clients
         )
@@ -59,12 +59,12 @@ def check_privacy(cfg: RunConfig, num_clients: int) -> None:
 
 
 def privacy_ledger(cfg: RunConfig) -> EpsilonLedger | None:
-    return None if cfg.dp == "none" else EpsilonLedger()
+    return None if cfg.dp is DPMode.NONE else EpsilonLedger()
 
 
 def client_level(inner: Strategy, cfg: RunConfig, ledger: EpsilonLedger | None) -> Strategy:
     """``inner`` with client-level DP when ``dp=client``."""
-    if cfg.dp != "client" or ledger is None:
+    if cfg.dp is not DPMode.CLIENT or ledger is None:
         return inner
     return ClientDPStrategy(
         inner,
@@ -85,7 +85,7 @@ def client_level(inner: Strategy, cfg: RunConfig, ledger: EpsilonLedger | None) 
 
 def sample_level(inner: Strategy, cfg: RunConfig, ledger: EpsilonLedger | None) -> Strategy:
     """``inner`` reading DP-SGD clients' privacy reports when ``dp=sample``."""
-    if cfg.dp != "sample" or ledger is None:
+    if cfg.dp is not DPMode.SAMPLE or ledger is None:
         return inner
     return SampleDPStrategy(inner, ledger=ledger, target_epsilon=cfg.dp_target_epsilon)
 

@@ -12,7 +12,7 @@ from .digits import DigitsTask
 from .medmnist import MedMnistTask
 from .mnist import MnistTask
 from .pointcloud import PointCloudTask
-from .partition import parse_partition, partition_indices
+from .partition import PartitionSpec, parse_partition, partition_indices
 
 _TASKS: dict[str, Task] = {}
 
@@ -59,7 +59,7 @@ def partitions(
     task_name: str,
     data_dir: str,
     dataset: str,
-    partition: str,
+    partition: PartitionSpec | str,
     num_partitions: int,
     seed: int,
     options: TaskOptions = TaskOptions(),
@@ -67,7 +67,7 @@ def partitions(
     """All clients' training indices (deterministic from ``seed``), cached per process."""
     data = load_task_data(task_name, data_dir, dataset, options)
     labels = get_task(task_name, options).labels_for_partitioning(data)
-    spec = parse_partition(partition)
+    spec = partition if isinstance(partition, PartitionSpec) else parse_partition(partition)
     return tuple(partition_indices(spec, labels, num_partitions, seed))
 
 
@@ -76,7 +76,7 @@ def client_split(
     task_name: str,
     data_dir: str,
     dataset: str,
-    partition: str,
+    partition: PartitionSpec | str,
     num_partitions: int,
     seed: int,
     partition_id: int,

@@ -118,7 +118,7 @@ def test_compressed_strategy_chain_is_checkpointed(spec):
 
     from fedloom.server.app import strategy_chain
     from fedloom.server.checkpoint import pickle_strategy
-    from fedloom.server.config import parse_run_config
+    from fedloom.config import parse_run_config
 
     chain = strategy_chain(parse_run_config({"compression": spec, "compression-down": "fp16"}), 1000, 10)
     blob = pickle_strategy(chain)

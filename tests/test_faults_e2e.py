@@ -100,7 +100,7 @@ def test_client_state_is_kept_per_run(tmp_path):
 
     from fedloom.client.app import client_state_dir
     from fedloom.client.state import load_state, save_state
-    from fedloom.server.config import parse_run_config
+    from fedloom.config import parse_run_config
 
     cfg = parse_run_config({})
     node = SimpleNamespace(node_config={"state-dir": str(tmp_path)})

@@ -13,7 +13,7 @@ from fedloom import run_sim
 from conftest import require_data
 from fedloom.privacy.accounting import ClientAccount
 from fedloom.privacy.dp import SampleDPSettings, make_dp_ready, train_private
-from fedloom.server.config import parse_run_config
+from fedloom.config import parse_run_config
 from fedloom.tasks.base import DataSplit, TaskData, TaskOptions
 from fedloom.tasks.head import classifier_layer, freeze_classifier, trainable
 from fedloom.tasks.registry import get_task, load_task_data

@@ -198,7 +198,7 @@ def test_unknown_dataset_and_size_are_rejected() -> None:
 
 
 def test_run_config_keys_reach_the_task() -> None:
-    from fedloom.server.config import parse_run_config
+    from fedloom.config import parse_run_config
 
     cfg = parse_run_config({"task": "medmnist", "image-size": 64, "model-width": 0.5})
     task = MedMnistTask().configure(cfg.task_options())
@@ -246,7 +246,7 @@ def test_resnet_is_opacus_compatible() -> None:
 
 
 def test_batchnorm_resnet_from_the_run_config_keeps_float_statistics_and_refuses_dp_sgd() -> None:
-    from fedloom.server.config import parse_run_config
+    from fedloom.config import parse_run_config
     from fedloom.tasks.base import DataSplit, TaskData
     from fedloom.tasks.batchnorm import BatchNorm
     from fedloom.tasks.registry import get_task

@@ -197,7 +197,7 @@ def test_augment_batch_bounds() -> None:
 
 
 def test_rotation_range_comes_from_the_run_config() -> None:
-    from fedloom.server.config import parse_run_config
+    from fedloom.config import parse_run_config
 
     cfg = parse_run_config({"task": "pointcloud", "augment-rotation": 15})
     assert PointCloudTask().configure(cfg.task_options()).rotation == 15.0
@@ -265,7 +265,7 @@ def test_batchnorm_training_never_sees_a_batch_of_one() -> None:
 
 
 def test_pointnet_norm_comes_from_the_run_config_and_batchnorm_refuses_dp_sgd() -> None:
-    from fedloom.server.config import parse_run_config
+    from fedloom.config import parse_run_config
     from fedloom.tasks.batchnorm import BatchNorm
 
     cfg = parse_run_config({"task": "pointcloud", "pointnet-norm": "batch"})
