@@ -10,12 +10,9 @@ import argparse
 import json
 import os
 import logging
-import random
 import secrets
 import shlex
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -110,6 +107,7 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     from fedloom.config import parse_run_config
     from fedloom.config.flags import flag_values
     from fedloom.server.privacy import check_privacy
+    from fedloom.strategies.chain import strategy_params
     from fedloom.strategies.registry import build_strategy, check_strategy_config
     from fedloom.tasks.registry import load_task_data, partitions
 
@@ -138,8 +136,6 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(cfg, key.replace("-", "_"))
         if value > args.num_clients:
             raise UsageError(f"{key}={value} exceeds --num-clients {args.num_clients}")
-    from fedloom.server.app import strategy_params
-
     build_strategy(cfg.strategy, strategy_params(cfg))  # a user's class fails here, in one line
     per_round = max(int(args.num_clients * cfg.fraction_train), cfg.min_train_nodes)
     needed = caps.min_replies(cfg.num_malicious)
@@ -231,63 +227,12 @@ def gpu_share(value: str, num_clients: int) -> float:
     return max(torch.cuda.device_count() / max(num_clients, 1), 0.25) if num_clients > 1 else 1.0
 
 
-@contextmanager
-def seeded_node_ids(seed: int) -> Iterator[None]:
-    """Register the simulated nodes under IDs drawn from ``seed``, not ``os.urandom``.
-
-    The server samples a round's clients among the node IDs with a seeded generator
-    (``server/sampling.py``), and node i holds partition i; with random IDs the same
-    seed picked other partitions on every run. Only node registration draws from the
-    seeded stream.
-    """
-    from flwr.server.superlink.fleet.vce import vce_api
-    from flwr.server.superlink.linkstate import in_memory_linkstate
-
-    register, draw = vce_api._register_nodes, in_memory_linkstate.generate_rand_int_from_bytes
-    rng = random.Random(f"fedloom-node-ids-{seed}")
-
-    def seeded_draw(num_bytes: int, exclude: set[int] | None = None) -> int:
-        while (value := rng.getrandbits(8 * num_bytes)) in (exclude or ()):
-            pass
-        return value
-
-    def register_seeded(*args: Any, **kwargs: Any) -> Any:
-        in_memory_linkstate.generate_rand_int_from_bytes = seeded_draw
-        try:
-            return register(*args, **kwargs)
-        finally:
-            in_memory_linkstate.generate_rand_int_from_bytes = draw
-
-    vce_api._register_nodes = register_seeded
-    try:
-        yield
-    finally:
-        vce_api._register_nodes = register
-
-
 def simulate(run_config: dict[str, Any], num_clients: int, client_cpus: float, client_gpus: float, verbose: bool) -> None:
     """Start Flower's simulation runtime (Ray backend) with the ServerApp and ClientApp."""
-    from flwr.app import Context, RecordDict
-    from flwr.common.constant import RUN_ID_NUM_BYTES, SUPERLINK_NODE_ID, TASK_ID_NUM_BYTES
-    from flwr.server.superlink.linkstate.utils import generate_rand_int_from_bytes
-    from flwr.simulation.run_simulation import _run_simulation
-    from flwr.supercore.constant import NOOP_FEDERATION_ID
-    from flwr.supercore.run import Run
-    from flwr.supercore.task_identity import TaskIdentity
-    from flwr.supercore.telemetry import EventType
-
+    from fedloom.flower_compat import run_simulation, seeded_node_ids
     from fedloom.client.app import app as client_app
     from fedloom.server.app import app as server_app
 
-    run = Run.create_empty(run_id=generate_rand_int_from_bytes(RUN_ID_NUM_BYTES))
-    run.override_config = dict(run_config)
-    run.primary_task_id = generate_rand_int_from_bytes(TASK_ID_NUM_BYTES)
-    run.federation_id = NOOP_FEDERATION_ID
-    # What flwr.simulation.run_simulation does for a run it creates itself.
-    TaskIdentity.task_id = 1
-    TaskIdentity.run_id = run.run_id
-    TaskIdentity.node_id = SUPERLINK_NODE_ID
-    context = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config=dict(run_config))
     backend_config = {
         "client_resources": {"num_cpus": client_cpus, "num_gpus": client_gpus},
         "init_args": {
@@ -297,22 +242,20 @@ def simulate(run_config: dict[str, Any], num_clients: int, client_cpus: float, c
         },
     }
     with seeded_node_ids(int(run_config["seed"])):
-        _run_simulation(
-            num_supernodes=num_clients,
-            exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-            client_app=client_app,
-            server_app=server_app,
-            backend_name="ray",
-            backend_config=backend_config,
-            server_app_context=context,
-            app_dir=str(APP_DIR),
-            is_app=True,  # clients fuse pyproject defaults with run.override_config
-            run=run,
-            verbose_logging=verbose,
+        run_simulation(
+            run_config=run_config, num_supernodes=num_clients, client_app=client_app,
+            server_app=server_app, backend_config=backend_config, app_dir=str(APP_DIR), verbose=verbose,
         )
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fedloom.flower_compat import check_flower_version
+
+    try:
+        check_flower_version()
+    except RuntimeError as exc:
+        print(f"run_sim.py: error: {exc}", file=sys.stderr)
+        return 2
     try:
         args = build_parser().parse_args(argv)
         run_config = resolve_config(args)

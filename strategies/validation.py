@@ -18,7 +18,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from .delegating import DelegatingStrategy
+from .delegating import DelegatingStrategy, Rejection
 
 Layout = dict[str, tuple[tuple[int, ...], str]]
 WEIGHT_KEY = "num-examples"
@@ -73,12 +73,6 @@ def cast_to_layout(arrays: ArrayRecord, layout: Layout) -> ArrayRecord:
         k: Array(np.ascontiguousarray(v.numpy().astype(layout[k][1]))) if k in layout else v
         for k, v in arrays.items()
     })
-
-
-@dataclass
-class Rejection:
-    node_id: int
-    reason: str
 
 
 @dataclass

@@ -116,7 +116,7 @@ def test_compressed_strategy_chain_is_checkpointed(spec):
     # chain must pickle as its spec text or a resumed run would restart the strategy.
     import pickle
 
-    from fedloom.server.app import strategy_chain
+    from fedloom.strategies.chain import strategy_chain
     from fedloom.server.checkpoint import pickle_strategy
     from fedloom.config import parse_run_config
 
