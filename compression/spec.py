@@ -80,10 +80,6 @@ def register_codec(codec: Codec) -> Codec:
     return codec
 
 
-def codec_names() -> list[str]:
-    return ["none", *sorted(_CODECS)]
-
-
 def codec_usages() -> str:
     return ", ".join(["none", *(_CODECS[n].usage for n in sorted(_CODECS))])
 

@@ -134,7 +134,6 @@ class RoundMonitor:
             arrays={k: v.numpy() for k, v in self.last_arrays.items()},
             strategy=pickle_strategy(self.strategy.inner),
             rows=self.results.rows,
-            extra={},
         )
         atomic_write_bytes(self.results.path / CHECKPOINT, payload)
 

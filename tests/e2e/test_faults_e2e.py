@@ -13,7 +13,7 @@ import pytest
 from fedloom import run_sim
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def read_rows(run_dir):
