@@ -121,8 +121,7 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     if resumed is not None:
         raw: dict[str, Any] = resumed
     else:
-        raw = parse_overrides(args.run_config)
-        raw.update(flag_values(args))
+        raw = {**parse_overrides(args.run_config), **flag_values(args)}
     if raw.get("data-dir"):
         raw["data-dir"] = str(Path(raw["data-dir"]).expanduser().resolve())
     if raw.get("run-dir"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from .keys import LISTED
 from .load import KEYS
@@ -22,15 +23,17 @@ def flag_help(k: Key, listings: Mapping[str, str]) -> str:
     return f"{text} [default: {default}]"
 
 
-def _flag_type(k: Key) -> Callable[[str], object] | None:
-    numeric = {"int": int, "float": float, "number": float}.get(k.kind)
-    if numeric is None or not k.auto:
+def _flag_type(k: Key) -> Callable[[str], Any]:
+    numeric: Callable[[str], Any] | None = {"int": int, "float": float, "number": float}.get(k.kind)
+    if numeric is None:
+        return str
+    if not k.auto:
         return numeric
 
     def number_or_auto(text: str) -> object:
         return AUTO if text.strip().lower() == AUTO else numeric(text)
 
-    number_or_auto.__name__ = numeric.__name__  # argparse names the type in its errors
+    number_or_auto.__name__ = "int" if k.kind == "int" else "float"  # argparse names it in errors
     return number_or_auto
 
 

@@ -55,11 +55,11 @@ def strategy_chain(
     caps = check_strategy_config(cfg)
     ledger = None if cfg.dp is DPMode.NONE else EpsilonLedger()
     if cfg.he:  # config checks allow only HE-compatible strategies and codecs (randk)
-        up = cfg.compression
+        fraction = cfg.compression.transform.param if cfg.compression.transform is not None else None
         chain: Strategy = EncryptedFedAvg(
             he_dir=cfg.he_dir, num_parameters=num_parameters, max_weight=max_examples,
             proximal_mu=cfg.proximal_mu if caps.proximal_term else 0.0,
-            block_fraction=float(up.transform.param) if up.transform is not None else 1.0,
+            block_fraction=float(fraction) if fraction is not None else 1.0,
             seed=cfg.seed, **strategy_params(cfg).common(),
         )
     else:

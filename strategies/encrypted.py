@@ -126,7 +126,7 @@ class EncryptedFedAvg(RejectsReplies, FedAvg):
     def encrypt_initial(self, arrays: ArrayRecord) -> ArrayRecord:
         """Partial uploads start from the initial model, encrypted with the public key."""
         if not self.blocks:
-            if any(k.startswith("ct") for k in arrays.keys()):
+            if any(k.startswith("ct") for k in arrays):
                 raise ValueError("resumed without the strategy state: the block weights are lost")
             values = flatten({k: v.numpy() for k, v in arrays.items()})
             ctx = he.public_context(Path(self.he_dir))

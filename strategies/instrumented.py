@@ -54,7 +54,7 @@ def record_bytes(content: RecordDict) -> int:
     strings at their UTF-8 length, numbers at 8 (int64 / float64), booleans at 1. The
     byte configs are payload (:func:`payload_bytes`). Small for scalar metrics; the
     per-example statistics of federated AUC (:mod:`.federated_metrics`) make them large."""
-    records = [*content.metric_records.values(), *content.config_records.values()]
+    records: list[MetricRecord | ConfigRecord] = [*content.metric_records.values(), *content.config_records.values()]
     return sum(
         len(k.encode()) + (0 if isinstance(v, bytes) else _value_bytes(v))  # metrics hold no bytes
         for rec in records for k, v in rec.items()
@@ -75,8 +75,8 @@ def failed_replies(
     reported one, ``detail``: Flower's whole error reason) per error reply, and per node of
     ``sent`` that did not reply at all (its reply missed the round's timeout)."""
     failed = [
-        {"phase": phase, "node_id": m.metadata.src_node_id, "reason": failure_reason(m.error.reason) or
-         f"error code {m.error.code}", "detail": strip_ansi(m.error.reason)}
+        {"phase": phase, "node_id": m.metadata.src_node_id, "reason": failure_reason(m.error.reason or "") or
+         f"error code {m.error.code}", "detail": strip_ansi(m.error.reason or "")}
         for m in replies if m.has_error()
     ]
     replied = {m.metadata.src_node_id for m in replies}
@@ -102,7 +102,9 @@ def reported_partitions(replies: Iterable[Message]) -> dict[int, tuple[int, int]
             continue
         for record in msg.content.metric_records.values():
             if PARTITION_ID_KEY in record and NUM_PARTITIONS_KEY in record:
-                out[msg.metadata.src_node_id] = (int(record[PARTITION_ID_KEY]), int(record[NUM_PARTITIONS_KEY]))
+                pid, count = record[PARTITION_ID_KEY], record[NUM_PARTITIONS_KEY]
+                if isinstance(pid, (int, float)) and isinstance(count, (int, float)):
+                    out[msg.metadata.src_node_id] = (int(pid), int(count))
     return out
 
 

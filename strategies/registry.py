@@ -7,6 +7,7 @@ user's own strategy: ``package.module:ClassName`` or ``path/to/file.py:ClassName
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 import dataclasses
 from pathlib import Path
+from typing import TypedDict
 
 from flwr.serverapp import strategy as fl
 
@@ -39,6 +41,16 @@ class _NoEvaluationSkippedWarning(logging.Filter):
 logging.getLogger("flwr").addFilter(_NoEvaluationSkippedWarning())
 
 
+class CommonArgs(TypedDict):
+    """The keyword arguments every Flower Message-API strategy accepts."""
+
+    fraction_train: float
+    fraction_evaluate: float
+    min_train_nodes: int
+    min_evaluate_nodes: int
+    min_available_nodes: int
+
+
 @dataclass(frozen=True)
 class StrategyParams:
     """Everything a builder may need; names follow the run-config keys."""
@@ -56,7 +68,7 @@ class StrategyParams:
     trimmed_beta: float = 0.2
     qfedavg_q: float = 0.1
 
-    def common(self) -> dict[str, float | int]:
+    def common(self) -> CommonArgs:
         """Keyword arguments every Flower Message-API strategy accepts."""
         return {
             "fraction_train": self.fraction_train,
@@ -69,12 +81,13 @@ class StrategyParams:
 
 _BUILDERS: dict[str, Builder] = {}
 _CAPABILITIES: dict[str, Capabilities] = {}
+NO_CAPABILITIES = Capabilities()
 #: The weighted mean: what encrypted sums and client-level DP's accounting compute.
 MEAN = Capabilities(he_compatible=True, client_dp_compatible=True)
 
 
 def register_strategy(
-    name: str, capabilities: Capabilities = Capabilities()
+    name: str, capabilities: Capabilities = NO_CAPABILITIES
 ) -> Callable[[Builder], Builder]:
     """Decorator: register ``builder`` under ``name`` with what it can do; a taken name
     is an error."""
@@ -108,7 +121,7 @@ def _fedprox(p: StrategyParams) -> fl.Strategy:
     return fl.FedProx(**p.common(), proximal_mu=p.proximal_mu)
 
 
-def _fedopt(cls: type[fl.Strategy]) -> Builder:
+def _fedopt(cls: Callable[..., fl.Strategy]) -> Builder:
     def build(p: StrategyParams) -> fl.Strategy:
         return cls(**p.common(), eta=p.server_adaptive_lr, eta_l=p.client_lr)
 
@@ -155,11 +168,20 @@ def _qfedavg(p: StrategyParams) -> fl.Strategy:
 
 
 def _import_object(spec: str) -> object:
+    """The object ``spec`` names, imported once per process (its capabilities and its
+    builds then come from the same class, and a user's file runs once)."""
     target, _, attr = spec.rpartition(":")
     if not target or not attr:
         raise ValueError(f"invalid strategy path {spec!r}; use package.module:ClassName")
     if target.endswith(".py"):
-        path = Path(target).expanduser().resolve()
+        target = str(Path(target).expanduser().resolve())
+    return _load_object(target, attr)
+
+
+@functools.cache
+def _load_object(target: str, attr: str) -> object:
+    if target.endswith(".py"):
+        path = Path(target)
         if not path.is_file():
             raise ValueError(f"strategy file {path} does not exist")
         mod_name = f"fedloom_user_strategy_{path.stem}"

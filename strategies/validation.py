@@ -67,7 +67,7 @@ def cast_to_layout(arrays: ArrayRecord, layout: Layout) -> ArrayRecord:
     times float64 scalars); a float64 global model would make every float32 reply of
     the next round fail :func:`check_train_reply`, and the model would stop changing.
     """
-    if all(str(arrays[k].dtype) == layout[k][1] for k in arrays.keys() if k in layout):
+    if all(str(arrays[k].dtype) == layout[k][1] for k in arrays if k in layout):
         return arrays
     return ArrayRecord({
         k: Array(np.ascontiguousarray(v.numpy().astype(layout[k][1]))) if k in layout else v

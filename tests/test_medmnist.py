@@ -162,7 +162,7 @@ def test_breastmnist_loads_with_metadata() -> None:
     assert len(data.test) == 156 and len(data.info["val"]) == 78  # type: ignore[arg-type]
     assert data.num_classes == 2 and data.info["task_type"] == BINARY
     assert data.train.y.dtype == np.int64 and set(np.unique(data.train.y)) == {0, 1}
-    assert -1.0 <= data.train.x.min() and data.train.x.max() <= 1.0
+    assert data.train.x.min() >= -1.0 and data.train.x.max() <= 1.0
 
 
 def test_split_arrays_roundtrip(tmp_path: Path) -> None:
