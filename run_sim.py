@@ -10,52 +10,14 @@ import argparse
 import json
 import os
 import logging
-import random
 import secrets
 import shlex
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 APP_DIR = Path(__file__).resolve().parent
-
-# Flag -> run-config key. Flags left unset fall back to --run-config, then defaults.
-FLAG_KEYS = {
-    "task": "task",
-    "dataset": "dataset",
-    "data_dir": "data-dir",
-    "rounds": "num-server-rounds",
-    "fraction": "fraction-train",
-    "local_epochs": "local-epochs",
-    "batch_size": "batch-size",
-    "lr": "lr",
-    "partition": "partition",
-    "strategy": "strategy",
-    "seed": "seed",
-    "run_dir": "run-dir",
-    "fail_rate": "fail-rate",
-    "straggler_rate": "straggler-rate",
-    "straggler_delay": "straggler-delay",
-    "attack": "attack",
-    "attack_fraction": "attack-fraction",
-    "he": "he",
-    "he_scheme": "he-scheme",
-    "compression": "compression",
-    "compression_down": "compression-down",
-    "dp": "dp",
-    "dp_noise": "dp-noise",
-    "dp_target_epsilon": "dp-target-epsilon",
-    "dp_max_grad_norm": "dp-max-grad-norm",
-    "dp_delta": "dp-delta",
-    "dp_accountant": "dp-accountant",
-    "dp_clipping": "dp-clipping",
-    "dp_clipping_side": "dp-clipping-side",
-    "dp_clipping_norm": "dp-clipping-norm",
-}
-
 
 class UsageError(Exception):
     """Bad input: printed as one line, exit status 2."""
@@ -67,69 +29,18 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fedloom.compression.spec import codec_usages
-    from fedloom.server.config import DEFAULTS
+    from fedloom.config.flags import add_key_flags
     from fedloom.strategies.registry import strategy_names
-    from fedloom.tasks.registry import task_names
 
-    # Defaults are in the help texts: most options default to None here so that an
-    # unset flag falls through to --run-config / --resume / DEFAULTS.
+    # Run-config keys' flags come from the schema (config/keys.py) and default to None,
+    # so that an unset flag falls through to --run-config / --resume / the key's default.
     p = Parser(description="Run a federated simulation whose clients are Ray actor processes.")
-    d = DEFAULTS
-    p.add_argument("--task", help=f"learning task: {', '.join(task_names())} [default: {d['task']}]")
-    p.add_argument("--dataset", help="dataset, for tasks that offer several [default: the task's first]")
-    p.add_argument("--data-dir", help=f"folder with the data files [default: {d['data-dir']}]")
+    add_key_flags(p, listings={"strategy": ", ".join(strategy_names())})
     p.add_argument("--num-clients", type=int, help="number of simulated clients (SuperNodes) [default: 10]")
-    p.add_argument("--rounds", type=int, help=f"federated rounds [default: {d['num-server-rounds']}]")
-    p.add_argument("--fraction", type=float, help=f"share of clients sampled per round [default: {d['fraction-train']}]")
-    p.add_argument(
-        "--local-epochs", type=float,
-        help=f"local epochs per round; a fraction such as 0.5 trains on a fresh random half of the "
-        f"client's data each round [default: {d['local-epochs']}]",
-    )
-    p.add_argument("--batch-size", type=int, help="local batch size [default: the task's, digits 16, others 32]")
-    p.add_argument("--lr", type=float, help="client learning rate [default: the task's, digits 0.05, others 0.01]")
-    p.add_argument("--partition", help=f"iid, dirichlet:ALPHA or shards:K [default: {d['partition']}]")
-    p.add_argument(
-        "--strategy",
-        help=f"{', '.join(strategy_names())}, or package.module:Class / file.py:Class "
-        f"[default: {d['strategy']}]",
-    )
-    p.add_argument("--seed", type=int, help=f"seed for partitions, init and sampling [default: {d['seed']}]")
-    p.add_argument("--run-dir", help="results folder [default: runs/<timestamp>-<task>-<strategy>]")
-    p.add_argument(
-        "--compression",
-        help=f"upload codec chain: {codec_usages()}, or TRANSFORM+QUANTIZER such as "
-        f"topk:0.01+qsgd:8 [default: {d['compression']}]",
-    )
-    p.add_argument(
-        "--compression-down",
-        help="download codec for the global model: none, fp16 or qsgd:BITS "
-        f"[default: {d['compression-down']}]",
-    )
-    p.add_argument(
-        "--dp", help="differential privacy: none, sample (Opacus DP-SGD on every client) or "
-        f"client (client-level DP-FedAvg with Flower's DP wrappers) [default: {d['dp']}]",
-    )
-    p.add_argument(
-        "--dp-noise", type=float,
-        help="noise multiplier (sample: per-step gradient noise; client: noise on the aggregate); "
-        "0 = calibrate from --dp-target-epsilon [default: 0]",
-    )
-    p.add_argument(
-        "--dp-target-epsilon", type=float,
-        help="privacy budget at --dp-delta (sample: per client, enforced; client: for the run); "
-        "without --dp-noise the noise is calibrated to spend it in --rounds rounds [default: none]",
-    )
-    p.add_argument("--dp-max-grad-norm", type=float, help=f"sample: per-example gradient clipping bound [default: {d['dp-max-grad-norm']}]")
-    p.add_argument("--dp-delta", type=float, help=f"delta of the reported (epsilon, delta) [default: {d['dp-delta']}]")
-    p.add_argument("--dp-accountant", help=f"sample: Opacus accountant, rdp or prv [default: {d['dp-accountant']}]")
-    p.add_argument("--dp-clipping", help=f"client: fixed or adaptive clipping of updates [default: {d['dp-clipping']}]")
-    p.add_argument("--dp-clipping-side", help=f"client: clip on the server or the clients [default: {d['dp-clipping-side']}]")
-    p.add_argument("--dp-clipping-norm", type=float, help=f"client: update clipping norm (initial norm when adaptive) [default: {d['dp-clipping-norm']}]")
     p.add_argument(
         "--run-config", default="",
-        help='other run-config keys, e.g. "fraction-evaluate=0.5 momentum=0" (see pyproject.toml) [default: none]',
+        help='other run-config keys, e.g. "fraction-evaluate=0.5 momentum=0" (README: run-config '
+        "reference) [default: none]",
     )
     p.add_argument("--client-cpus", type=float, default=1.0, help="CPUs per client actor (Ray num_cpus) [default: 1]")
     p.add_argument(
@@ -139,20 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         "medmnist 1.1 at 28 px to 7.4 at 224, pointcloud 1.5), at most 32, and 0 without CUDA "
         "[default: auto]",
     )
-    p.add_argument(
-        "--he", action="store_const", const=True,
-        help="encrypted aggregation: clients send ciphertexts the server can add but not read",
-    )
-    p.add_argument(
-        "--he-scheme",
-        help="TenSEAL scheme of --he: bfv (~15 bytes/parameter) or ckks (~32) [default: bfv]",
-    )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
-    p.add_argument("--fail-rate", type=float, help="fault injection: probability that a client's training raises [default: 0]")
-    p.add_argument("--straggler-rate", type=float, help="fault injection: probability that a client sleeps [default: 0]")
-    p.add_argument("--straggler-delay", type=float, help="seconds a straggler sleeps [default: 0]")
-    p.add_argument("--attack", help="byzantine clients: none, sign-flip, gaussian, scaled [default: none]")
-    p.add_argument("--attack-fraction", type=float, help="share of clients that attack [default: 0]")
     p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's own logs")
     return p
 
@@ -176,7 +74,9 @@ def resume_config(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(f"--resume {run_dir}: not a fedloom results folder (no readable config.json)") from None
     if not (run_dir / "checkpoint.pt").is_file():
         raise UsageError(f"--resume {run_dir}: no checkpoint.pt (the run never finished a round)")
-    changed = [f"--{flag.replace('_', '-')}" for flag in FLAG_KEYS if flag != "rounds" and getattr(args, flag) is not None]
+    from fedloom.config.flags import given_flags
+
+    changed = given_flags(args, but=("num-server-rounds",))
     if changed or args.run_config:
         raise UsageError(
             f"{', '.join(changed) or '--run-config'} cannot be combined with --resume: "
@@ -207,9 +107,11 @@ def checkpoint_round(run_dir: Path) -> int:
 
 def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     """Validate everything a run needs before any process starts; return the run config."""
-    from fedloom.server.config import parse_run_config
+    from fedloom.config import parse_run_config
+    from fedloom.config.flags import flag_values
     from fedloom.server.privacy import check_privacy
-    from fedloom.strategies.registry import build_strategy, min_replies
+    from fedloom.strategies.chain import strategy_params
+    from fedloom.strategies.registry import build_strategy, check_strategy_config
     from fedloom.tasks.registry import load_task_data, partitions
 
     resumed = resume_config(args) if args.resume else None
@@ -222,10 +124,7 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     if resumed is not None:
         raw: dict[str, Any] = resumed
     else:
-        raw = parse_overrides(args.run_config)
-        raw.update({key: getattr(args, flag) for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None})
-    raw.setdefault("min-train-nodes", min(2, args.num_clients))
-    raw.setdefault("min-available-nodes", args.num_clients)
+        raw = {**parse_overrides(args.run_config), **flag_values(args)}
     if raw.get("data-dir"):
         raw["data-dir"] = str(Path(raw["data-dir"]).expanduser().resolve())
     if raw.get("run-dir"):
@@ -233,18 +132,15 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     target, colon, attr = str(raw.get("strategy", "")).rpartition(":")
     if colon and target.endswith(".py"):  # a user's file: --resume may start elsewhere
         raw["strategy"] = f"{Path(target).expanduser().resolve()}:{attr}"
-    if str(raw.get("he", "")).lower() in ("1", "true", "yes"):
-        raw.setdefault("fraction-evaluate", 1.0)  # the server cannot evaluate under --he
-    cfg = parse_run_config(raw)
+    cfg = parse_run_config(raw, num_nodes=args.num_clients)
+    caps = check_strategy_config(cfg)
     for key in ("min-train-nodes", "min-available-nodes"):
         value = getattr(cfg, key.replace("-", "_"))
         if value > args.num_clients:
             raise UsageError(f"{key}={value} exceeds --num-clients {args.num_clients}")
-    from fedloom.server.app import strategy_params
-
     build_strategy(cfg.strategy, strategy_params(cfg))  # a user's class fails here, in one line
     per_round = max(int(args.num_clients * cfg.fraction_train), cfg.min_train_nodes)
-    needed = min_replies(cfg.strategy, cfg.num_malicious)
+    needed = caps.min_replies(cfg.num_malicious)
     if per_round < needed:
         raise UsageError(
             f"strategy {cfg.strategy} with num-malicious={cfg.num_malicious} needs >= {needed} "
@@ -333,7 +229,7 @@ def gpu_share(value: str, num_clients: int, run_config: dict[str, Any]) -> float
                              "or a whole number of GPUs per client") from None
     if not torch.cuda.is_available():
         return 0.0
-    from fedloom.server.config import parse_run_config
+    from fedloom.config import parse_run_config
     from fedloom.tasks.registry import get_task
 
     cfg = parse_run_config(run_config)
@@ -345,63 +241,12 @@ def gpu_share(value: str, num_clients: int, run_config: dict[str, Any]) -> float
     )
 
 
-@contextmanager
-def seeded_node_ids(seed: int) -> Iterator[None]:
-    """Register the simulated nodes under IDs drawn from ``seed``, not ``os.urandom``.
-
-    The server samples a round's clients among the node IDs with a seeded generator
-    (``server/sampling.py``), and node i holds partition i; with random IDs the same
-    seed picked other partitions on every run. Only node registration draws from the
-    seeded stream.
-    """
-    from flwr.server.superlink.fleet.vce import vce_api
-    from flwr.server.superlink.linkstate import in_memory_linkstate
-
-    register, draw = vce_api._register_nodes, in_memory_linkstate.generate_rand_int_from_bytes
-    rng = random.Random(f"fedloom-node-ids-{seed}")
-
-    def seeded_draw(num_bytes: int, exclude: set[int] | None = None) -> int:
-        while (value := rng.getrandbits(8 * num_bytes)) in (exclude or ()):
-            pass
-        return value
-
-    def register_seeded(*args: Any, **kwargs: Any) -> Any:
-        in_memory_linkstate.generate_rand_int_from_bytes = seeded_draw
-        try:
-            return register(*args, **kwargs)
-        finally:
-            in_memory_linkstate.generate_rand_int_from_bytes = draw
-
-    vce_api._register_nodes = register_seeded
-    try:
-        yield
-    finally:
-        vce_api._register_nodes = register
-
-
 def simulate(run_config: dict[str, Any], num_clients: int, client_cpus: float, client_gpus: float, verbose: bool) -> None:
     """Start Flower's simulation runtime (Ray backend) with the ServerApp and ClientApp."""
-    from flwr.app import Context, RecordDict
-    from flwr.common.constant import RUN_ID_NUM_BYTES, SUPERLINK_NODE_ID, TASK_ID_NUM_BYTES
-    from flwr.server.superlink.linkstate.utils import generate_rand_int_from_bytes
-    from flwr.simulation.run_simulation import _run_simulation
-    from flwr.supercore.constant import NOOP_FEDERATION_ID
-    from flwr.supercore.run import Run
-    from flwr.supercore.task_identity import TaskIdentity
-    from flwr.supercore.telemetry import EventType
-
+    from fedloom.flower_compat import run_simulation, seeded_node_ids
     from fedloom.client.app import app as client_app
     from fedloom.server.app import app as server_app
 
-    run = Run.create_empty(run_id=generate_rand_int_from_bytes(RUN_ID_NUM_BYTES))
-    run.override_config = dict(run_config)
-    run.primary_task_id = generate_rand_int_from_bytes(TASK_ID_NUM_BYTES)
-    run.federation_id = NOOP_FEDERATION_ID
-    # What flwr.simulation.run_simulation does for a run it creates itself.
-    TaskIdentity.task_id = 1
-    TaskIdentity.run_id = run.run_id
-    TaskIdentity.node_id = SUPERLINK_NODE_ID
-    context = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config=dict(run_config))
     backend_config = {
         "client_resources": {"num_cpus": client_cpus, "num_gpus": client_gpus},
         "init_args": {
@@ -411,22 +256,20 @@ def simulate(run_config: dict[str, Any], num_clients: int, client_cpus: float, c
         },
     }
     with seeded_node_ids(int(run_config["seed"])):
-        _run_simulation(
-            num_supernodes=num_clients,
-            exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-            client_app=client_app,
-            server_app=server_app,
-            backend_name="ray",
-            backend_config=backend_config,
-            server_app_context=context,
-            app_dir=str(APP_DIR),
-            is_app=True,  # clients fuse pyproject defaults with run.override_config
-            run=run,
-            verbose_logging=verbose,
+        run_simulation(
+            run_config=run_config, num_supernodes=num_clients, client_app=client_app,
+            server_app=server_app, backend_config=backend_config, app_dir=str(APP_DIR), verbose=verbose,
         )
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fedloom.flower_compat import check_flower_version
+
+    try:
+        check_flower_version()
+    except RuntimeError as exc:
+        print(f"run_sim.py: error: {exc}", file=sys.stderr)
+        return 2
     try:
         args = build_parser().parse_args(argv)
         run_config = resolve_config(args)

@@ -33,7 +33,7 @@ def main() -> None:
     from fedloom.compression.flat import flatten, layout_of, unflatten
     from fedloom.compression.pipeline import decode, encode
     from fedloom.compression.spec import CodecContext, parse_down_spec
-    from fedloom.server.config import parse_run_config
+    from fedloom.config import parse_run_config
     from fedloom.tasks.registry import get_task, load_task_data
     from fedloom.tasks.training import evaluate
 

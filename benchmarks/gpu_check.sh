@@ -49,8 +49,8 @@ done
 if [ "${QUICK:-0}" = 1 ]; then PC="num-points=128 model-width=0.125"; else PC="num-points=256"; fi
 step sim_calibration 300 python3 run_sim.py --task pointcloud --dataset modelnet10 --data-dir "$DATA/modelnet10" \
   --num-clients 4 --rounds 2 --run-config "pointnet-norm=\"batch\" $PC" --run-dir "$RUNS/calibration"
-[ "${SKIP_E2E:-0}" = 1 ] || step e2e 600 python3 -m pytest -q -x -m e2e -p no:cacheprovider tests/test_e2e.py tests/test_dp_e2e.py \
-  tests/test_he_e2e.py tests/test_compression_e2e.py tests/test_task_features_e2e.py
+[ "${SKIP_E2E:-0}" = 1 ] || step e2e 600 python3 -m pytest -q -x -m e2e -p no:cacheprovider tests/e2e/test_e2e.py tests/e2e/test_dp_e2e.py \
+  tests/e2e/test_he_e2e.py tests/e2e/test_compression_e2e.py tests/e2e/test_task_features_e2e.py
 if [ "${QUICK:-0}" = 1 ]; then
   step gpu_bench 300 python3 benchmarks/gpu.py --dry-run --rounds 2 --share-rounds 2 --per-gpu 1 4
 else

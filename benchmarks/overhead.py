@@ -26,7 +26,7 @@ def plain_round(task_name: str, data_dir: str, num_clients: int, batch_size: int
     """Seconds for one FedAvg round with every client trained sequentially in-process."""
     import torch
 
-    from fedloom.server.config import parse_run_config
+    from fedloom.config import parse_run_config
     from fedloom.tasks.registry import client_split, get_task, load_task_data
     from fedloom.tasks.training import evaluate, train_local
 

@@ -40,7 +40,7 @@ def norm_phrase(args: argparse.Namespace) -> str:
     """The norm layers, and for BatchNorm what the federated run does with their statistics
     (read from ``--run-config`` as run_sim reads it: ``=false``, ``=no`` and ``=0`` alike)."""
     from fedloom.run_sim import parse_overrides
-    from fedloom.server.config import parse_run_config
+    from fedloom.config import parse_run_config
 
     if args.norm == "group":
         return "GroupNorm"

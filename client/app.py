@@ -30,10 +30,10 @@ from fedloom.client.privacy import ACCOUNT_KEY, dp_clipping_mod, sample_dp_round
 from fedloom.client.state import load_state, save_state
 from fedloom.compression.flat import flatten, unflatten
 from fedloom.compression.sparse import randk_indices
-from fedloom.compression.spec import Chain, parse_down_spec, parse_spec
+from fedloom.compression.spec import Chain
 from fedloom.privacy import he
 from fedloom.privacy.dp import make_dp_ready
-from fedloom.server.config import RUN_ID_KEY, RunConfig, parse_run_config
+from fedloom.config import INITIAL_LOSS_KEY, RUN_ID_KEY, DPMode, RunConfig, parse_run_config
 from fedloom.strategies.calibration import QUERY_BATCHNORM, QUERY_KEY, SUMS_KEY
 from fedloom.strategies.compressed import SEED_KEY
 from fedloom.strategies.encrypted import BLOCK_WEIGHTS_KEY, KEY_ID_KEY, TOTAL_WEIGHT_KEY
@@ -58,11 +58,6 @@ def run_config(context: Context) -> RunConfig:
     torch.set_num_threads(1)  # one core per Ray actor / SuperNode process
     deterministic_cuda()  # seeded runs repeat on a GPU too
     return _parse(tuple(sorted(context.run_config.items())))
-
-
-@lru_cache(maxsize=8)
-def _chains(up: str, down: str) -> tuple[Chain, Chain]:
-    return parse_spec(up), parse_down_spec(down)
 
 
 def node_partition(context: Context) -> tuple[int, int]:
@@ -107,7 +102,7 @@ def _architecture(cfg: RunConfig, directory: str) -> torch.nn.Module:
     """The run's model as the server built it, before its weights are loaded."""
     task = get_task(cfg.task, cfg.task_options())
     model = task.build_model(load_task_data(cfg.task, directory, cfg.dataset, cfg.task_options()))
-    if cfg.dp == "sample":
+    if cfg.dp is DPMode.SAMPLE:
         model = make_dp_ready(model)
     if cfg.freeze_classifier:
         freeze_classifier(model)
@@ -123,8 +118,7 @@ def _model(
         assert he_key is not None
         model.load_state_dict(decrypt_global(arrays, he_total, model.state_dict(), he_key))
         return model
-    down = _chains(cfg.compression, cfg.compression_down)[1]
-    model.load_state_dict(received_state(arrays, model.state_dict(), down))
+    model.load_state_dict(received_state(arrays, model.state_dict(), cfg.compression_down))
     return model
 
 
@@ -169,13 +163,13 @@ def train(msg: Message, context: Context) -> Message:
     )
     he_total, he_key = he_inputs(cfg, msg, context)
     model = _model(cfg, directory, msg.content["arrays"], he_total, he_key)
-    up = _chains(cfg.compression, cfg.compression_down)[0]
+    up = cfg.compression
     attacking = cfg.attack != "none" and pid in attackers(nparts, cfg.attack_fraction, cfg.seed)
     start: dict[str, np.ndarray] | None = None  # global weights as received
     if not up.is_none or attacking:
         start = {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
     metrics: dict[str, float] = {"num-examples": len(split), PARTITION_ID_KEY: pid, NUM_PARTITIONS_KEY: nparts}
-    if cfg.strategy == "qfedavg":  # q-FFL weights clients by the global model's loss
+    if config.get(INITIAL_LOSS_KEY, False):  # q-FFL weights clients by the global model's loss
         metrics["train_loss_initial"] = evaluate(model, task, split, device=device())["loss"]
     seed = cfg.seed * 100_003 + server_round * 1_009 + pid
     lr = scheduled_lr(cfg.lr, cfg.lr_schedule, server_round, cfg.num_server_rounds)

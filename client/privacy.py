@@ -16,6 +16,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.app.message_type import MessageType
 from torch import nn
 
+from fedloom.config import DPMode
 from fedloom.privacy.accounting import ClientAccount
 from fedloom.privacy.dp import DPRound, SampleDPSettings, train_private
 from fedloom.strategies.private import EPSILON_KEY, EXHAUSTED_KEY, PARTITION_KEY
@@ -77,7 +78,7 @@ def dp_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable
     cfg = run_config(context)
     if (
         msg.metadata.message_type != MessageType.TRAIN
-        or cfg.dp != "client"
+        or cfg.dp is not DPMode.CLIENT
         or cfg.dp_clipping_side != "client"
     ):
         return call_next(msg, context)

@@ -80,10 +80,6 @@ def register_codec(codec: Codec) -> Codec:
     return codec
 
 
-def codec_names() -> list[str]:
-    return ["none", *sorted(_CODECS)]
-
-
 def codec_usages() -> str:
     return ", ".join(["none", *(_CODECS[n].usage for n in sorted(_CODECS))])
 
@@ -246,9 +242,9 @@ def parse_down_spec(spec: str) -> Chain:
     return chain
 
 
-def check_he(spec: str, he: bool) -> Chain:
+def check_he(spec: str | Chain, he: bool) -> Chain:
     """Parse ``spec``; with ``he`` reject codecs whose encodings can not be summed encrypted."""
-    chain = parse_spec(spec)
+    chain = spec if isinstance(spec, Chain) else parse_spec(spec)
     if he and not chain.he_compatible:
         bad = ", ".join(s.codec.name for s in chain.stages if not s.codec.he_compatible)
         good = ", ".join(["none", *(c.usage for c in _CODECS.values() if c.he_compatible)])

@@ -107,7 +107,7 @@ def load_ca(folder: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]
 def make_certs(out: Path, hosts: list[str], days: int, ca_dir: Path | None = None) -> None:
     """Write a CA-signed server certificate for ``hosts`` into ``out``, with a new
     self-signed CA, or the one in ``ca_dir`` (then the nodes keep their ``ca.crt``)."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     start, end = now - dt.timedelta(minutes=5), now + dt.timedelta(days=days)
     ca_key, ca_cert = load_ca(ca_dir) if ca_dir else new_ca(start, end)
     end = min(end, ca_cert.not_valid_after_utc)

@@ -36,7 +36,7 @@ def provision_split(
 
 def train_size(task: str, data_dir: str, dataset: str) -> int:
     """Examples in the task's whole training set: the largest weight one client can have."""
-    from fedloom.server.config import parse_run_config
+    from fedloom.config import parse_run_config
     from fedloom.tasks.registry import load_task_data
 
     cfg = parse_run_config({"task": task, "data-dir": data_dir, "dataset": dataset})

@@ -48,7 +48,7 @@ def check_run_config(items: list[str]) -> dict[str, Any]:
     import click
     from flwr.common.config import parse_config_args
 
-    from fedloom.server.config import parse_run_config
+    from fedloom.config import parse_run_config
 
     try:
         parts = [part for text in items for part in shlex.split(text)]

@@ -1,5 +1,5 @@
 """The HE profiles both sides and the run config agree on (no TenSEAL import here, so
-``server/config.py`` validates ``he-scheme`` / ``he-pack`` without loading it).
+``config/`` validates ``he-scheme`` / ``he-pack`` without loading it).
 
 scheme -> values per slot -> (coefficient modulus bit sizes, bits of a slot's integer
 range: BFV's plain prime, CKKS's exactly decodable range); see :mod:`privacy.he`.

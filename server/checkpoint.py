@@ -50,13 +50,13 @@ def pickle_strategy(strategy: object) -> bytes | None:
 
 def checkpoint_payload(
     *, server_round: int, arrays: dict[str, np.ndarray], strategy: bytes | None,
-    rows: list[dict[str, Any]], extra: dict[str, Any],
+    rows: list[dict[str, Any]],
 ) -> bytes:
     """Serialized checkpoint for ``server_round`` (``arrays``: the global model as sent)."""
     buf = io.BytesIO()
     torch.save(
         {"round": server_round, "arrays": arrays, "strategy": strategy, "rng": rng_states(),
-         "rows": rows, "extra": extra},
+         "rows": rows},
         buf,
     )
     return buf.getvalue()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -79,14 +80,14 @@ class RoundMonitor:
         central_seconds = time.perf_counter() - t0 if plain else 0.0
         if server_round == 0 and offset:
             self.progress.console.print(f"resumed after round {offset}")
-            return MetricRecord(metrics)
+            return _record(metrics)
         server_round += offset
         if server_round == 0:
             self.initial = metrics
             self.progress.console.print(
                 f"initial model: accuracy {metrics['accuracy']:.4f}  loss {metrics['loss']:.4f}"
             )
-            return MetricRecord(metrics)
+            return _record(metrics)
         stats = self.strategy.stats
         row: dict[str, Any] = {"round": server_round, **metrics}
         row["train_loss"] = stats.train_metrics.get("train_loss")
@@ -115,7 +116,7 @@ class RoundMonitor:
             self.on_first_round()
         self.report_failures(server_round)
         self.progress.round_done(row, self.total_rounds)
-        return MetricRecord(metrics)
+        return _record(metrics)
 
     def report_failures(self, server_round: int) -> None:
         """One console line per failed reply of the round, and its failures.jsonl lines."""
@@ -136,9 +137,13 @@ class RoundMonitor:
             arrays={k: v.numpy() for k, v in self.last_arrays.items()},
             strategy=pickle_strategy(self.strategy.inner),
             rows=self.results.rows,
-            extra={},
         )
         atomic_write_bytes(self.results.path / CHECKPOINT, payload)
+
+
+def _record(metrics: Mapping[str, float]) -> MetricRecord:
+    values: dict[str, int | float | list[int] | list[float]] = dict(metrics)
+    return MetricRecord(values)
 
 
 def connected_nodes(grid: Grid) -> int:

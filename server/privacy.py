@@ -1,9 +1,6 @@
-"""Server side of differential privacy: wrap the strategy, write epsilon per round.
+"""Server side of differential privacy: start-up checks, epsilon per round, releases.
 
-``dp=client`` puts :class:`~strategies.private.ClientDPStrategy` directly
-around the aggregation strategy (inside decompression, so clipping sees full
-weights); ``dp=sample`` puts :class:`~strategies.private.SampleDPStrategy`
-outside decompression (a client without budget sends no update to decode).
+The DP wrappers' places in the strategy chain are set in :mod:`fedloom.strategies.chain`.
 """
 
 from __future__ import annotations
@@ -16,7 +13,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedloom.privacy.accounting import EpsilonLedger, poisson_plan
 from fedloom.privacy.dp import check_per_example_loss, make_dp_ready
-from fedloom.strategies.instrumented import chain_of
+from fedloom.strategies.delegating import chain_of
 from fedloom.strategies.private import (
     ClientDPStrategy,
     SampleDPStrategy,
@@ -25,7 +22,7 @@ from fedloom.strategies.private import (
 )
 from fedloom.tasks.registry import get_task, load_task_data, partitions
 
-from .config import RunConfig
+from fedloom.config import DPMode, RunConfig
 
 EPSILON_FILE = "epsilon.jsonl"
 RELEASES_FILE = "dp_releases.json"
@@ -35,7 +32,7 @@ def check_privacy(cfg: RunConfig, num_clients: int) -> None:
     """Fail at start-up, with a ``ValueError``, on DP settings that cannot work:
     a model Opacus cannot train, a loss it cannot split per example, or a target
     epsilon no noise level reaches."""
-    if cfg.dp == "sample":
+    if cfg.dp is DPMode.SAMPLE:
         options = cfg.task_options()
         data = load_task_data(cfg.task, cfg.data_dir, cfg.dataset, options)
         task = get_task(cfg.task, options)
@@ -48,7 +45,7 @@ def check_privacy(cfg: RunConfig, num_clients: int) -> None:
         for part in parts:
             rate, steps = poisson_plan(len(part), cfg.batch_size, cfg.local_epochs)
             settings.noise_for(sample_rate=rate, steps_per_round=steps)
-    elif cfg.dp == "client":
+    elif cfg.dp is DPMode.CLIENT:
         per_round = min(
             clients_per_round(num_clients, cfg.fraction_train, cfg.min_train_nodes), num_clients
         )
@@ -56,38 +53,6 @@ def check_privacy(cfg: RunConfig, num_clients: int) -> None:
             noise_multiplier=cfg.dp_noise, target_epsilon=cfg.dp_target_epsilon,
             delta=cfg.dp_delta, sample_rate=per_round / num_clients, rounds=cfg.num_server_rounds,
         )
-
-
-def privacy_ledger(cfg: RunConfig) -> EpsilonLedger | None:
-    return None if cfg.dp == "none" else EpsilonLedger()
-
-
-def client_level(inner: Strategy, cfg: RunConfig, ledger: EpsilonLedger | None) -> Strategy:
-    """``inner`` with client-level DP when ``dp=client``."""
-    if cfg.dp != "client" or ledger is None:
-        return inner
-    return ClientDPStrategy(
-        inner,
-        ledger=ledger,
-        clipping=cfg.dp_clipping,
-        side=cfg.dp_clipping_side,
-        noise_multiplier=cfg.dp_noise,
-        clipping_norm=cfg.dp_clipping_norm,
-        target_epsilon=cfg.dp_target_epsilon,
-        delta=cfg.dp_delta,
-        num_rounds=cfg.num_server_rounds,
-        fraction_train=cfg.fraction_train,
-        min_train_nodes=cfg.min_train_nodes,
-        min_available_nodes=cfg.min_available_nodes,
-        seeded_noise=cfg.dp_seeded_noise,
-    )
-
-
-def sample_level(inner: Strategy, cfg: RunConfig, ledger: EpsilonLedger | None) -> Strategy:
-    """``inner`` reading DP-SGD clients' privacy reports when ``dp=sample``."""
-    if cfg.dp != "sample" or ledger is None:
-        return inner
-    return SampleDPStrategy(inner, ledger=ledger, target_epsilon=cfg.dp_target_epsilon)
 
 
 def ledger_of(strategy: Strategy) -> EpsilonLedger | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich import box
@@ -69,7 +69,7 @@ class RunProgress:
         self.progress.console.print(f"round {row['round']}/{total_rounds}  " + "  ".join(parts), soft_wrap=True)
         self.advance_to(row["round"])
 
-    def summary(self, rows: list[Mapping[str, Any]], run_dir: str) -> None:
+    def summary(self, rows: Sequence[Mapping[str, Any]], run_dir: str) -> None:
         """The table of every round. Headers break at ``_`` and all-zero counters move to
         the caption, to stay narrow; a log file or
         pipe gets the whole table at its natural width (nothing cut to 80 columns), a

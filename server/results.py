@@ -11,7 +11,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +43,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 FAILURES = "failures.jsonl"
 
 
-def jsonl_bytes(rows: list[Mapping[str, Any]]) -> bytes:
+def jsonl_bytes(rows: Sequence[Mapping[str, Any]]) -> bytes:
     return "".join(json.dumps(json_safe(r), allow_nan=False) + "\n" for r in rows).encode()
 
 
-def metrics_csv(rows: list[Mapping[str, Any]]) -> str:
+def metrics_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     """All rows as CSV; columns are the union of keys in first-seen order. NaN and
     infinities are empty cells, as they are ``null`` in ``metrics.jsonl``."""
     columns: list[str] = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 
-from flwr.serverapp.strategy import strategy_utils
+from fedloom.flower_compat import use_sampling_rng
 
 SAMPLING_RNG = random.Random()
 
@@ -18,4 +18,4 @@ SAMPLING_RNG = random.Random()
 def use_private_sampling_rng(seed: int) -> None:
     """Seed ``SAMPLING_RNG`` and make Flower's ``sample_nodes`` draw from it."""
     SAMPLING_RNG.seed(seed)
-    strategy_utils.random = SAMPLING_RNG  # type: ignore[assignment]
+    use_sampling_rng(SAMPLING_RNG)

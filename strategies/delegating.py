@@ -1,18 +1,44 @@
-"""Base class of fedloom's wrapper strategies: forward to ``inner`` unless overridden."""
+"""Base class of fedloom's wrapper strategies: forward to ``inner`` unless overridden.
+
+What a wrapper reports to the metrics wrapper (:class:`~.instrumented.InstrumentedStrategy`)
+is typed here: the round's rejected replies, and the messages it exchanged beside the
+round's own. :func:`chain_of` walks a chain through ``inner``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 
-class DelegatingStrategy(Strategy):
-    """Forwards evaluation and the summary to ``inner``; subclasses wrap training."""
+@dataclass
+class Rejection:
+    """A reply left out of the aggregate: the node that sent it, and why."""
+
+    node_id: int
+    reason: str
+
+
+class RejectsReplies:
+    """A strategy that may leave replies out; ``rejected`` holds this round's."""
+
+    rejected: Sequence[Rejection] = ()
+
+
+class DelegatingStrategy(RejectsReplies, Strategy):
+    """Forwards evaluation and the summary to ``inner``; subclasses wrap training.
+
+    ``extra_down`` / ``extra_up``: this round's messages the wrapper sent and received
+    beside the round's own (counted in the round's traffic).
+    """
 
     inner: Strategy
+    extra_down: Sequence[Message] = ()
+    extra_up: Sequence[Message] = ()
 
     def summary(self) -> None:
         self.inner.summary()
@@ -26,3 +52,16 @@ class DelegatingStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         return self.inner.aggregate_evaluate(server_round, replies)
+
+
+def chain_of(strategy: Strategy) -> list[Strategy]:
+    """``strategy`` and every strategy it wraps (through ``inner``)."""
+    chain = [strategy]
+    while isinstance(chain[-1], DelegatingStrategy):
+        chain.append(chain[-1].inner)
+    return chain
+
+
+def rejections(strategy: Strategy) -> list[Rejection]:
+    """This round's rejected replies, over the whole chain."""
+    return [r for s in chain_of(strategy) if isinstance(s, RejectsReplies) for r in s.rejected]

@@ -33,7 +33,8 @@ from fedloom.privacy import he
 from fedloom.privacy.he_encoding import block_sizes, encrypt_weights
 
 from .compressed import SEED_KEY, round_seed
-from .validation import WEIGHT_KEY, Rejection
+from .delegating import Rejection, RejectsReplies
+from .validation import WEIGHT_KEY
 
 TOTAL_WEIGHT_KEY = "he-total-weight"
 #: Partial uploads: the total weight behind each ciphertext of the global model.
@@ -61,7 +62,7 @@ def record_ciphertexts(record: ArrayRecord) -> list[bytes]:
     return out
 
 
-class EncryptedFedAvg(FedAvg):
+class EncryptedFedAvg(RejectsReplies, FedAvg):
     """FedAvg whose aggregate is a sum of BFV or CKKS ciphertexts (Flower Message API)."""
 
     def __init__(
@@ -125,7 +126,7 @@ class EncryptedFedAvg(FedAvg):
     def encrypt_initial(self, arrays: ArrayRecord) -> ArrayRecord:
         """Partial uploads start from the initial model, encrypted with the public key."""
         if not self.blocks:
-            if any(k.startswith("ct") for k in arrays.keys()):
+            if any(k.startswith("ct") for k in arrays):
                 raise ValueError("resumed without the strategy state: the block weights are lost")
             values = flatten({k: v.numpy() for k, v in arrays.items()})
             ctx = he.public_context(Path(self.he_dir))

@@ -9,7 +9,6 @@ that a seeded run aggregates, and so ends, the same way every time.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Iterable
 from logging import WARNING
@@ -23,6 +22,9 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedloom.flower_compat import failure_reason, strip_ansi
+
+from .delegating import DelegatingStrategy, chain_of, rejections
 from .federated_metrics import pooled_statistics, remove_statistics
 from .ordering import canonical_order
 
@@ -52,7 +54,7 @@ def record_bytes(content: RecordDict) -> int:
     strings at their UTF-8 length, numbers at 8 (int64 / float64), booleans at 1. The
     byte configs are payload (:func:`payload_bytes`). Small for scalar metrics; the
     per-example statistics of federated AUC (:mod:`.federated_metrics`) make them large."""
-    records = [*content.metric_records.values(), *content.config_records.values()]
+    records: list[MetricRecord | ConfigRecord] = [*content.metric_records.values(), *content.config_records.values()]
     return sum(
         len(k.encode()) + (0 if isinstance(v, bytes) else _value_bytes(v))  # metrics hold no bytes
         for rec in records for k, v in rec.items()
@@ -66,33 +68,6 @@ def traffic(messages: Iterable[Message]) -> tuple[int, int]:
     return sum(payload_bytes(c) for c in contents), sum(record_bytes(c) for c in contents)
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-#: Where Python chains a client's exception to the one the simulation raised from it.
-_CAUSE = "\n\nThe above exception was the direct cause of the following exception:"
-
-
-def failure_reason(reason: str) -> str:
-    """A failed reply's Flower error reason on one line: ``Type: message``.
-
-    Flower writes ``<class 'Type'>:<'message'>``. In a simulation the type is Ray's
-    task error and the message the client's traceback, whose exception line (the last
-    one before Python's "direct cause" note) is what the client raised."""
-    reason = _ANSI.sub("", reason)
-    match = re.fullmatch(r"<class '([\w.() ]+)'>:<'(.*)'>", reason, flags=re.DOTALL)
-    if match:
-        kind, text = match.group(1).rsplit(".", 1)[-1], match.group(2)
-        if _CAUSE in text:
-            lines = [ln for ln in text.split(_CAUSE)[0].splitlines() if ln.strip()]
-            text = lines[-1].strip() if lines else text
-            head, sep, tail = text.partition(": ")
-            reason = f"{head.rsplit('.', 1)[-1]}: {tail}" if sep and " " not in head else text
-        elif kind == "ClientAppException" and "occurred. Message: " in text:
-            reason = text.split("occurred. Message: ", 1)[1]
-        else:
-            reason = f"{kind}: {text}"
-    return " ".join(reason.split())
-
-
 def failed_replies(
     phase: str, sent: list[int], replies: list[Message], partitions: dict[int, tuple[int, int]]
 ) -> list[dict[str, Any]]:
@@ -100,8 +75,8 @@ def failed_replies(
     reported one, ``detail``: Flower's whole error reason) per error reply, and per node of
     ``sent`` that did not reply at all (its reply missed the round's timeout)."""
     failed = [
-        {"phase": phase, "node_id": m.metadata.src_node_id, "reason": failure_reason(m.error.reason) or
-         f"error code {m.error.code}", "detail": _ANSI.sub("", m.error.reason)}
+        {"phase": phase, "node_id": m.metadata.src_node_id, "reason": failure_reason(m.error.reason or "") or
+         f"error code {m.error.code}", "detail": strip_ansi(m.error.reason or "")}
         for m in replies if m.has_error()
     ]
     replied = {m.metadata.src_node_id for m in replies}
@@ -127,7 +102,9 @@ def reported_partitions(replies: Iterable[Message]) -> dict[int, tuple[int, int]
             continue
         for record in msg.content.metric_records.values():
             if PARTITION_ID_KEY in record and NUM_PARTITIONS_KEY in record:
-                out[msg.metadata.src_node_id] = (int(record[PARTITION_ID_KEY]), int(record[NUM_PARTITIONS_KEY]))
+                pid, count = record[PARTITION_ID_KEY], record[NUM_PARTITIONS_KEY]
+                if isinstance(pid, (int, float)) and isinstance(count, (int, float)):
+                    out[msg.metadata.src_node_id] = (int(pid), int(count))
     return out
 
 
@@ -171,15 +148,7 @@ class TooFewReplies(RuntimeError):
     """A round got fewer replies than it needs; the run ends there."""
 
 
-def chain_of(strategy: Strategy) -> list[Strategy]:
-    """``strategy`` and every strategy it wraps (through ``.inner``)."""
-    chain = [strategy]
-    while isinstance(getattr(chain[-1], "inner", None), Strategy):
-        chain.append(chain[-1].inner)
-    return chain
-
-
-class InstrumentedStrategy(Strategy):
+class InstrumentedStrategy(DelegatingStrategy):
     """Delegates to ``inner``; ``stats`` holds the current round's measurements.
 
     ``round_offset`` shifts the round numbers the inner chain sees, so a resumed run
@@ -201,9 +170,6 @@ class InstrumentedStrategy(Strategy):
         self.min_replies = min_replies
         self.on_model_out: Callable[[int], None] | None = None  # before evaluation sends the model
         self._sent: list[int] = []  # nodes of the round's current phase
-
-    def summary(self) -> None:
-        self.inner.summary()
 
     def _count_up(self, replies: Iterable[Message]) -> None:
         payload, records = traffic(replies)
@@ -245,11 +211,12 @@ class InstrumentedStrategy(Strategy):
             log(WARNING, "round %d: %s (node config partition-id / num-partitions)",
                 server_round + self.round_offset, problem)
         arrays, metrics = self.inner.aggregate_train(server_round + self.round_offset, replies)
-        self.stats.rejected = sum(len(getattr(s, "rejected", ())) for s in chain_of(self.inner))
+        self.stats.rejected = len(rejections(self.inner))
         # Messages a wrapper sent beside the round's own (BatchNorm calibration queries).
         for s in chain_of(self.inner):
-            self._count_up(getattr(s, "extra_up", ()))
-            self._count_down(getattr(s, "extra_down", ()))
+            if isinstance(s, DelegatingStrategy):
+                self._count_up(s.extra_up)
+                self._count_down(s.extra_down)
         self.stats.num_clients = len(ok) - self.stats.rejected if arrays is not None else 0
         self.stats.train_metrics = _scalars(metrics)
         return arrays, metrics

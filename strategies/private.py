@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from collections.abc import Iterable, Iterator
 from logging import INFO, WARNING
@@ -27,17 +26,15 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
-    DifferentialPrivacyClientSideAdaptiveClipping,
     DifferentialPrivacyClientSideFixedClipping,
-    DifferentialPrivacyServerSideAdaptiveClipping,
     DifferentialPrivacyServerSideFixedClipping,
     Strategy,
 )
-from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
+from fedloom.flower_compat import ClientSideAdaptiveClipping, ServerSideAdaptiveClipping, sample_nodes
 from fedloom.privacy.accounting import EpsilonLedger, calibrate_noise, client_level_epsilon
 
-from .delegating import DelegatingStrategy
+from .delegating import DelegatingStrategy, Rejection
 
 EPSILON_KEY = "dp-epsilon"
 EXHAUSTED_KEY = "dp-exhausted"
@@ -68,7 +65,7 @@ class SampleDPStrategy(DelegatingStrategy):
         self.exhausted: set[int] = set()
         #: This round's replies left out (budget spent or no valid privacy report);
         #: InstrumentedStrategy subtracts them from the clients aggregated.
-        self.rejected: list[str] = []
+        self.rejected: list[Rejection] = []
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -113,9 +110,9 @@ class SampleDPStrategy(DelegatingStrategy):
                 if self._read_report(server_round, msg):
                     kept.append(msg)
                 else:
-                    self.rejected.append(f"node {msg.metadata.src_node_id}: budget spent")
+                    self.rejected.append(Rejection(msg.metadata.src_node_id, "budget spent"))
             except (ValueError, TypeError) as exc:
-                self.rejected.append(f"node {msg.metadata.src_node_id}: {exc}")
+                self.rejected.append(Rejection(msg.metadata.src_node_id, str(exc)))
                 log(WARNING, "dropping reply from node %s: %s", msg.metadata.src_node_id, exc)
         population = max(self.ledger.population, 1)
         if len(self.exhausted) >= population:
@@ -281,45 +278,6 @@ def secret_numpy_rng() -> Iterator[None]:
         yield
     finally:
         np.random.set_state(state)
-
-
-class _AndrewEtAlUpdate:
-    """Two fixes to Flower 1.41's adaptive clipping wrappers (Andrew et al. 2021).
-
-    1. The paper moves the norm by the fraction of updates that were *not* clipped,
-       ``C <- C * exp(-lr * (unclipped - target))``: many small updates shrink it.
-       Flower passes the clipped fraction, so the norm moved the wrong way (all
-       updates clipped made it shrink further). ``target_clipped_quantile`` is
-       therefore the target unclipped quantile (default 0.5 either way).
-    2. Flower updates the norm before it noises the round's release, so the noise
-       was sized for next round's norm, not the one that clipped this round (too
-       little noise while the norm shrinks). The noise uses the clipping norm.
-    """
-
-    clipping_norm: float
-    clip_norm_lr: float
-    target_clipped_quantile: float
-
-    def _geometric_update(self, clipped_fraction: float) -> None:
-        self._round_norm = self.clipping_norm
-        unclipped = 1.0 - clipped_fraction
-        self.clipping_norm *= math.exp(-self.clip_norm_lr * (unclipped - self.target_clipped_quantile))
-
-    def _add_noise_to_aggregated_arrays(self, aggregated: ArrayRecord) -> ArrayRecord:
-        next_norm = self.clipping_norm
-        self.clipping_norm = getattr(self, "_round_norm", next_norm)
-        try:
-            return super()._add_noise_to_aggregated_arrays(aggregated)  # type: ignore[misc]
-        finally:
-            self.clipping_norm = next_norm
-
-
-class ServerSideAdaptiveClipping(_AndrewEtAlUpdate, DifferentialPrivacyServerSideAdaptiveClipping):
-    """Flower's server-side adaptive clipping with :class:`_AndrewEtAlUpdate`'s fixes."""
-
-
-class ClientSideAdaptiveClipping(_AndrewEtAlUpdate, DifferentialPrivacyClientSideAdaptiveClipping):
-    """Flower's client-side adaptive clipping with :class:`_AndrewEtAlUpdate`'s fixes."""
 
 
 def flower_dp_wrapper(

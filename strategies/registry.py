@@ -7,6 +7,7 @@ user's own strategy: ``package.module:ClassName`` or ``path/to/file.py:ClassName
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -14,9 +15,15 @@ import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+import dataclasses
 from pathlib import Path
+from typing import TypedDict
 
 from flwr.serverapp import strategy as fl
+
+from fedloom.config import RunConfig
+
+from .capabilities import Capabilities, check_strategy
 
 Builder = Callable[["StrategyParams"], fl.Strategy]
 
@@ -32,6 +39,16 @@ class _NoEvaluationSkippedWarning(logging.Filter):
 
 
 logging.getLogger("flwr").addFilter(_NoEvaluationSkippedWarning())
+
+
+class CommonArgs(TypedDict):
+    """The keyword arguments every Flower Message-API strategy accepts."""
+
+    fraction_train: float
+    fraction_evaluate: float
+    min_train_nodes: int
+    min_evaluate_nodes: int
+    min_available_nodes: int
 
 
 @dataclass(frozen=True)
@@ -51,7 +68,7 @@ class StrategyParams:
     trimmed_beta: float = 0.2
     qfedavg_q: float = 0.1
 
-    def common(self) -> dict[str, float | int]:
+    def common(self) -> CommonArgs:
         """Keyword arguments every Flower Message-API strategy accepts."""
         return {
             "fraction_train": self.fraction_train,
@@ -63,20 +80,23 @@ class StrategyParams:
 
 
 _BUILDERS: dict[str, Builder] = {}
-#: Smallest number of replies per round a strategy needs, as a function of f.
-_MIN_REPLIES: dict[str, Callable[[int], int]] = {}
+_CAPABILITIES: dict[str, Capabilities] = {}
+NO_CAPABILITIES = Capabilities()
+#: The weighted mean: what encrypted sums and client-level DP's accounting compute.
+MEAN = Capabilities(he_compatible=True, client_dp_compatible=True)
 
 
 def register_strategy(
-    name: str, *, min_replies: Callable[[int], int] = lambda f: 1
+    name: str, capabilities: Capabilities = NO_CAPABILITIES
 ) -> Callable[[Builder], Builder]:
-    """Decorator: register ``builder`` under ``name``; a taken name is an error."""
+    """Decorator: register ``builder`` under ``name`` with what it can do; a taken name
+    is an error."""
 
     def deco(builder: Builder) -> Builder:
         if name in _BUILDERS:
             raise ValueError(f"strategy {name!r} is already registered")
         _BUILDERS[name] = builder
-        _MIN_REPLIES[name] = min_replies
+        _CAPABILITIES[name] = capabilities
         return builder
 
     return deco
@@ -86,7 +106,7 @@ def strategy_names() -> list[str]:
     return sorted(_BUILDERS)
 
 
-@register_strategy("fedavg")
+@register_strategy("fedavg", MEAN)
 def _fedavg(p: StrategyParams) -> fl.Strategy:
     return fl.FedAvg(**p.common())
 
@@ -96,12 +116,12 @@ def _fedavgm(p: StrategyParams) -> fl.Strategy:
     return fl.FedAvgM(**p.common(), server_learning_rate=p.server_lr, server_momentum=p.server_momentum)
 
 
-@register_strategy("fedprox")
+@register_strategy("fedprox", dataclasses.replace(MEAN, proximal_term=True))
 def _fedprox(p: StrategyParams) -> fl.Strategy:
     return fl.FedProx(**p.common(), proximal_mu=p.proximal_mu)
 
 
-def _fedopt(cls: type[fl.Strategy]) -> Builder:
+def _fedopt(cls: Callable[..., fl.Strategy]) -> Builder:
     def build(p: StrategyParams) -> fl.Strategy:
         return cls(**p.common(), eta=p.server_adaptive_lr, eta_l=p.client_lr)
 
@@ -118,29 +138,29 @@ def _fedmedian(p: StrategyParams) -> fl.Strategy:
     return fl.FedMedian(**p.common())
 
 
-@register_strategy("fedtrimmedavg", min_replies=lambda f: 3)
+@register_strategy("fedtrimmedavg", Capabilities(min_replies=lambda f: 3))
 def _fedtrimmedavg(p: StrategyParams) -> fl.Strategy:
     return fl.FedTrimmedAvg(**p.common(), beta=p.trimmed_beta)
 
 
-@register_strategy("krum", min_replies=lambda f: 2 * f + 3)
+@register_strategy("krum", Capabilities(min_replies=lambda f: 2 * f + 3))
 def _krum(p: StrategyParams) -> fl.Strategy:
     return fl.Krum(**p.common(), num_malicious_nodes=p.num_malicious)
 
 
-@register_strategy("multikrum", min_replies=lambda f: 2 * f + 3)
+@register_strategy("multikrum", Capabilities(min_replies=lambda f: 2 * f + 3))
 def _multikrum(p: StrategyParams) -> fl.Strategy:
     return fl.MultiKrum(
         **p.common(), num_malicious_nodes=p.num_malicious, num_nodes_to_select=max(1, p.min_train_nodes - p.num_malicious)
     )
 
 
-@register_strategy("bulyan", min_replies=lambda f: 4 * f + 3)
+@register_strategy("bulyan", Capabilities(min_replies=lambda f: 4 * f + 3))
 def _bulyan(p: StrategyParams) -> fl.Strategy:
     return fl.Bulyan(**p.common(), num_malicious_nodes=p.num_malicious)
 
 
-@register_strategy("qfedavg")
+@register_strategy("qfedavg", Capabilities(needs_initial_loss=True))
 def _qfedavg(p: StrategyParams) -> fl.Strategy:
     return fl.QFedAvg(
         client_learning_rate=p.client_lr, q=p.qfedavg_q, train_loss_key="train_loss_initial", **p.common()
@@ -148,11 +168,20 @@ def _qfedavg(p: StrategyParams) -> fl.Strategy:
 
 
 def _import_object(spec: str) -> object:
+    """The object ``spec`` names, imported once per process (its capabilities and its
+    builds then come from the same class, and a user's file runs once)."""
     target, _, attr = spec.rpartition(":")
     if not target or not attr:
         raise ValueError(f"invalid strategy path {spec!r}; use package.module:ClassName")
     if target.endswith(".py"):
-        path = Path(target).expanduser().resolve()
+        target = str(Path(target).expanduser().resolve())
+    return _load_object(target, attr)
+
+
+@functools.cache
+def _load_object(target: str, attr: str) -> object:
+    if target.endswith(".py"):
+        path = Path(target)
         if not path.is_file():
             raise ValueError(f"strategy file {path} does not exist")
         mod_name = f"fedloom_user_strategy_{path.stem}"
@@ -215,9 +244,32 @@ def resolve_strategy(name: str) -> Builder:
     )
 
 
+def capabilities(name: str) -> Capabilities:
+    """What strategy ``name`` declares: at registration, or as a user class's attributes."""
+    if name in _CAPABILITIES:
+        return _CAPABILITIES[name]
+    if ":" in name:
+        return Capabilities.declared_by(_import_object(name))
+    resolve_strategy(name)  # raises, listing the valid names
+    raise AssertionError(name)
+
+
+def strategies_with(test: Callable[[Capabilities], bool]) -> list[str]:
+    """The registered strategies whose capabilities pass ``test``."""
+    return [n for n in strategy_names() if test(_CAPABILITIES[n])]
+
+
 def min_replies(name: str, num_malicious: int) -> int:
     """Fewest replies per round ``name`` can aggregate with ``num_malicious`` attackers."""
-    return _MIN_REPLIES.get(name, lambda f: 1)(num_malicious)
+    return capabilities(name).min_replies(num_malicious)
+
+
+def check_strategy_config(cfg: RunConfig) -> Capabilities:
+    """The capabilities of ``cfg.strategy``; ``ValueError`` when it cannot do what the
+    rest of the run config asks (encrypted aggregation, client-level DP)."""
+    caps = capabilities(cfg.strategy)
+    check_strategy(cfg.strategy, caps, cfg, strategies_with)
+    return caps
 
 
 def build_strategy(name: str, params: StrategyParams) -> fl.Strategy:

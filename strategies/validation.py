@@ -18,7 +18,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from .delegating import DelegatingStrategy
+from .delegating import DelegatingStrategy, Rejection
 
 Layout = dict[str, tuple[tuple[int, ...], str]]
 WEIGHT_KEY = "num-examples"
@@ -67,18 +67,12 @@ def cast_to_layout(arrays: ArrayRecord, layout: Layout) -> ArrayRecord:
     times float64 scalars); a float64 global model would make every float32 reply of
     the next round fail :func:`check_train_reply`, and the model would stop changing.
     """
-    if all(str(arrays[k].dtype) == layout[k][1] for k in arrays.keys() if k in layout):
+    if all(str(arrays[k].dtype) == layout[k][1] for k in arrays if k in layout):
         return arrays
     return ArrayRecord({
         k: Array(np.ascontiguousarray(v.numpy().astype(layout[k][1]))) if k in layout else v
         for k, v in arrays.items()
     })
-
-
-@dataclass
-class Rejection:
-    node_id: int
-    reason: str
 
 
 @dataclass

@@ -12,9 +12,11 @@ from .digits import DigitsTask
 from .medmnist import MedMnistTask
 from .mnist import MnistTask
 from .pointcloud import PointCloudTask
-from .partition import parse_partition, partition_indices
+from .partition import PartitionSpec, parse_partition, partition_indices
 
 _TASKS: dict[str, Task] = {}
+#: The options of a task configured by nothing but its own defaults.
+DEFAULT_OPTIONS = TaskOptions()
 
 
 def register_task(task: Task) -> Task:
@@ -47,7 +49,7 @@ for _task in (DigitsTask(), MnistTask(), MedMnistTask(), PointCloudTask()):
 
 @lru_cache(maxsize=4)
 def load_task_data(
-    task_name: str, data_dir: str, dataset: str, options: TaskOptions = TaskOptions()
+    task_name: str, data_dir: str, dataset: str, options: TaskOptions = DEFAULT_OPTIONS
 ) -> TaskData:
     """Load a task's data once per process (keyed by task, directory, dataset, options)."""
     task = get_task(task_name, options)
@@ -59,15 +61,15 @@ def partitions(
     task_name: str,
     data_dir: str,
     dataset: str,
-    partition: str,
+    partition: PartitionSpec | str,
     num_partitions: int,
     seed: int,
-    options: TaskOptions = TaskOptions(),
+    options: TaskOptions = DEFAULT_OPTIONS,
 ) -> tuple[np.ndarray, ...]:
     """All clients' training indices (deterministic from ``seed``), cached per process."""
     data = load_task_data(task_name, data_dir, dataset, options)
     labels = get_task(task_name, options).labels_for_partitioning(data)
-    spec = parse_partition(partition)
+    spec = partition if isinstance(partition, PartitionSpec) else parse_partition(partition)
     return tuple(partition_indices(spec, labels, num_partitions, seed))
 
 
@@ -76,11 +78,11 @@ def client_split(
     task_name: str,
     data_dir: str,
     dataset: str,
-    partition: str,
+    partition: PartitionSpec | str,
     num_partitions: int,
     seed: int,
     partition_id: int,
-    options: TaskOptions = TaskOptions(),
+    options: TaskOptions = DEFAULT_OPTIONS,
 ) -> DataSplit:
     """One client's training split."""
     if not 0 <= partition_id < num_partitions:
@@ -97,7 +99,7 @@ def client_test_split(
     dataset: str,
     num_partitions: int,
     partition_id: int,
-    options: TaskOptions = TaskOptions(),
+    options: TaskOptions = DEFAULT_OPTIONS,
 ) -> DataSplit:
     """A client's share of the test set (for federated evaluation).
 

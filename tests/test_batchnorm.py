@@ -7,8 +7,8 @@ import pickle
 import numpy as np
 import torch
 
-from fedloom.server.app import strategy_chain
-from fedloom.server.config import parse_run_config
+from fedloom.strategies.chain import strategy_chain
+from fedloom.config import parse_run_config
 from fedloom.strategies.calibration import BatchNormCalibration
 from fedloom.strategies.instrumented import chain_of
 from fedloom.tasks.base import DataSplit

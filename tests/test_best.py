@@ -10,7 +10,7 @@ import torch
 from flwr.app import ArrayRecord
 
 from fedloom.server.best import BEST_MODEL, BEST_RECORD, BestRound, improves
-from fedloom.server.config import parse_run_config
+from fedloom.config import parse_run_config
 from fedloom.server.results import ResultsFolder
 from fedloom.tasks.registry import get_task, task_names
 

@@ -6,7 +6,7 @@ import pytest
 
 from fedloom import run_sim
 from fedloom.compression.spec import check_he, parse_down_spec, parse_spec
-from fedloom.server.config import parse_run_config
+from fedloom.config import parse_run_config
 
 
 @pytest.mark.parametrize(
@@ -70,8 +70,8 @@ def test_download_specs_only_quantize():
 
 def test_run_config_resolves_specs_when_loaded():
     cfg = parse_run_config({"compression": "TOPK:0.010+qsgd:8", "compression-down": "fp16"})
-    assert cfg.compression == "topk:0.01+qsgd:8" and cfg.compression_down == "fp16"
-    assert parse_run_config({}).compression == "none"
+    assert str(cfg.compression) == "topk:0.01+qsgd:8" and str(cfg.compression_down) == "fp16"
+    assert parse_run_config({}).compression.is_none
     with pytest.raises(ValueError, match="unknown codec"):
         parse_run_config({"compression": "gzip"})
 

@@ -116,9 +116,9 @@ def test_compressed_strategy_chain_is_checkpointed(spec):
     # chain must pickle as its spec text or a resumed run would restart the strategy.
     import pickle
 
-    from fedloom.server.app import strategy_chain
+    from fedloom.strategies.chain import strategy_chain
     from fedloom.server.checkpoint import pickle_strategy
-    from fedloom.server.config import parse_run_config
+    from fedloom.config import parse_run_config
 
     chain = strategy_chain(parse_run_config({"compression": spec, "compression-down": "fp16"}), 1000, 10)
     blob = pickle_strategy(chain)

@@ -266,7 +266,7 @@ def test_bad_dp_options_exit_2_with_one_line(argv, message, capsys):
 
 def test_default_run_has_no_privacy():
     assert math.isclose(DELTA, 1e-5)
-    from fedloom.server.config import parse_run_config
+    from fedloom.config import parse_run_config
 
     cfg = parse_run_config({})
     assert cfg.dp == "none" and cfg.sample_dp() is None and cfg.dp_delta == DELTA

@@ -326,7 +326,7 @@ def test_a_client_refuses_keys_from_another_provisioning(tmp_path, task_identity
     from types import SimpleNamespace
 
     from fedloom.client.app import he_inputs
-    from fedloom.server.config import parse_run_config
+    from fedloom.config import parse_run_config
     from fedloom.strategies.encrypted import KEY_ID_KEY
 
     first = he.provision(tmp_path / "a-nodes", tmp_path / "a-server", clip=8.0, max_weight=100)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord
 
-from fedloom.server.config import parse_run_config
+from fedloom.config import parse_run_config
 from fedloom.tasks.base import DataSplit
 from fedloom.tasks.digits import DigitsTask
 from fedloom.tasks.logit_adjustment import label_log_prior

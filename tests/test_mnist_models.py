@@ -7,7 +7,7 @@ import pytest
 import torch
 from opacus.validators import ModuleValidator
 
-from fedloom.server.config import DEFAULTS, parse_run_config
+from fedloom.config import DEFAULTS, parse_run_config
 from fedloom.tasks.base import DataSplit, TaskData
 from fedloom.tasks.registry import get_task
 

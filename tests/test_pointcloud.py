@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -198,7 +197,7 @@ def test_augment_batch_bounds() -> None:
 
 
 def test_rotation_range_comes_from_the_run_config() -> None:
-    from fedloom.server.config import parse_run_config
+    from fedloom.config import parse_run_config
 
     cfg = parse_run_config({"task": "pointcloud", "augment-rotation": 15})
     assert PointCloudTask().configure(cfg.task_options()).rotation == 15.0
@@ -266,7 +265,7 @@ def test_batchnorm_training_never_sees_a_batch_of_one() -> None:
 
 
 def test_pointnet_norm_comes_from_the_run_config_and_batchnorm_refuses_dp_sgd() -> None:
-    from fedloom.server.config import parse_run_config
+    from fedloom.config import parse_run_config
     from fedloom.tasks.batchnorm import BatchNorm
 
     cfg = parse_run_config({"task": "pointcloud", "pointnet-norm": "batch"})
@@ -287,39 +286,3 @@ def test_overall_and_mean_class_accuracy() -> None:
     assert mean_class_accuracy(pred, y, 4) == pytest.approx((2 / 3 + 1 + 1 / 2) / 3)  # class 3 absent
     out = PointCloudTask().metrics(torch.eye(3)[pred], torch.from_numpy(y))
     assert out == {"accuracy": pytest.approx(4 / 6), "mean_class_accuracy": pytest.approx(13 / 18)}
-
-
-# -- end to end ---------------------------------------------------------------------------------
-
-
-@pytest.mark.e2e
-def test_modelnet10_federated_accuracy_rises(tmp_path: Path) -> None:
-    needs_small()
-    from fedloom import run_sim
-    from fedloom.tasks.training import evaluate
-
-    (tmp_path / "data").mkdir()
-    data_dir = small_data_dir(tmp_path / "data")
-    seed = 2
-    # Adam, and no rotation augmentation (ModelNet is aligned): with these, a few
-    # epochs on 400 shapes clearly learn; SGD with full rotation barely moves.
-    # Six rounds: float results differ across CPUs, so the bar needs slack. Measured
-    # final accuracy 0.77 for seed 2 and 0.64 for seed 3 (loss 2.3 -> 0.9-1.2); two
-    # rounds gave 0.20-0.27 and once failed a +0.1 bar on another CPU.
-    task = PointCloudTask(num_points=256, transforms="none", width=0.25, rotation=0)
-    data = task.load(data_dir, "modelnet10")
-    torch.manual_seed(seed)
-    initial = evaluate(task.build_model(data), task, data.test)
-    code = run_sim.main([
-        "--task", "pointcloud", "--dataset", "modelnet10", "--data-dir", str(data_dir),
-        "--num-clients", "2", "--rounds", "6", "--local-epochs", "3", "--batch-size", "16",
-        "--lr", "0.001", "--seed", str(seed), "--run-dir", str(tmp_path / "run"),
-        "--run-config", "num-points=256 model-width=0.25 pointnet-transforms=none "
-        "optimizer=adam augment-rotation=0",
-    ])
-    assert code == 0
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in rows] == [1, 2, 3, 4, 5, 6]
-    assert rows[-1]["accuracy"] > initial["accuracy"] + 0.3
-    assert rows[-1]["loss"] < initial["loss"] - 0.5
-    assert rows[-1]["mean_class_accuracy"] > initial["mean_class_accuracy"]

@@ -85,8 +85,8 @@ def test_every_strategy_keeps_learning_after_round_one(name, task_identity):
 
     from flwr.serverapp import Grid
 
-    from fedloom.server.app import strategy_params
-    from fedloom.server.config import parse_run_config
+    from fedloom.strategies.chain import strategy_params
+    from fedloom.config import parse_run_config
     from fedloom.strategies.registry import build_strategy
 
     grid = Mock(spec=Grid)

@@ -11,7 +11,7 @@ from flwr.app import ArrayRecord
 
 from fedloom.privacy.accounting import ClientAccount
 from fedloom.privacy.dp import SampleDPSettings, train_private
-from fedloom.server.config import parse_run_config
+from fedloom.config import parse_run_config
 from fedloom.tasks.base import DataSplit
 from fedloom.tasks.digits import DigitsTask
 from fedloom.tasks.registry import load_task_data

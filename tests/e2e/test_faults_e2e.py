@@ -13,7 +13,7 @@ import pytest
 from fedloom import run_sim
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def read_rows(run_dir):
@@ -100,7 +100,7 @@ def test_client_state_is_kept_per_run(tmp_path):
 
     from fedloom.client.app import client_state_dir
     from fedloom.client.state import load_state, save_state
-    from fedloom.server.config import parse_run_config
+    from fedloom.config import parse_run_config
 
     cfg = parse_run_config({})
     node = SimpleNamespace(node_config={"state-dir": str(tmp_path)})

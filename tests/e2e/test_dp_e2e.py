@@ -21,7 +21,7 @@ def read_jsonl(path):
 
 
 def digits_sizes(num_clients: int) -> list[int]:
-    from fedloom.server.config import DEFAULTS
+    from fedloom.config import DEFAULTS
 
     return [len(p) for p in partitions("digits", "", "digits", "iid", num_clients, DEFAULTS["seed"])]
 
@@ -89,7 +89,7 @@ def test_client_level_dp_reports_the_subsampled_gaussian_epsilon(tmp_path, clipp
 
 
 def test_dp_sgd_on_mnist_improves_accuracy(tmp_path, shared_data):
-    from fedloom.server.config import DEFAULTS
+    from fedloom.config import DEFAULTS
     from fedloom.tasks.base import TaskOptions
     from fedloom.tasks.registry import get_task, load_task_data
     from fedloom.tasks.training import evaluate

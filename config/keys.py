@@ -1,0 +1,335 @@
+"""Every run-config key, declared once: the fields of :class:`RunConfig`.
+
+To add a key, add one field here (its section's block): name in snake case (the key is
+the kebab-case spelling), type, then ``key(default, help, section, ...)``; add the same
+default to ``[tool.flwr.app.config]`` in pyproject.toml and regenerate the README
+reference (``python -m fedloom.config.reference``). Cross-key rules go in
+:mod:`fedloom.config.load`. Tests fail when the table or the README disagree with this.
+"""
+
+# No ``from __future__ import annotations``: the schema reads the field types at run time.
+
+import dataclasses
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from fedloom.client.attacks import ATTACKS
+from fedloom.compression.spec import Chain, codec_usages, parse_down_spec, parse_spec
+from fedloom.privacy.accounting import ACCOUNTANTS
+from fedloom.privacy.dp import SampleDPSettings
+from fedloom.privacy.he_profiles import PACKINGS, SCHEMES
+from fedloom.tasks.base import TaskOptions
+from fedloom.tasks.batchnorm import NORMS
+from fedloom.tasks.partition import VALID_PARTITIONS, PartitionSpec, parse_partition
+from fedloom.tasks.registry import task_names
+from fedloom.tasks.training import LR_SCHEDULES, OPTIMIZERS
+
+from .schema import check, key
+
+
+class DPMode(StrEnum):
+    """The ``dp`` key: no DP, DP-SGD on every client, or client-level DP-FedAvg."""
+
+    NONE = "none"
+    SAMPLE = "sample"
+    CLIENT = "client"
+
+
+def _dp_mode(value: str) -> DPMode:
+    return DPMode(value)
+
+
+IMAGE_SIZES = (28, 64, 128, 224)
+POINTNET_TRANSFORMS = ("none", "input", "feature", "both")
+MNIST_MODELS = ("mcmahan", "dp-cnn")
+DP_CLIPPING = ("fixed", "adaptive")
+DP_CLIPPING_SIDES = ("server", "client")
+
+POSITIVE = check(lambda v: v > 0, "> 0")
+NON_NEGATIVE = check(lambda v: v >= 0, ">= 0")
+AT_LEAST_ONE = check(lambda v: v >= 1, ">= 1")
+PROBABILITY = check(lambda v: 0 <= v <= 1, "0 <= p <= 1")
+MOMENTUM = check(lambda v: 0 <= v < 1, "0 <= m < 1")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Typed, validated run configuration. Field ``x_y`` is run-config key ``x-y``.
+
+    Build it with :func:`fedloom.config.parse_run_config`, which fills in defaults,
+    resolves ``auto`` values and checks every key.
+    """
+
+    # -- run ------------------------------------------------------------------
+    task: str = key("digits", "learning task", "run", flag="=")
+    dataset: str = key(
+        "", "dataset, for tasks that offer several", "run", flag="=", shown_default="the task's first",
+    )
+    data_dir: str = key("data", "folder with the data files", "run", flag="=")
+    num_server_rounds: int = key(10, "federated rounds", "run", flag="rounds", check=AT_LEAST_ONE)
+    seed: int = key(
+        42, "seed for partitions, init and sampling", "run", flag="=",
+        check=check(lambda v: 0 <= v < 2**63, "0 <= seed < 2**63"),
+    )
+    run_dir: str = key(
+        "", "results folder", "run", flag="=", shown_default="runs/<timestamp>-<task>-<strategy>",
+    )
+    round_timeout: float = key(3600.0, "seconds the server waits for a round's replies", "run", check=POSITIVE)
+    resume: bool = key(False, "continue the run in run-dir from its checkpoint", "run")
+    best_metric: str = key(
+        "auto",
+        "best.pt + best.json at the best round: auto (val_auc/val_accuracy if the task has a "
+        "validation split, else off), none, or a metric key",
+        "run",
+    )
+    # -- clients and sampling -------------------------------------------------
+    fraction_train: float = key(
+        1.0, "share of clients sampled per round", "sampling", flag="fraction",
+        check=check(lambda v: 0 < v <= 1, "0 < f <= 1"),
+    )
+    fraction_evaluate: float = key(
+        "auto", "share of clients that evaluate the global model on their test share", "sampling",
+        check=check(lambda v: 0 <= v <= 1, "0 <= f <= 1"),
+        auto="1.0 with he (the server cannot evaluate), else 0.0 (the server evaluates centrally)",
+    )
+    min_train_nodes: int = key(
+        "auto", "fewest clients that train in a round", "sampling", check=AT_LEAST_ONE,
+        auto="2, or the number of clients when fewer",
+    )
+    min_available_nodes: int = key(
+        "auto", "clients that must be connected before a round starts", "sampling",
+        check=AT_LEAST_ONE, auto="the number of clients (run_sim.py), else 2",
+    )
+    partition: PartitionSpec = key(
+        "iid", f"how the training set is split over clients: {VALID_PARTITIONS}", "sampling",
+        flag="=", kind="str", parse=parse_partition,
+    )
+    # -- local training -------------------------------------------------------
+    local_epochs: float = key(
+        1, "local epochs per round; a fraction such as 0.5 trains on a fresh random half of "
+        "the client's data each round", "training", flag="=", kind="number",
+        check=check(lambda v: v > 0, "> 0 (fractions such as 0.5 allowed)"),
+    )
+    batch_size: int = key(
+        "auto", "local batch size", "training", flag="=", check=AT_LEAST_ONE,
+        auto="the task's (digits 16, others 32)",
+    )
+    lr: float = key(
+        "auto", "client learning rate", "training", flag="=", check=POSITIVE,
+        auto="the task's (digits 0.05, others 0.01)",
+    )
+    momentum: float = key(0.9, "local SGD momentum", "training", check=MOMENTUM)
+    optimizer: str = key(
+        "sgd", "local optimizer: sgd (with momentum) or adam (lr = step size)", "training",
+        choices=OPTIMIZERS,
+    )
+    weight_decay: float = key(
+        0.0, "local optimizer: L2 penalty coefficient (torch's weight_decay), e.g. 5e-4",
+        "training", check=NON_NEGATIVE,
+    )
+    logit_adjustment: float = key(
+        0.0, "local loss: logits + tau * log(client label prior) (1: balanced softmax; not with "
+        "dp=sample)", "training",
+        check=check(lambda v: v >= 0, ">= 0 (0: off; 1: the balanced softmax)"),
+    )
+    lr_schedule: str = key(
+        "constant", "client lr over the rounds: constant or cosine (lr -> 0 by the last round)",
+        "training", choices=LR_SCHEDULES,
+    )
+    freeze_classifier: bool = key(
+        False, "FedBABU: keep the last (logits) layer at its random init; clients train the body",
+        "training",
+    )
+    # -- aggregation strategy -------------------------------------------------
+    strategy: str = key(
+        "fedavg", "aggregation strategy: a registered name (see run_sim.py --help), or "
+        "package.module:Class / file.py:Class", "strategy", flag="=",
+    )
+    proximal_mu: float = key(0.01, "fedprox: weight of the proximal term", "strategy", check=NON_NEGATIVE)
+    server_lr: float = key(1.0, "fedavgm: server learning rate", "strategy", check=POSITIVE)
+    server_momentum: float = key(0.9, "fedavgm: server momentum", "strategy", check=MOMENTUM)
+    server_adaptive_lr: float = key(
+        0.01, "fedadam, fedyogi, fedadagrad: server step size (eta)", "strategy", check=POSITIVE,
+    )
+    num_malicious: int = key(
+        0, "krum, multikrum, bulyan: attackers the aggregation tolerates", "strategy",
+        check=NON_NEGATIVE,
+    )
+    trimmed_beta: float = key(
+        0.2, "fedtrimmedavg: share cut at each end", "strategy",
+        check=check(lambda v: 0 <= v < 0.5, "0 <= beta < 0.5"),
+    )
+    qfedavg_q: float = key(0.1, "qfedavg: fairness exponent q", "strategy", check=NON_NEGATIVE)
+    # -- models and data ------------------------------------------------------
+    image_size: int = key(
+        28, "medmnist: 28, 64, 128 or 224 px (which npz file is read)", "model", choices=IMAGE_SIZES,
+    )
+    num_points: int = key(1024, "pointcloud: points per shape", "model", check=AT_LEAST_ONE)
+    pointnet_transforms: str = key(
+        "both", "pointcloud: none, input, feature or both T-Nets", "model",
+        choices=POINTNET_TRANSFORMS,
+    )
+    pointnet_norm: str = key(
+        "group", "pointcloud: group (GroupNorm, works with dp=sample) or batch (BatchNorm)",
+        "model", choices=NORMS,
+    )
+    resnet_norm: str = key(
+        "group", "medmnist: the same choice for the ResNet-18 (batch: as MedMNIST v2's reference)",
+        "model", choices=NORMS,
+    )
+    batchnorm_calibration: bool = key(
+        True, "models with BatchNorm: clients measure each aggregate's running mean/variance "
+        "(not with dp=client or he)", "model",
+    )
+    augment_rotation: float = key(
+        180.0, "pointcloud: train-time rotation about the up axis, max degrees", "model",
+        check=check(lambda v: 0 <= v <= 180, "0 <= degrees <= 180"),
+    )
+    augment_images: bool = key(
+        False, "medmnist: train-time random horizontal flips and shifts of up to 10%", "model",
+    )
+    model_width: float = key(
+        1.0, "medmnist, pointcloud: channel multiplier (1.0 = published model)", "model",
+        check=POSITIVE,
+    )
+    mnist_model: str = key(
+        "mcmahan", "mnist: mcmahan (1.66M-parameter CNN) or dp-cnn (26k, for DP-SGD)", "model",
+        choices=MNIST_MODELS,
+    )
+    # -- compression ----------------------------------------------------------
+    compression: Chain = key(
+        "none", "upload codec chain: TRANSFORM, QUANTIZER or TRANSFORM+QUANTIZER such as "
+        "topk:0.01+qsgd:8", "compression", flag="=", kind="str", parse=parse_spec,
+    )
+    compression_down: Chain = key(
+        "none", "download codec for the global model: none, fp16 or qsgd:BITS", "compression",
+        flag="=", kind="str", parse=parse_down_spec,
+    )
+    # -- differential privacy -------------------------------------------------
+    dp: DPMode = key(
+        "none", "differential privacy: none, sample (Opacus DP-SGD on every client) or client "
+        "(client-level DP-FedAvg with Flower's DP wrappers)", "privacy", flag="=", kind="str",
+        choices=tuple(DPMode), parse=_dp_mode,
+    )
+    dp_noise: float = key(
+        0.0, "noise multiplier (sample: per-step gradient noise; client: noise on the "
+        "aggregate); 0 = calibrate from dp-target-epsilon", "privacy", flag="=",
+        check=check(lambda v: v >= 0, ">= 0 (0: calibrate from dp-target-epsilon)"),
+    )
+    dp_target_epsilon: float = key(
+        0.0, "privacy budget at dp-delta (sample: per client, enforced; client: for the run); "
+        "without dp-noise the noise is calibrated to spend it in the run's rounds; 0 = none",
+        "privacy", flag="=", check=check(lambda v: v >= 0, ">= 0 (0: no budget)"),
+    )
+    dp_max_grad_norm: float = key(
+        1.0, "sample: per-example gradient clipping bound", "privacy", flag="=", check=POSITIVE,
+    )
+    dp_delta: float = key(
+        1e-5, "delta of the reported (epsilon, delta)", "privacy", flag="=",
+        check=check(lambda v: 0 < v < 1, "0 < delta < 1"),
+    )
+    dp_accountant: str = key(
+        "rdp", "sample: Opacus accountant, rdp or prv (client-level is always rdp)", "privacy",
+        flag="=", choices=ACCOUNTANTS,
+    )
+    dp_clipping: str = key(
+        "fixed", "client: fixed or adaptive clipping of client updates", "privacy", flag="=",
+        choices=DP_CLIPPING,
+    )
+    dp_clipping_side: str = key(
+        "server", "client: clip on the server or on the clients", "privacy", flag="=",
+        choices=DP_CLIPPING_SIDES,
+    )
+    dp_clipping_norm: float = key(
+        1.0, "client: update clipping norm (initial norm when adaptive)", "privacy", flag="=",
+        check=POSITIVE,
+    )
+    dp_seeded_noise: bool = key(
+        False, "DP noise from the run seed (reproducible; void against anyone knowing it)",
+        "privacy",
+    )
+    # -- faults and attacks ---------------------------------------------------
+    fail_rate: float = key(
+        0.0, "fault injection: PROBABILITY that a client's training raises", "faults", flag="=",
+        check=PROBABILITY,
+    )
+    straggler_rate: float = key(
+        0.0, "fault injection: PROBABILITY that a client sleeps", "faults", flag="=",
+        check=PROBABILITY,
+    )
+    straggler_delay: float = key(
+        0.0, "seconds a straggler sleeps", "faults", flag="=",
+        check=check(lambda v: v >= 0, ">= 0 seconds"),
+    )
+    attack: str = key(
+        "none", "byzantine clients: none, sign-flip, gaussian, scaled", "faults", flag="=",
+        choices=ATTACKS,
+    )
+    attack_fraction: float = key(0.0, "share of clients that attack", "faults", flag="=", check=PROBABILITY)
+    attack_scale: float = key(
+        4.0, "strength of the attack (see client/attacks.py)", "faults", check=POSITIVE,
+    )
+    # -- homomorphic encryption -----------------------------------------------
+    he: bool = key(
+        False, "encrypted aggregation: clients send ciphertexts the server can add but not "
+        "read (TenSEAL; scheme: he-scheme)", "he", flag="=",
+    )
+    he_dir: str = key(
+        "", "the server's folder: public.ctx + params.json", "he",
+        shown_default="run_sim.py: <run-dir>/he",
+    )
+    he_secret_dir: str = key(
+        "", "simulations: the clients' folder with secret.ctx, outside run-dir", "he",
+        shown_default="run_sim.py: a new one under ~/.local/share/fedloom/he-keys",
+    )
+    he_clip: float = key(8.0, "|weight| bound of the fixed-point encoding under he", "he", check=POSITIVE)
+    he_pack: int = key(
+        1, "values per slot under he: 1 (~15 B/param, ~1e-7) or 2 (~8 B/param, <=1e-3)", "he",
+        choices=PACKINGS,
+    )
+    he_scheme: str = key(
+        "bfv", "TenSEAL scheme: bfv (4,096 integer slots per ciphertext, ~15 bytes/parameter) "
+        "or ckks (2,048 real slots, ~32 bytes/parameter)", "he", flag="=", choices=SCHEMES,
+    )
+
+    def task_options(self) -> TaskOptions:
+        """The task-specific settings, as the typed argument tasks receive."""
+        return TaskOptions(
+            image_size=self.image_size,
+            num_points=self.num_points,
+            pointnet_transforms=self.pointnet_transforms,
+            pointnet_norm=self.pointnet_norm,
+            resnet_norm=self.resnet_norm,
+            augment_rotation=self.augment_rotation,
+            augment_images=self.augment_images,
+            model_width=self.model_width,
+            mnist_model=self.mnist_model,
+        )
+
+    def sample_dp(self) -> SampleDPSettings | None:
+        """DP-SGD settings for the clients (``dp=sample``), else None."""
+        if self.dp is not DPMode.SAMPLE:
+            return None
+        return SampleDPSettings(
+            noise_multiplier=self.dp_noise,
+            max_grad_norm=self.dp_max_grad_norm,
+            delta=self.dp_delta,
+            accountant=self.dp_accountant,
+            target_epsilon=self.dp_target_epsilon,
+            planned_rounds=self.num_server_rounds,
+            seeded_noise=self.dp_seeded_noise,
+        )
+
+    def to_run_config(self) -> dict[str, Any]:
+        """Back to flat kebab-case keys of plain values (what ``config.json`` records)."""
+        plain = (str, int, float, bool)
+        return {
+            f.name.replace("_", "-"): v if type(v) in plain else str(v)
+            for f in dataclasses.fields(self)
+            for v in [getattr(self, f.name)]
+        }
+
+
+#: Listing helpers for the docs and flags: registries below config.
+LISTED = {"task": task_names, "compression": codec_usages}

@@ -1,0 +1,213 @@
+"""Every use fedloom makes of Flower's private internals, in one place, for one version.
+
+Flower's public API does not cover these; each is checked against the installed Flower
+by :func:`check_flower_version` at start-up (run_sim.py, the ServerApp) and has its own
+test in ``tests/test_flower_compat.py``. Moving to another Flower version means
+re-checking each function here and then :data:`FLOWER_VERSION`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import metadata
+from typing import Any
+
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideAdaptiveClipping,
+    DifferentialPrivacyServerSideAdaptiveClipping,
+)
+
+#: The Flower release whose internals this module was written against.
+FLOWER_VERSION = "1.41.0"
+
+
+def check_flower_version(installed: str | None = None) -> None:
+    """``RuntimeError`` naming both versions unless Flower ``FLOWER_VERSION`` is installed."""
+    found = installed if installed is not None else metadata.version("flwr")
+    if found != FLOWER_VERSION:
+        raise RuntimeError(
+            f"fedloom needs flwr=={FLOWER_VERSION} (it patches internals of that release: "
+            f"fedloom/flower_compat.py), but flwr {found} is installed; "
+            f'run: pip install "flwr[simulation]=={FLOWER_VERSION}"'
+        )
+
+
+# -- sampling: Flower's sample_nodes draws from its module's `random` ---------------------
+
+def use_sampling_rng(rng: random.Random) -> None:
+    """Make Flower's ``strategy_utils.sample_nodes`` draw from ``rng`` instead of the
+    module-level ``random`` that other threads of the process share."""
+    from flwr.serverapp.strategy import strategy_utils
+
+    strategy_utils.random = rng  # type: ignore[assignment]
+
+
+# -- simulation: node IDs and the simulation runtime --------------------------------------
+
+@contextmanager
+def seeded_node_ids(seed: int) -> Iterator[None]:
+    """Register the simulated nodes under IDs drawn from ``seed``, not ``os.urandom``.
+
+    The server samples a round's clients among the node IDs with a seeded generator
+    (``server/sampling.py``), and node i holds partition i; with random IDs the same
+    seed picked other partitions on every run. Only node registration draws from the
+    seeded stream (Flower's ``vce_api._register_nodes`` and the link state's
+    ``generate_rand_int_from_bytes``).
+    """
+    from flwr.server.superlink.fleet.vce import vce_api
+    from flwr.server.superlink.linkstate import in_memory_linkstate
+
+    register, draw = vce_api._register_nodes, in_memory_linkstate.generate_rand_int_from_bytes
+    rng = random.Random(f"fedloom-node-ids-{seed}")
+
+    def seeded_draw(num_bytes: int, exclude: set[int] | None = None) -> int:
+        while (value := rng.getrandbits(8 * num_bytes)) in (exclude or ()):
+            pass
+        return value
+
+    def register_seeded(*args: Any, **kwargs: Any) -> Any:
+        in_memory_linkstate.generate_rand_int_from_bytes = seeded_draw
+        try:
+            return register(*args, **kwargs)
+        finally:
+            in_memory_linkstate.generate_rand_int_from_bytes = draw
+
+    vce_api._register_nodes = register_seeded
+    try:
+        yield
+    finally:
+        vce_api._register_nodes = register
+
+
+def run_simulation(
+    *, run_config: dict[str, Any], num_supernodes: int, client_app: Any, server_app: Any,
+    backend_config: dict[str, Any], app_dir: str, verbose: bool,
+) -> None:
+    """Flower's simulation runtime on a run whose ``override_config`` is ``run_config``
+    (``flwr.simulation.run_simulation`` takes no run config; its private
+    ``_run_simulation`` does, with the run set up as the public function would)."""
+    from flwr.app import Context, RecordDict
+    from flwr.common.constant import RUN_ID_NUM_BYTES, SUPERLINK_NODE_ID, TASK_ID_NUM_BYTES
+    from flwr.server.superlink.linkstate.utils import generate_rand_int_from_bytes
+    from flwr.simulation.run_simulation import _run_simulation
+    from flwr.supercore.constant import NOOP_FEDERATION_ID
+    from flwr.supercore.run import Run
+    from flwr.supercore.task_identity import TaskIdentity
+    from flwr.supercore.telemetry import EventType
+
+    run = Run.create_empty(run_id=generate_rand_int_from_bytes(RUN_ID_NUM_BYTES))
+    run.override_config = dict(run_config)
+    run.primary_task_id = generate_rand_int_from_bytes(TASK_ID_NUM_BYTES)
+    run.federation_id = NOOP_FEDERATION_ID
+    # What flwr.simulation.run_simulation does for a run it creates itself.
+    TaskIdentity.task_id = 1
+    TaskIdentity.run_id = run.run_id
+    TaskIdentity.node_id = SUPERLINK_NODE_ID
+    context = Context(
+        run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config=dict(run_config)
+    )
+    _run_simulation(
+        num_supernodes=num_supernodes,
+        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+        client_app=client_app,
+        server_app=server_app,
+        backend_name="ray",
+        backend_config=backend_config,
+        server_app_context=context,
+        app_dir=app_dir,
+        is_app=True,  # clients fuse pyproject defaults with run.override_config
+        run=run,
+        verbose_logging=verbose,
+    )
+
+
+# -- error replies: Flower's error text ---------------------------------------------------
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+#: How Flower writes an error reply's reason: ``<class 'Type'>:<'message'>``.
+_REASON = re.compile(r"<class '([\w.() ]+)'>:<'(.*)'>", flags=re.DOTALL)
+#: Where Python chains a client's exception to the one the simulation raised from it.
+_CAUSE = "\n\nThe above exception was the direct cause of the following exception:"
+
+
+def strip_ansi(text: str) -> str:
+    return _ANSI.sub("", text)
+
+
+def failure_reason(reason: str) -> str:
+    """A failed reply's Flower error reason on one line: ``Type: message``.
+
+    Flower writes ``<class 'Type'>:<'message'>``. In a simulation the type is Ray's
+    task error and the message the client's traceback, whose exception line (the last
+    one before Python's "direct cause" note) is what the client raised."""
+    reason = strip_ansi(reason)
+    match = _REASON.fullmatch(reason)
+    if match:
+        kind, text = match.group(1).rsplit(".", 1)[-1], match.group(2)
+        if _CAUSE in text:
+            lines = [ln for ln in text.split(_CAUSE)[0].splitlines() if ln.strip()]
+            text = lines[-1].strip() if lines else text
+            head, sep, tail = text.partition(": ")
+            reason = f"{head.rsplit('.', 1)[-1]}: {tail}" if sep and " " not in head else text
+        elif kind == "ClientAppException" and "occurred. Message: " in text:
+            reason = text.split("occurred. Message: ", 1)[1]
+        else:
+            reason = f"{kind}: {text}"
+    return " ".join(reason.split())
+
+
+# -- sampling for client-level DP's population ---------------------------------------------
+
+def sample_nodes(grid: Any, min_available_nodes: int, sample_size: int) -> tuple[list[int], list[int]]:
+    """Flower's ``strategy_utils.sample_nodes``: wait for ``min_available_nodes``, then
+    (sampled IDs, all IDs)."""
+    from flwr.serverapp.strategy.strategy_utils import sample_nodes as flower_sample_nodes
+
+    return flower_sample_nodes(grid, min_available_nodes, sample_size)
+
+
+# -- adaptive clipping: private methods of Flower's DP wrappers -----------------------------
+
+class AndrewEtAlUpdate:
+    """Two fixes to Flower 1.41's adaptive clipping wrappers (Andrew et al. 2021), made by
+    overriding their private ``_geometric_update`` and ``_add_noise_to_aggregated_arrays``.
+
+    1. The paper moves the norm by the fraction of updates that were *not* clipped,
+       ``C <- C * exp(-lr * (unclipped - target))``: many small updates shrink it.
+       Flower passes the clipped fraction, so the norm moved the wrong way (all
+       updates clipped made it shrink further). ``target_clipped_quantile`` is
+       therefore the target unclipped quantile (default 0.5 either way).
+    2. Flower updates the norm before it noises the round's release, so the noise
+       was sized for next round's norm, not the one that clipped this round (too
+       little noise while the norm shrinks). The noise uses the clipping norm.
+    """
+
+    clipping_norm: float
+    clip_norm_lr: float
+    target_clipped_quantile: float
+    _round_norm: float
+
+    def _geometric_update(self, clipped_fraction: float) -> None:
+        self._round_norm = self.clipping_norm
+        unclipped = 1.0 - clipped_fraction
+        self.clipping_norm *= math.exp(-self.clip_norm_lr * (unclipped - self.target_clipped_quantile))
+
+    def _add_noise_to_aggregated_arrays(self, aggregated: Any) -> Any:
+        next_norm = self.clipping_norm
+        self.clipping_norm = self.__dict__.get("_round_norm", next_norm)  # none before the first update
+        try:
+            return super()._add_noise_to_aggregated_arrays(aggregated)  # type: ignore[misc]
+        finally:
+            self.clipping_norm = next_norm
+
+
+class ServerSideAdaptiveClipping(AndrewEtAlUpdate, DifferentialPrivacyServerSideAdaptiveClipping):
+    """Flower's server-side adaptive clipping with :class:`AndrewEtAlUpdate`'s fixes."""
+
+
+class ClientSideAdaptiveClipping(AndrewEtAlUpdate, DifferentialPrivacyClientSideAdaptiveClipping):
+    """Flower's client-side adaptive clipping with :class:`AndrewEtAlUpdate`'s fixes."""
