@@ -241,11 +241,20 @@ def gpu_share(value: str, num_clients: int, run_config: dict[str, Any]) -> float
     )
 
 
-def simulate(run_config: dict[str, Any], num_clients: int, client_cpus: float, client_gpus: float, verbose: bool) -> None:
-    """Start Flower's simulation runtime (Ray backend) with the ServerApp and ClientApp."""
+def simulate(
+    run_config: dict[str, Any], num_clients: int, client_cpus: float, client_gpus: float, verbose: bool,
+    *, apps: tuple[Any, Any] | None = None, app_dir: Path = APP_DIR,
+) -> None:
+    """Start Flower's simulation runtime (Ray backend) with fedloom's ServerApp and ClientApp,
+    or ``apps`` (a ServerApp and a ClientApp of any Flower app; the clients' run config is
+    ``app_dir``'s pyproject table with ``run_config`` over it)."""
     from fedloom.flower_compat import run_simulation, seeded_node_ids
-    from fedloom.client.app import app as client_app
-    from fedloom.server.app import app as server_app
+
+    if apps is None:
+        from fedloom.client.app import app as client_app
+        from fedloom.server.app import app as server_app
+    else:
+        server_app, client_app = apps
 
     backend_config = {
         "client_resources": {"num_cpus": client_cpus, "num_gpus": client_gpus},
@@ -255,10 +264,10 @@ def simulate(run_config: dict[str, Any], num_clients: int, client_cpus: float, c
             "log_to_driver": verbose,
         },
     }
-    with seeded_node_ids(int(run_config["seed"])):
+    with seeded_node_ids(int(run_config.get("seed", 0))):
         run_simulation(
             run_config=run_config, num_supernodes=num_clients, client_app=client_app,
-            server_app=server_app, backend_config=backend_config, app_dir=str(APP_DIR), verbose=verbose,
+            server_app=server_app, backend_config=backend_config, app_dir=str(app_dir), verbose=verbose,
         )
 
 

@@ -49,7 +49,7 @@ def pipeline_he(states, weights, base, scheme: str, values_per_slot: int) -> dic
 
     from fedloom.client.he_client import decrypt_global, encrypt_local
     from fedloom.privacy import he
-    from fedloom.strategies.encrypted import ciphertext_record, record_ciphertexts
+    from fedloom.protocol.records import ciphertext_record, record_ciphertexts
 
     tmp = Path(tempfile.mkdtemp())
     try:

@@ -7,7 +7,6 @@ also set ``data-dir`` in its node config to override the run config's.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 from pathlib import Path
 
@@ -21,43 +20,35 @@ from fedloom.client.compress import encode_update, received_state
 from fedloom.client.faults import inject_faults
 from fedloom.client.he_client import decrypt_global, encrypt_local, secret_path
 from fedloom.client.resources import (
-    deterministic_cuda,
     peak_memory_metrics,
     reset_peak_memory,
     training_device,
 )
 from fedloom.client.privacy import ACCOUNT_KEY, dp_clipping_mod, sample_dp_round
+from fedloom.client.settings import round_settings, run_config
 from fedloom.client.state import load_state, save_state
 from fedloom.compression.flat import flatten, unflatten
 from fedloom.compression.sparse import randk_indices
 from fedloom.compression.spec import Chain
 from fedloom.privacy import he
 from fedloom.privacy.dp import make_dp_ready
-from fedloom.config import INITIAL_LOSS_KEY, RUN_ID_KEY, DPMode, RunConfig, parse_run_config
-from fedloom.strategies.calibration import QUERY_BATCHNORM, QUERY_KEY, SUMS_KEY
-from fedloom.strategies.compressed import SEED_KEY
-from fedloom.strategies.encrypted import BLOCK_WEIGHTS_KEY, KEY_ID_KEY, TOTAL_WEIGHT_KEY
-from fedloom.strategies.federated_metrics import statistics_metrics
-from fedloom.strategies.instrumented import NUM_PARTITIONS_KEY, PARTITION_ID_KEY
+from fedloom.config import DPMode, RunConfig
+from fedloom.protocol import requests
+from fedloom.protocol.keys import (
+    ARRAYS, BATCHNORM_SUMS, COMPRESSION_SEED, CONFIG, HE_BLOCK_WEIGHTS, HE_KEY_ID, HE_TOTAL_WEIGHT,
+    LOSS, METRICS, NUM_EXAMPLES, NUM_PARTITIONS, PARTITION_ID, PROXIMAL_MU, QUERY, QUERY_BATCHNORM,
+    INITIAL_LOSS, RUN_ID, SERVER_ROUND, TRAIN_LOSS, TRAIN_LOSS_INITIAL,
+)
+from fedloom.protocol.records import statistics_metrics
 from fedloom.tasks.base import Task
 from fedloom.tasks.batchnorm import batchnorm_sums
 from fedloom.tasks.head import freeze_classifier
 from fedloom.tasks.registry import client_split, client_test_split, get_task, load_task_data
-from fedloom.tasks.training import evaluate, predict, scheduled_lr, train_local
+from fedloom.tasks.training import evaluate, predict, train_local
 
 app = ClientApp(mods=[dp_clipping_mod])  # the mod acts only for client-side DP clipping
 
 
-@lru_cache(maxsize=4)
-def _parse(items: tuple[tuple[str, object], ...]) -> RunConfig:
-    return parse_run_config(dict(items))
-
-
-def run_config(context: Context) -> RunConfig:
-    """The run config, parsed once per process."""
-    torch.set_num_threads(1)  # one core per Ray actor / SuperNode process
-    deterministic_cuda()  # seeded runs repeat on a GPU too
-    return _parse(tuple(sorted(context.run_config.items())))
 
 
 def node_partition(context: Context) -> tuple[int, int]:
@@ -127,20 +118,20 @@ def he_inputs(cfg: RunConfig, msg: Message, context: Context) -> tuple[int | lis
     uploads) and this node's secret key path."""
     if not cfg.he:
         return 0, None
-    config = msg.content["config"]
-    block_weights = config.get(BLOCK_WEIGHTS_KEY)
-    total = [int(w) for w in block_weights] if block_weights else int(config.get(TOTAL_WEIGHT_KEY, 0))
+    config = msg.content[CONFIG]
+    block_weights = config.get(HE_BLOCK_WEIGHTS)
+    total = [int(w) for w in block_weights] if block_weights else int(config.get(HE_TOTAL_WEIGHT, 0))
     key = secret_path(cfg.he_secret_dir, cfg.he_dir, context.node_config)
-    he.check_key_id(he.load_params(key.parent), str(config.get(KEY_ID_KEY, "")), str(key))
+    he.check_key_id(he.load_params(key.parent), str(config.get(HE_KEY_ID, "")), str(key))
     return total, key
 
 
 def he_upload_blocks(up: Chain, config: ConfigRecord) -> list[int] | None:
     """The ciphertexts this round uploads: all (``None``), or randk's shared random subset."""
-    block_weights = config.get(BLOCK_WEIGHTS_KEY)
+    block_weights = config.get(HE_BLOCK_WEIGHTS)
     if up.transform is None or not block_weights:
         return None
-    return randk_indices(len(block_weights), float(up.transform.param), int(config[SEED_KEY])).tolist()
+    return randk_indices(len(block_weights), float(up.transform.param), int(config[COMPRESSION_SEED])).tolist()
 
 
 @app.train()
@@ -152,9 +143,10 @@ def train(msg: Message, context: Context) -> Message:
     split = client_split(
         cfg.task, directory, cfg.dataset, cfg.partition, nparts, cfg.seed, pid, cfg.task_options()
     )
-    config = msg.content["config"]
-    server_round = int(config.get("server-round", 0))
-    state_dir = client_state_dir(cfg, context, pid, str(config.get(RUN_ID_KEY, "")))
+    config = msg.content[CONFIG]
+    server_round = int(config.get(SERVER_ROUND, 0))
+    settings = round_settings(cfg, config)  # the message's lr, local-epochs, batch-size first
+    state_dir = client_state_dir(cfg, context, pid, str(config.get(RUN_ID, "")))
     load_state(context.state, state_dir, server_round, never_rewound=(ACCOUNT_KEY,))
     inject_faults(
         fail_rate=cfg.fail_rate, straggler_rate=cfg.straggler_rate,
@@ -162,39 +154,41 @@ def train(msg: Message, context: Context) -> Message:
         partition_id=pid,
     )
     he_total, he_key = he_inputs(cfg, msg, context)
-    model = _model(cfg, directory, msg.content["arrays"], he_total, he_key)
+    model = _model(cfg, directory, msg.content[ARRAYS], he_total, he_key)
     up = cfg.compression
     attacking = cfg.attack != "none" and pid in attackers(nparts, cfg.attack_fraction, cfg.seed)
     start: dict[str, np.ndarray] | None = None  # global weights as received
     if not up.is_none or attacking:
         start = {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
-    metrics: dict[str, float] = {"num-examples": len(split), PARTITION_ID_KEY: pid, NUM_PARTITIONS_KEY: nparts}
-    if config.get(INITIAL_LOSS_KEY, False):  # q-FFL weights clients by the global model's loss
-        metrics["train_loss_initial"] = evaluate(model, task, split, device=device())["loss"]
+    metrics: dict[str, float] = {NUM_EXAMPLES: len(split)}
+    if requests.asked(config, requests.PARTITION):
+        metrics.update({PARTITION_ID: pid, NUM_PARTITIONS: nparts})
+    if config.get(INITIAL_LOSS, False):  # q-FFL weights clients by the global model's loss
+        metrics[TRAIN_LOSS_INITIAL] = evaluate(model, task, split, device=device())["loss"]
     seed = cfg.seed * 100_003 + server_round * 1_009 + pid
-    lr = scheduled_lr(cfg.lr, cfg.lr_schedule, server_round, cfg.num_server_rounds)
     dp_settings = cfg.sample_dp()
     reset_peak_memory(device())
     if dp_settings is not None:  # DP-SGD; a client out of budget replies without an update
         outcome, report = sample_dp_round(
             model, task, split, settings=dp_settings, state=context.state, partition_id=pid,
-            epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=lr,
+            epochs=settings.local_epochs, batch_size=settings.batch_size, lr=settings.lr,
             momentum=cfg.momentum, weight_decay=cfg.weight_decay, seed=seed, device=device(),
         )
-        metrics.update(report)
+        if requests.asked(config, requests.PRIVACY):
+            metrics.update(report)
         if not outcome.trained:
-            return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
-        metrics["train_loss"] = outcome.loss
+            return Message(content=RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
+        metrics[TRAIN_LOSS] = outcome.loss
     else:
-        metrics["train_loss"] = train_local(
+        metrics[TRAIN_LOSS] = train_local(
             model,
             task,
             split,
-            epochs=cfg.local_epochs,
-            batch_size=cfg.batch_size,
-            lr=lr,
+            epochs=settings.local_epochs,
+            batch_size=settings.batch_size,
+            lr=settings.lr,
             momentum=cfg.momentum,
-            proximal_mu=float(config.get("proximal-mu", 0.0)),
+            proximal_mu=float(config.get(PROXIMAL_MU, 0.0)),
             seed=seed,
             device=device(),
             optimizer=cfg.optimizer,
@@ -215,19 +209,23 @@ def train(msg: Message, context: Context) -> Message:
         assert start is not None
         arrays = encode_update(
             up, start, {k: v.numpy() for k, v in state.items()}, state=context.state,
-            seed=int(config.get(SEED_KEY, 0)),
+            seed=int(config.get(COMPRESSION_SEED, 0)),
             rng=np.random.default_rng([cfg.seed, server_round, pid]),
         )
     save_state(context.state, state_dir, server_round)
-    content = RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)})
+    content = RecordDict({ARRAYS: arrays, METRICS: MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
 
 
-def evaluation_metrics(task: Task, logits: torch.Tensor, labels: torch.Tensor, loss: float) -> dict[str, Any]:
-    """What a client reports from its test share: the task's metrics, the loss, the
-    example count Flower weights them by, and the statistics for the metrics that do
-    not average (:mod:`strategies.federated_metrics`)."""
-    metrics = {**task.metrics(logits, labels), "loss": loss, "num-examples": len(labels)}
+def evaluation_metrics(
+    task: Task, logits: torch.Tensor, labels: torch.Tensor, loss: float, *, statistics: bool = False
+) -> dict[str, Any]:
+    """What a client reports from its test share: the task's metrics, the loss and the
+    example count Flower weights them by; with ``statistics`` (a fedloom server asks for
+    them) also those of the metrics that do not average (:mod:`protocol.records`)."""
+    metrics = {**task.metrics(logits, labels), LOSS: loss, NUM_EXAMPLES: len(labels)}
+    if not statistics:
+        return metrics
     return {**metrics, **statistics_metrics(task.metric_statistics(logits, labels))}
 
 
@@ -236,7 +234,7 @@ def query(msg: Message, context: Context) -> Message:
     """BatchNorm sums of the round's aggregate (sent in full) over this client's training
     data, for :class:`strategies.calibration.BatchNormCalibration`."""
     cfg = run_config(context)
-    asked = msg.content["config"].get(QUERY_KEY)
+    asked = msg.content[CONFIG].get(QUERY)
     if asked != QUERY_BATCHNORM:
         raise ValueError(f"unknown query {asked!r}; valid: {QUERY_BATCHNORM}")
     pid, nparts = node_partition(context)
@@ -245,10 +243,10 @@ def query(msg: Message, context: Context) -> Message:
         cfg.task, directory, cfg.dataset, cfg.partition, nparts, cfg.seed, pid, cfg.task_options()
     )
     model = _architecture(cfg, directory)
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.load_state_dict(msg.content[ARRAYS].to_torch_state_dict())
     sums = batchnorm_sums(model, split, batch_size=cfg.batch_size, device=device())
     record = ArrayRecord({k: Array(v) for k, v in sums.items()})
-    return Message(content=RecordDict({SUMS_KEY: record}), reply_to=msg)
+    return Message(content=RecordDict({BATCHNORM_SUMS: record}), reply_to=msg)
 
 
 @app.evaluate()
@@ -257,9 +255,10 @@ def evaluate_(msg: Message, context: Context) -> Message:
     pid, nparts = node_partition(context)
     directory = data_dir(cfg, context)
     split = client_test_split(cfg.task, directory, cfg.dataset, nparts, pid, cfg.task_options())
-    model = _model(cfg, directory, msg.content["arrays"], *he_inputs(cfg, msg, context))
+    model = _model(cfg, directory, msg.content[ARRAYS], *he_inputs(cfg, msg, context))
     task = get_task(cfg.task, cfg.task_options())
     logits, loss = predict(model, task, split, device=device())
-    metrics = evaluation_metrics(task, logits, torch.from_numpy(np.asarray(split.y)), loss)
-    content = RecordDict({"metrics": MetricRecord(metrics)})
+    statistics = requests.asked(msg.content[CONFIG], requests.STATISTICS)
+    metrics = evaluation_metrics(task, logits, torch.from_numpy(np.asarray(split.y)), loss, statistics=statistics)
+    content = RecordDict({METRICS: MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)

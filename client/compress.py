@@ -18,7 +18,7 @@ from fedloom.compression.exact import join_exact, split_exact
 from fedloom.compression.flat import flatten, layout_of, unflatten
 from fedloom.compression.pipeline import decode, encode_with_feedback
 from fedloom.compression.spec import Chain, CodecContext
-from fedloom.strategies.compressed import payload_record, record_payload
+from fedloom.protocol.records import payload_record, record_payload
 
 STATE_KEY = "compression"
 RESIDUAL_KEY = "residual"

@@ -44,7 +44,7 @@ def decrypt_run(run_dir: Path, secret: Path | None = None) -> dict[str, torch.Te
         )
     he.check_key_id(he.load_params(key.parent), saved.get("key_id", ""), str(key))
     like = {k: torch.zeros(shape) for k, shape in saved["shapes"].items()}
-    from fedloom.strategies.encrypted import ciphertext_record
+    from fedloom.protocol.records import ciphertext_record
 
     weights = saved.get("block_weights") or saved["total_weight"]  # per block with randk
     return decrypt_global(ciphertext_record(saved["ciphertexts"]), weights, like, key)

@@ -12,7 +12,7 @@ from flwr.app import ArrayRecord
 from fedloom.compression.flat import flatten, unflatten
 from fedloom.privacy import he
 from fedloom.privacy.he_encoding import decrypt_weights, encrypt_weights
-from fedloom.strategies.encrypted import ciphertext_record, record_ciphertexts
+from fedloom.protocol.records import ciphertext_record, record_ciphertexts
 
 
 def secret_path(he_secret_dir: str, he_dir: str, node_config: Mapping[str, object]) -> Path:

@@ -19,9 +19,12 @@ from torch import nn
 from fedloom.config import DPMode
 from fedloom.privacy.accounting import ClientAccount
 from fedloom.privacy.dp import DPRound, SampleDPSettings, train_private
-from fedloom.strategies.private import EPSILON_KEY, EXHAUSTED_KEY, PARTITION_KEY
+from fedloom.protocol.keys import DP_EPSILON, DP_EXHAUSTED, PARTITION_ID
 from fedloom.tasks.base import DataSplit, Task
 
+from .settings import run_config
+
+#: ``Context.state`` record of the client's privacy account (never sent).
 ACCOUNT_KEY = "dp-account"
 
 
@@ -64,17 +67,15 @@ def sample_dp_round(
     if outcome.trained:
         save_account(state, account)
     report = {
-        PARTITION_KEY: partition_id,
-        EPSILON_KEY: outcome.epsilon,
-        EXHAUSTED_KEY: int(not outcome.trained),
+        PARTITION_ID: partition_id,
+        DP_EPSILON: outcome.epsilon,
+        DP_EXHAUSTED: int(not outcome.trained),
     }
     return outcome, report
 
 
 def dp_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Flower's client-side clipping for train messages of a ``dp=client`` run."""
-    from fedloom.client.app import run_config  # the app module imports this one
-
     cfg = run_config(context)
     if (
         msg.metadata.message_type != MessageType.TRAIN

@@ -270,6 +270,11 @@ class RunConfig:
     attack_scale: float = key(
         4.0, "strength of the attack (see client/attacks.py)", "faults", check=POSITIVE,
     )
+    max_num_examples: int = key(
+        1_000_000_000, "reply validation: the most num-examples one reply may claim (clients hold "
+        "data the server never sees, so this is a bound, not the server's data size)", "faults",
+        check=AT_LEAST_ONE,
+    )
     # -- homomorphic encryption -----------------------------------------------
     he: bool = key(
         False, "encrypted aggregation: clients send ciphertexts the server can add but not "

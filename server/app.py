@@ -21,12 +21,15 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
-from fedloom.config import INITIAL_LOSS_KEY, RUN_ID_KEY, DPMode, RunConfig, parse_run_config
+from fedloom.config import DPMode, RunConfig, parse_run_config
 from fedloom.flower_compat import check_flower_version
 from fedloom.privacy.dp import make_dp_ready
 from fedloom.strategies.chain import instrumented, strategy_chain, strategy_params
 from fedloom.strategies.delegating import chain_of
-from fedloom.strategies.encrypted import EncryptedFedAvg, record_ciphertexts
+from fedloom.protocol import requests
+from fedloom.protocol.keys import INITIAL_LOSS, RUN_ID
+from fedloom.protocol.records import record_ciphertexts
+from fedloom.strategies.encrypted import EncryptedFedAvg
 from fedloom.strategies.instrumented import InstrumentedStrategy, TooFewReplies
 from fedloom.strategies.private import PrivacyBudgetExhausted
 from fedloom.strategies.registry import check_strategy_config
@@ -222,9 +225,11 @@ def train_rounds(
             num_rounds=remaining,
             timeout=cfg.round_timeout,
             train_config=ConfigRecord({
-                RUN_ID_KEY: run_id,
-                INITIAL_LOSS_KEY: check_strategy_config(cfg).needs_initial_loss,
+                RUN_ID: run_id,
+                INITIAL_LOSS: check_strategy_config(cfg).needs_initial_loss,
+                **requests.ask(requests.PARTITION, requests.PRIVACY),
             }),
+            evaluate_config=ConfigRecord(requests.ask(requests.STATISTICS)),
             evaluate_fn=monitor.evaluate_fn,
         )
         return ""

@@ -24,16 +24,11 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedloom.protocol.keys import ARRAYS, BATCHNORM_SUMS, CONFIG, QUERY, QUERY_BATCHNORM
 from fedloom.tasks.batchnorm import pooled_moments
 
 from .delegating import DelegatingStrategy
 from .ordering import canonical_order
-
-#: ``config`` entry of the query message: what the client is asked for.
-QUERY_KEY = "query"
-QUERY_BATCHNORM = "batchnorm-sums"
-#: Reply record holding the sums.
-SUMS_KEY = "batchnorm-sums"
 
 
 class BatchNormCalibration(DelegatingStrategy):
@@ -64,7 +59,7 @@ class BatchNormCalibration(DelegatingStrategy):
         arrays, metrics = self.inner.aggregate_train(server_round, replies)
         if arrays is None or self._grid is None or not any(k.endswith(".running_var") for k in arrays):
             return arrays, metrics
-        content = RecordDict({"arrays": arrays, "config": ConfigRecord({QUERY_KEY: QUERY_BATCHNORM})})
+        content = RecordDict({ARRAYS: arrays, CONFIG: ConfigRecord({QUERY: QUERY_BATCHNORM})})
         queries = [
             Message(content=content, message_type=MessageType.QUERY, dst_node_id=node)
             for node in self._nodes
@@ -77,7 +72,8 @@ class BatchNormCalibration(DelegatingStrategy):
         ]
         self.extra_up = answers
         moments = pooled_moments(
-            {k: v.numpy() for k, v in m.content[SUMS_KEY].items()} for m in answers if SUMS_KEY in m.content
+            {k: v.numpy() for k, v in m.content[BATCHNORM_SUMS].items()}
+            for m in answers if BATCHNORM_SUMS in m.content
         )
         if not moments:
             log(WARNING, "round %d: no client measured the BatchNorm statistics; the averaged ones stay",

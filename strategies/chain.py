@@ -1,6 +1,7 @@
 """The one place fedloom's strategy chain is built from the run config.
 
-From the outside in: metrics (:class:`~.instrumented.InstrumentedStrategy`), sample-level
+From the outside in: metrics (:class:`~.instrumented.InstrumentedStrategy`), the round's
+training settings in the train config (:class:`~.train_settings.TrainSettingsStrategy`), sample-level
 DP (drops clients whose budget is spent, before anything is decoded), BatchNorm
 calibration, decompression, validation, client-level DP (clips full weights after
 validation), then the aggregation strategy. Under HE the encrypted FedAvg takes the
@@ -23,6 +24,7 @@ from .encrypted import EncryptedFedAvg
 from .instrumented import InstrumentedStrategy
 from .private import ClientDPStrategy, SampleDPStrategy
 from .registry import StrategyParams, build_strategy, check_strategy_config
+from .train_settings import TrainSettingsStrategy
 from .validation import ValidatingStrategy
 
 FinishMetrics = Callable[[dict[str, list[np.ndarray]]], dict[str, float]]
@@ -66,14 +68,17 @@ def strategy_chain(
         chain = build_strategy(cfg.strategy, strategy_params(cfg))
         if cfg.dp is DPMode.CLIENT and ledger is not None:
             chain = _client_dp(chain, cfg, ledger)
-        chain = ValidatingStrategy(chain, max_examples)
+        chain = ValidatingStrategy(chain, cfg.max_num_examples)  # not max_examples: clients hold data the server never sees
         if not (cfg.compression.is_none and cfg.compression_down.is_none):
             chain = DecodingStrategy(chain, up=cfg.compression, down=cfg.compression_down, seed=cfg.seed)
         if batch_norm and cfg.batchnorm_calibration and cfg.dp is DPMode.NONE:
             chain = BatchNormCalibration(chain, timeout=cfg.round_timeout)  # dp=client: an un-noised release
     if cfg.dp is DPMode.SAMPLE and ledger is not None:
         chain = SampleDPStrategy(chain, ledger=ledger, target_epsilon=cfg.dp_target_epsilon)
-    return chain
+    return TrainSettingsStrategy(  # Flower's convention: the train config says how to train
+        chain, lr=cfg.lr, lr_schedule=cfg.lr_schedule, num_rounds=cfg.num_server_rounds,
+        local_epochs=cfg.local_epochs, batch_size=cfg.batch_size,
+    )
 
 
 def instrumented(chain: Strategy, cfg: RunConfig, finish_metrics: FinishMetrics | None) -> InstrumentedStrategy:

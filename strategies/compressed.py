@@ -17,7 +17,7 @@ A download's BatchNorm statistics ride exact beside its payload (:mod:`compressi
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from logging import WARNING
 
 import numpy as np
@@ -30,33 +30,11 @@ from fedloom.compression.exact import join_exact, split_exact
 from fedloom.compression.flat import flatten, layout_of, unflatten
 from fedloom.compression.pipeline import decode, encode
 from fedloom.compression.spec import Chain, CodecContext
+from fedloom.protocol.keys import ARRAYS, COMPRESSION_SEED
+from fedloom.protocol.records import payload_record, record_payload
 
 from .delegating import DelegatingStrategy
 from .validation import Rejection
-
-PAYLOAD_KEY = "payload"
-SEED_KEY = "compression-seed"
-ARRAYS_KEY = "arrays"
-
-
-def payload_record(payload: bytes, exact: Mapping[str, np.ndarray] | None = None) -> ArrayRecord:
-    """The wire form of an encoded payload: one uint8 array, then the arrays sent exact
-    beside it under their own names (a download's BatchNorm statistics)."""
-    beside = {k: Array(np.ascontiguousarray(v)) for k, v in (exact or {}).items()}
-    return ArrayRecord({PAYLOAD_KEY: Array(np.frombuffer(payload, dtype=np.uint8)), **beside})
-
-
-def record_payload(record: ArrayRecord, exact: Iterable[str] = ()) -> bytes:
-    """Inverse of :func:`payload_record` with the ``exact`` names expected beside the
-    payload; ``ValueError`` if the record is not one."""
-    if list(record.keys()) != [PAYLOAD_KEY, *exact]:
-        expected = "one array " + repr(PAYLOAD_KEY) + "".join(f", {k!r}" for k in exact)
-        raise ValueError(f"expected {expected}, got keys {list(record.keys())}")
-    arr = record[PAYLOAD_KEY].numpy()
-    if arr.dtype != np.uint8 or arr.ndim != 1:
-        raise ValueError(f"payload must be a 1-d uint8 array, got {arr.dtype} {arr.shape}")
-    return arr.tobytes()
-
 
 def numpy_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in record.items()}
@@ -91,10 +69,10 @@ class DecodingStrategy(DelegatingStrategy):
             key = id(msg.content)
             if key not in encoded:
                 content = RecordDict(dict(msg.content.items()))
-                arrays = numpy_arrays(content[ARRAYS_KEY])
+                arrays = numpy_arrays(content[ARRAYS])
                 coded, exact = split_exact(arrays)  # BatchNorm statistics ride exact
                 payload = encode(self.down, flatten(coded), CodecContext(layout_of(coded), rng=rng))
-                content[ARRAYS_KEY] = payload_record(payload, exact)
+                content[ARRAYS] = payload_record(payload, exact)
                 decoded = unflatten(decode(self.down, payload, CodecContext(layout_of(coded))), coded)
                 encoded[key] = content, join_exact(arrays, decoded, exact)
             msg.content, self.decoded[msg.metadata.dst_node_id] = encoded[key]
@@ -105,13 +83,13 @@ class DecodingStrategy(DelegatingStrategy):
         base, lossy = self.sent.get(msg.metadata.src_node_id), self.decoded.get(msg.metadata.src_node_id)
         if base is None or lossy is None:
             raise ValueError("reply from a node that was not sent this round's model")
-        got = numpy_arrays(msg.content[ARRAYS_KEY])
+        got = numpy_arrays(msg.content[ARRAYS])
         if layout_of(got) != layout_of(base):
             return msg.content  # validation rejects it with the reason
         update = flatten(got).astype(np.float64) - flatten(lossy)
         weights = unflatten(flatten(base) + update, base)
         content = RecordDict(dict(msg.content.items()))
-        content[ARRAYS_KEY] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in weights.items()})
+        content[ARRAYS] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in weights.items()})
         return content
 
     def configure_train(
@@ -119,12 +97,12 @@ class DecodingStrategy(DelegatingStrategy):
     ) -> Iterable[Message]:
         self.seed_of_round = round_seed(self.seed, server_round)
         self.rejected = []
-        config = ConfigRecord({**config, SEED_KEY: self.seed_of_round})
+        config = ConfigRecord({**config, COMPRESSION_SEED: self.seed_of_round})
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
         base: dict[int, dict[str, np.ndarray]] = {}
         self.sent = {
             m.metadata.dst_node_id: base.setdefault(
-                id(m.content), numpy_arrays(m.content[ARRAYS_KEY])
+                id(m.content), numpy_arrays(m.content[ARRAYS])
             )
             for m in messages
         }
@@ -135,14 +113,14 @@ class DecodingStrategy(DelegatingStrategy):
         base = self.sent.get(msg.metadata.src_node_id)
         if base is None:
             raise ValueError("reply from a node that was not sent this round's model")
-        payload = record_payload(msg.content[ARRAYS_KEY])
+        payload = record_payload(msg.content[ARRAYS])
         ctx = CodecContext(layout_of(base), seed=self.seed_of_round)
         update = decode(self.up, payload, ctx)
         if not np.all(np.isfinite(update)):
             raise ValueError("decoded update has non-finite values")
         weights = unflatten(flatten(base) + update, base)
         content = RecordDict(dict(msg.content.items()))
-        content[ARRAYS_KEY] = ArrayRecord(
+        content[ARRAYS] = ArrayRecord(
             {k: Array(np.ascontiguousarray(v)) for k, v in weights.items()}
         )
         return content

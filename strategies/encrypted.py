@@ -22,7 +22,7 @@ from logging import INFO, WARNING
 from pathlib import Path
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
@@ -31,36 +31,13 @@ from fedloom.compression.flat import flatten
 from fedloom.compression.sparse import randk_indices
 from fedloom.privacy import he
 from fedloom.privacy.he_encoding import block_sizes, encrypt_weights
+from fedloom.protocol.keys import (
+    COMPRESSION_SEED, HE_BLOCK_WEIGHTS, HE_KEY_ID, HE_TOTAL_WEIGHT, NUM_EXAMPLES, PROXIMAL_MU,
+)
+from fedloom.protocol.records import ciphertext_record, is_ciphertext_record, record_ciphertexts
 
-from .compressed import SEED_KEY, round_seed
+from .compressed import round_seed
 from .delegating import Rejection, RejectsReplies
-from .validation import WEIGHT_KEY
-
-TOTAL_WEIGHT_KEY = "he-total-weight"
-#: Partial uploads: the total weight behind each ciphertext of the global model.
-BLOCK_WEIGHTS_KEY = "he-block-weights"
-#: Instruction config key: the run's HE key id (``params.json``), checked by each client.
-KEY_ID_KEY = "he-key-id"
-
-
-def ciphertext_record(ciphertexts: list[bytes]) -> ArrayRecord:
-    """Ciphertexts on the wire: one uint8 array per ciphertext, in order."""
-    return ArrayRecord({f"ct{i:06d}": Array(np.frombuffer(c, np.uint8)) for i, c in enumerate(ciphertexts)})
-
-
-def record_ciphertexts(record: ArrayRecord) -> list[bytes]:
-    """Inverse of :func:`ciphertext_record`; ``ValueError`` if it is not one."""
-    keys = list(record.keys())
-    if keys != [f"ct{i:06d}" for i in range(len(keys))]:
-        raise ValueError("arrays are not a ciphertext sequence ct000000, ct000001, ...")
-    out = []
-    for key in keys:
-        arr = record[key].numpy()
-        if arr.dtype != np.uint8 or arr.ndim != 1:
-            raise ValueError(f"{key}: expected 1-d uint8, got {arr.dtype}{list(arr.shape)}")
-        out.append(arr.tobytes())
-    return out
-
 
 class EncryptedFedAvg(RejectsReplies, FedAvg):
     """FedAvg whose aggregate is a sum of BFV or CKKS ciphertexts (Flower Message API)."""
@@ -114,19 +91,19 @@ class EncryptedFedAvg(RejectsReplies, FedAvg):
 
     def _config(self, config: ConfigRecord) -> ConfigRecord:
         extra: dict[str, int | float | str | list[int]] = {
-            TOTAL_WEIGHT_KEY: self.total_weight, KEY_ID_KEY: self.params.key_id,
+            HE_TOTAL_WEIGHT: self.total_weight, HE_KEY_ID: self.params.key_id,
         }
         if self.proximal_mu:
-            extra["proximal-mu"] = self.proximal_mu
+            extra[PROXIMAL_MU] = self.proximal_mu
         if self.partial:
-            extra[BLOCK_WEIGHTS_KEY] = list(self.block_weights)
-            extra[SEED_KEY] = self.seed_of_round
+            extra[HE_BLOCK_WEIGHTS] = list(self.block_weights)
+            extra[COMPRESSION_SEED] = self.seed_of_round
         return ConfigRecord({**config, **extra})
 
     def encrypt_initial(self, arrays: ArrayRecord) -> ArrayRecord:
         """Partial uploads start from the initial model, encrypted with the public key."""
         if not self.blocks:
-            if any(k.startswith("ct") for k in arrays):
+            if is_ciphertext_record(arrays):
                 raise ValueError("resumed without the strategy state: the block weights are lost")
             values = flatten({k: v.numpy() for k, v in arrays.items()})
             ctx = he.public_context(Path(self.he_dir))
@@ -156,10 +133,10 @@ class EncryptedFedAvg(RejectsReplies, FedAvg):
         ciphertexts = record_ciphertexts(next(iter(content.array_records.values())))
         if len(ciphertexts) != len(self.selected):
             raise ValueError(f"{len(ciphertexts)} ciphertexts, expected {len(self.selected)}")
-        weight = next(iter(content.metric_records.values())).get(WEIGHT_KEY)
+        weight = next(iter(content.metric_records.values())).get(NUM_EXAMPLES)
         if not isinstance(weight, int) or not 1 <= weight <= self.max_weight - weight_so_far:
             raise ValueError(
-                f"{WEIGHT_KEY}={weight!r} must be an integer in [1, {self.max_weight - weight_so_far}] "
+                f"{NUM_EXAMPLES}={weight!r} must be an integer in [1, {self.max_weight - weight_so_far}] "
                 f"(the encrypted sum must stay below max weight {self.max_weight})"
             )
         ctx = he.public_context(Path(self.he_dir))

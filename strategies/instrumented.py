@@ -23,9 +23,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedloom.flower_compat import failure_reason, strip_ansi
+from fedloom.protocol.keys import NUM_PARTITIONS, PARTITION_ID
+from fedloom.protocol.records import pooled_statistics, remove_statistics
 
 from .delegating import DelegatingStrategy, chain_of, rejections
-from .federated_metrics import pooled_statistics, remove_statistics
 from .ordering import canonical_order
 
 
@@ -53,7 +54,7 @@ def record_bytes(content: RecordDict) -> int:
     """Bytes of a message's metric and config records beside its payload: keys and
     strings at their UTF-8 length, numbers at 8 (int64 / float64), booleans at 1. The
     byte configs are payload (:func:`payload_bytes`). Small for scalar metrics; the
-    per-example statistics of federated AUC (:mod:`.federated_metrics`) make them large."""
+    per-example statistics of federated AUC (:mod:`fedloom.protocol.records`) make them large."""
     records: list[MetricRecord | ConfigRecord] = [*content.metric_records.values(), *content.config_records.values()]
     return sum(
         len(k.encode()) + (0 if isinstance(v, bytes) else _value_bytes(v))  # metrics hold no bytes
@@ -88,21 +89,16 @@ def failed_replies(
     return failed
 
 
-#: Train-reply metrics: the partition a client trained on, of how many. The server
-#: checks them (two nodes on one partition train on the same data) and records them.
-PARTITION_ID_KEY = "partition-id"
-NUM_PARTITIONS_KEY = "num-partitions"
-
-
 def reported_partitions(replies: Iterable[Message]) -> dict[int, tuple[int, int]]:
-    """node ID -> (partition-id, num-partitions) of every reply that reports them."""
+    """node ID -> (partition-id, num-partitions) of every reply that reports them. The
+    server checks them (two nodes on one partition train on the same data) and records them."""
     out = {}
     for msg in replies:
         if msg.has_error():
             continue
         for record in msg.content.metric_records.values():
-            if PARTITION_ID_KEY in record and NUM_PARTITIONS_KEY in record:
-                pid, count = record[PARTITION_ID_KEY], record[NUM_PARTITIONS_KEY]
+            if PARTITION_ID in record and NUM_PARTITIONS in record:
+                pid, count = record[PARTITION_ID], record[NUM_PARTITIONS]
                 if isinstance(pid, (int, float)) and isinstance(count, (int, float)):
                     out[msg.metadata.src_node_id] = (int(pid), int(count))
     return out

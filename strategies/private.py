@@ -33,12 +33,12 @@ from flwr.serverapp.strategy import (
 
 from fedloom.flower_compat import ClientSideAdaptiveClipping, ServerSideAdaptiveClipping, sample_nodes
 from fedloom.privacy.accounting import EpsilonLedger, calibrate_noise, client_level_epsilon
+from fedloom.protocol.keys import DP_EPSILON as EPSILON_KEY
+from fedloom.protocol.keys import DP_EXHAUSTED as EXHAUSTED_KEY
+from fedloom.protocol.keys import PARTITION_ID as PARTITION_KEY
 
 from .delegating import DelegatingStrategy, Rejection
 
-EPSILON_KEY = "dp-epsilon"
-EXHAUSTED_KEY = "dp-exhausted"
-PARTITION_KEY = "partition-id"
 REPORT_KEYS = (EPSILON_KEY, EXHAUSTED_KEY, PARTITION_KEY)
 #: Slack for float noise in a client's reported epsilon against the target.
 EPSILON_TOLERANCE = 1e-9

@@ -18,10 +18,11 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedloom.protocol.keys import NUM_EXAMPLES
+
 from .delegating import DelegatingStrategy, Rejection
 
 Layout = dict[str, tuple[tuple[int, ...], str]]
-WEIGHT_KEY = "num-examples"
 
 
 def layout_of(arrays: ArrayRecord) -> Layout:
@@ -48,11 +49,11 @@ def check_train_reply(content: RecordDict, layout: Layout, *, max_examples: int)
     if len(content.metric_records) != 1:
         return f"expected 1 MetricRecord, got {len(content.metric_records)}"
     metrics = next(iter(content.metric_records.values()))
-    n = metrics.get(WEIGHT_KEY)
+    n = metrics.get(NUM_EXAMPLES)
     if isinstance(n, bool) or not isinstance(n, (int, float)) or not float(n).is_integer():
-        return f"{WEIGHT_KEY} must be an integer, got {n!r}"
+        return f"{NUM_EXAMPLES} must be an integer, got {n!r}"
     if not 1 <= n <= max_examples:
-        return f"{WEIGHT_KEY}={n} outside [1, {max_examples}]"
+        return f"{NUM_EXAMPLES}={n} outside [1, {max_examples}]"
     for key, value in metrics.items():
         values = value if isinstance(value, list) else [value]
         if any(isinstance(v, float) and not math.isfinite(v) for v in values):

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import DataSplit
+from .batches import batch_bounds
 
 #: Normalisations of the models that offer BatchNorm: ``group`` (GroupNorm, works with
 #: DP-SGD) and ``batch`` (BatchNorm, as the published networks; not with DP-SGD).
@@ -75,8 +76,6 @@ def batchnorm_sums(
     """Per BatchNorm layer ``name``: ``name.sum`` and ``name.sumsq`` (per channel, float64)
     of the layer's inputs over ``split`` and ``name.count``, in training mode (each layer
     normalised with its batch's statistics, as in training), without augmentation."""
-    from .training import batch_bounds  # training imports this module
-
     layers = batch_norm_layers(model)
     sums: dict[str, np.ndarray] = {}
 

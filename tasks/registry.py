@@ -106,7 +106,7 @@ def client_test_split(
     The test set is cut into ``num_partitions`` disjoint parts that cover it, so the
     example-weighted mean over all clients equals the centralized test metric (for
     metrics that are means over examples, such as accuracy; the others come from the
-    statistics the clients report, :mod:`strategies.federated_metrics`). The parts follow
+    statistics the clients report, :mod:`protocol.records`). The parts follow
     one fixed random order, not the file's (ModelNet's test set is sorted by class),
     so a client's share, like a sample of clients under ``fraction-evaluate`` < 1,
     mixes the classes.

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .base import DataSplit, Task
+from .batches import batch_bounds
 from .batchnorm import is_batch_norm
 from .head import trainable
 from .logit_adjustment import label_log_prior
@@ -88,16 +89,6 @@ def epoch_orders(num_examples: int, epochs: float, generator: torch.Generator) -
         yield torch.randperm(num_examples, generator=generator)
     if epochs > whole:
         yield torch.randperm(num_examples, generator=generator)[: math.ceil((epochs - whole) * num_examples)]
-
-
-def batch_bounds(num_examples: int, batch_size: int, min_size: int = 1) -> list[tuple[int, int]]:
-    """``(start, stop)`` of each batch; a last batch smaller than ``min_size`` joins
-    the one before it (so BatchNorm never sees a batch of one)."""
-    bounds = [(s, min(s + batch_size, num_examples)) for s in range(0, num_examples, batch_size)]
-    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < min_size:
-        bounds.pop()
-        bounds[-1] = (bounds[-1][0], num_examples)
-    return bounds
 
 
 def train_local(

@@ -71,7 +71,7 @@ def test_calibration_pools_the_answers_in_an_order_fixed_by_content(task_identit
     # answers arrive in the order clients finish, so they are pooled in content order.
     from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
-    from fedloom.strategies.calibration import SUMS_KEY
+    from fedloom.protocol.keys import BATCHNORM_SUMS as SUMS_KEY
 
     class Inner:
         def aggregate_train(self, server_round, replies):

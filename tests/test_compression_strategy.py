@@ -15,7 +15,8 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedloom.compression.flat import flatten, layout_of
 from fedloom.compression.pipeline import encode
 from fedloom.compression.spec import CodecContext, parse_spec
-from fedloom.strategies.compressed import DecodingStrategy, payload_record, record_payload
+from fedloom.protocol.records import payload_record, record_payload
+from fedloom.strategies.compressed import DecodingStrategy
 from fedloom.strategies.instrumented import InstrumentedStrategy
 
 NPY_HEADER = 128  # np.save header of a 1-d uint8 array

@@ -10,7 +10,8 @@ from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from fedloom.client.app import evaluation_metrics
-from fedloom.strategies.federated_metrics import STATISTIC_PREFIX, remove_statistics
+from fedloom.protocol.keys import STATISTIC_PREFIX
+from fedloom.protocol.records import remove_statistics
 from fedloom.strategies.instrumented import InstrumentedStrategy
 from fedloom.tasks.base import TaskOptions
 from fedloom.tasks.medmnist import MedMnistTask, one_vs_rest_log_odds
@@ -59,7 +60,7 @@ def replies(task, logits, labels, shares):
     """Evaluation replies of clients holding ``shares`` of the test set."""
     out = []
     for node, part in enumerate(shares, start=1):
-        metrics = evaluation_metrics(task, logits[part], labels[part], 0.0)
+        metrics = evaluation_metrics(task, logits[part], labels[part], 0.0, statistics=True)
         instruction = Message(
             content=RecordDict({"config": ConfigRecord()}), dst_node_id=node, message_type="evaluate"
         )

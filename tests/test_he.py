@@ -15,7 +15,9 @@ from fedloom.compression.spec import parse_spec
 from fedloom.privacy import he
 from fedloom.privacy.he_encoding import value_weights
 from fedloom.privacy.fixed_point import decode_mean, encode_weighted, fixed_point_scale, lane_radix, pack, unpack
-from fedloom.strategies.encrypted import BLOCK_WEIGHTS_KEY, EncryptedFedAvg, ciphertext_record
+from fedloom.protocol.keys import HE_BLOCK_WEIGHTS as BLOCK_WEIGHTS_KEY
+from fedloom.protocol.records import ciphertext_record
+from fedloom.strategies.encrypted import EncryptedFedAvg
 from fedloom.tasks.mnist import MnistCNN
 
 
@@ -327,7 +329,7 @@ def test_a_client_refuses_keys_from_another_provisioning(tmp_path, task_identity
 
     from fedloom.client.app import he_inputs
     from fedloom.config import parse_run_config
-    from fedloom.strategies.encrypted import KEY_ID_KEY
+    from fedloom.protocol.keys import HE_KEY_ID as KEY_ID_KEY
 
     first = he.provision(tmp_path / "a-nodes", tmp_path / "a-server", clip=8.0, max_weight=100)
     second = he.provision(tmp_path / "b-nodes", tmp_path / "b-server", clip=8.0, max_weight=100)

@@ -249,7 +249,8 @@ def test_batchnorm_pointnet_keeps_float_running_statistics() -> None:
 
 
 def test_batchnorm_training_never_sees_a_batch_of_one() -> None:
-    from fedloom.tasks.training import batch_bounds, train_local
+    from fedloom.tasks.batches import batch_bounds
+    from fedloom.tasks.training import train_local
 
     assert batch_bounds(17, 8, min_size=2) == [(0, 8), (8, 17)]  # 17 = 8 + 8 + 1: the 1 joins
     assert batch_bounds(17, 8) == [(0, 8), (8, 16), (16, 17)]  # without BatchNorm: as before
