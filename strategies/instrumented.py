@@ -108,6 +108,17 @@ def reported_partitions(replies: Iterable[Message]) -> dict[int, tuple[int, int]
     return out
 
 
+def drop_partition_keys(replies: Iterable[Message]) -> None:
+    """Take the partition keys out of the replies once read: they are node config, and
+    the inner strategy would average them into the round's train metrics."""
+    for msg in replies:
+        if msg.has_error():
+            continue
+        for record in msg.content.metric_records.values():
+            for key in (PARTITION_ID_KEY, NUM_PARTITIONS_KEY):
+                record.pop(key, None)
+
+
 def partition_problems(partitions: dict[int, tuple[int, int]]) -> list[str]:
     """What is wrong with the nodes' partitions: one id on several nodes, or nodes that
     disagree on the number of partitions."""
@@ -207,6 +218,7 @@ class InstrumentedStrategy(DelegatingStrategy):
                 "the model of the previous round stands"
             )
         self.partitions.update(reported_partitions(ok))
+        drop_partition_keys(ok)
         for problem in partition_problems(self.partitions):
             log(WARNING, "round %d: %s (node config partition-id / num-partitions)",
                 server_round + self.round_offset, problem)
