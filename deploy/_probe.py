@@ -13,8 +13,9 @@ import socket
 import ssl
 from pathlib import Path
 
-#: The client preface every HTTP/2 connection opens with, then an empty SETTINGS frame.
-_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+#: A plain HTTP/1.1 request: a plain-text SuperLink (uvicorn) answers ``HTTP/1.1 4xx``, a
+#: plain HTTP/2-only server (gRPC) its SETTINGS frame (type 4 in the frame header's 4th byte).
+_PLAIN_REQUEST = b"GET / HTTP/1.1\r\nHost: superlink\r\nConnection: close\r\n\r\n"
 _SETTINGS_FRAME = 0x04
 
 
@@ -37,19 +38,19 @@ def _connect(host: str, port: int, timeout: float) -> socket.socket | None:
         return None  # not listening (yet): Flower's retries are right to wait for it
 
 
-def _speaks_plain_http2(host: str, port: int, timeout: float) -> bool:
-    """Whether ``host:port`` answers an HTTP/2 client preface in plain text (a SuperLink
-    started with ``--insecure`` sends its SETTINGS frame)."""
+def _speaks_plain_http(host: str, port: int, timeout: float) -> bool:
+    """Whether ``host:port`` answers a plain-text HTTP request (a SuperLink started with
+    ``--insecure``)."""
     sock = _connect(host, port, timeout)
     if sock is None:
         return False
     with sock:
         try:
-            sock.sendall(_H2_PREFACE)
+            sock.sendall(_PLAIN_REQUEST)
             head = sock.recv(9)
         except OSError:
             return False
-    return len(head) >= 4 and head[3] == _SETTINGS_FRAME
+    return head.startswith(b"HTTP/") or (len(head) >= 4 and head[3] == _SETTINGS_FRAME)
 
 
 def _handshake(host: str, port: int, context: ssl.SSLContext, timeout: float) -> ssl.SSLError | None:
@@ -119,7 +120,7 @@ def transport_problem(
             f"{where}: the SuperLink's certificate is not signed by --ca {ca} ({reason}); give the "
             "ca.crt that make_certs.py wrote together with the SuperLink's server.pem"
         )
-    if _speaks_plain_http2(host, port, timeout):
+    if _speaks_plain_http(host, port, timeout):
         return (
             f"{where} speaks plain text (the SuperLink runs with --insecure) and {who} uses TLS; "
             f"start the SuperLink with --certs, or {who} with --insecure on a trusted test network"

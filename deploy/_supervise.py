@@ -11,8 +11,11 @@ go to the child, whose exit status (0 after a graceful stop) becomes ours.
 
 from __future__ import annotations
 
+import os
+import queue
 import signal
 import subprocess
+import threading
 import sys
 import time
 from collections.abc import Callable
@@ -41,7 +44,8 @@ class NodeTarget:
 
 
 def explain_exit(output: str, target: NodeTarget) -> str | None:
-    """One sentence for a SuperNode exit this script can explain, from Flower's output."""
+    """One sentence for a SuperNode exit this script can explain, from Flower's output
+    (and, when Flower gave up connecting, one more probe of the SuperLink)."""
     where = f"--superlink {target.host}:{target.port}"
     if "Failed to activate SuperNode" in output:
         key = target.key
@@ -56,7 +60,10 @@ def explain_exit(output: str, target: NodeTarget) -> str | None:
             f"--runtime-port {target.runtime_port} is in use (another SuperNode on this machine?); "
             "give each SuperNode on one machine its own --runtime-port"
         )
-    if f"{EXIT_LINE}305" in output:
+    if f"{EXIT_LINE}305" in output:  # Flower gave up: a transport mismatch, or nothing answers
+        problem = transport_problem(target.host, target.port, ca=target.ca)
+        if problem is not None:
+            return problem
         return (
             f"no connection to the SuperLink at {where} (Flower exit code 305): is it running "
             "and is its port open to this machine? (--max-wait-time bounds the wait)"
@@ -72,22 +79,60 @@ def _forward(proc: subprocess.Popen[str]) -> Callable[[int, object], None]:
     return handler
 
 
+def _lines(proc: subprocess.Popen[str]) -> queue.Queue[str | None]:
+    """The child's output lines, read by a thread; None after the last."""
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
+def _end_group(proc: subprocess.Popen[str]) -> None:
+    """Stop what the SuperNode left behind in its process group (its runtime API server
+    outlives it when it exits on an error, and would hold the output pipe open)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(1.0)
+
+
 def supervise(cmd: list[str], target: NodeTarget) -> NoReturn:
     """Run ``cmd`` (``flower-supernode ...``), pass its output on, explain its failures."""
     flower_on_path(cmd[0])
     print("run " + " ".join(cmd), file=sys.stderr, flush=True)
-    # Its own session: a terminal's Ctrl-C reaches it once, through us.
+    # Its own session and process group: a terminal's Ctrl-C reaches it once, through us.
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
         start_new_session=True,
     )
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _forward(proc))
+    lines = _lines(proc)
     last_probe = time.monotonic()
     tail: deque[str] = deque(maxlen=100)
     held: list[str] = []  # Flower's exit report: shown only when this script cannot explain it
-    assert proc.stdout is not None
-    for line in proc.stdout:
+    exited_at: float | None = None
+    while True:
+        try:
+            line = lines.get(timeout=0.5)
+        except queue.Empty:
+            line = ""
+        if line is None:
+            break
+        if exited_at is None and proc.poll() is not None:
+            exited_at = time.monotonic()
+        if exited_at is not None and time.monotonic() - exited_at > 2.0:
+            break  # its leftovers hold the pipe open; what they print now is not ours to wait for
+        if not line:
+            continue
         tail.append(line)
         if held or EXIT_LINE in line:
             held.append(line)
@@ -100,8 +145,10 @@ def supervise(cmd: list[str], target: NodeTarget) -> NoReturn:
             if problem is not None:
                 proc.terminate()
                 proc.wait()
+                _end_group(proc)
                 fail(problem)
     returncode = proc.wait()
+    _end_group(proc)
     reason = explain_exit("".join(tail), target)
     if returncode != 0 and reason is not None:
         fail(reason)
