@@ -19,7 +19,9 @@ import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-MARKER = "FEDLOOM_DEPLOY_PROCS"
+#: Prefix of the marker variable; each :class:`Processes` adds its own ID to the name, so one
+#: started inside another's processes (local_federation.py in a test) keeps both marks.
+MARKER = "FEDLOOM_DEPLOY_PROCS_"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -61,7 +63,7 @@ class Processes:
     def __init__(self, logs: Path) -> None:
         self.logs = logs
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.token = f"{MARKER}={uuid.uuid4().hex}"
+        self.token = f"{MARKER}{uuid.uuid4().hex}=1"
         self.started: dict[str, subprocess.Popen[bytes]] = {}
 
     def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:

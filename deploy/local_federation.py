@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             print("submit runs from another terminal:\n  FLWR_HOME=" + shlex.quote(str(root / "flwr"))
                   + f" python deploy/submit_run.py --connection {CONNECTION} --run-config "
-                  f"'num-server-rounds=3 min-available-nodes={args.nodes}'\n"
+                  + shlex.quote(" ".join(with_nodes(["num-server-rounds=3"], args.nodes))) + "\n"
                   "Ctrl-C stops the federation.", flush=True)
             watch(procs)
     except Stop as stop:
