@@ -101,7 +101,10 @@ def transport_problem(
                 "and give the CA certificate (--ca ca.crt from make_certs.py)"
             )
         return None
-    context = ssl.create_default_context(cafile=str(ca))
+    try:
+        context = ssl.create_default_context(cafile=str(ca))
+    except (ssl.SSLError, OSError) as exc:
+        return f"{ca} is not a PEM CA certificate ({exc}); give the ca.crt that make_certs.py wrote"
     try:
         error = _handshake(host, port, context, timeout)
     except OSError:

@@ -121,12 +121,13 @@ def check_strategy(name: str, app: Path) -> str | None:
 def check_run_config(items: list[str], app: Path) -> dict[str, Any]:
     """Every check of the run config the ServerApp would make; the parsed overrides."""
     overrides = parse_items(items)
-    check_declared(overrides, declared_config(app))
+    declared = declared_config(app)
+    check_declared(overrides, declared)
     for key in SERVER_PATHS:
         value = str(overrides.get(key, "") or "")
         if value and not Path(value).is_absolute():
             fail(f"--run-config {key}={value!r} must be an absolute path on the SuperLink machine")
-    note = check_strategy(str(overrides.get("strategy", "fedavg")), app)
+    note = check_strategy(str(overrides.get("strategy", declared.get("strategy", "fedavg"))), app)
     if note:
         print(f"note: {note}", file=sys.stderr)
     from fedloom.config import parse_run_config

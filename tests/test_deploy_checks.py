@@ -11,7 +11,7 @@ from pathlib import Path
 from unittest.mock import Mock
 
 import pytest
-from deploy_harness import DEPLOY, REPO, script
+from deploy_harness import DEPLOY, REPO, free_port, script
 
 sys.path.insert(0, str(DEPLOY))
 from _run_config import parse_items  # noqa: E402  (deploy/_run_config.py)
@@ -80,6 +80,25 @@ def test_a_runtime_port_in_use_is_named_before_flower_starts(tmp_path: Path) -> 
         f"error: --runtime-port {port} is in use (another SuperNode on this machine?); give each "
         "SuperNode on one machine its own --runtime-port, e.g. 9095, 9096, ..."
     ]
+
+
+def test_a_file_that_is_no_ca_certificate_is_named(tmp_path: Path) -> None:
+    key, ca = tmp_path / "node-0", tmp_path / "ca.crt"
+    key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    key.chmod(0o600)
+    ca.write_text("not a certificate")
+    with _listening() as link:  # something listens: the probe gets as far as reading --ca
+        done = subprocess.run(
+            [*script("start_supernode.py"), "--superlink", f"127.0.0.1:{link.getsockname()[1]}",
+             "--ca", str(ca), "--key", str(key), "--partition-id", "0", "--num-partitions", "1",
+             "--data-dir", str(tmp_path / "d"), "--state-dir", str(tmp_path / "s"),
+             "--runtime-port", str(free_port())],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {ca} is not a PEM CA certificate ("), done.stderr
 
 
 def test_a_superlink_port_in_use_is_named(tmp_path: Path) -> None:
