@@ -120,11 +120,13 @@ class Processes:
             if not pids:
                 break
             for pid in pids:
-                for send in (lambda: os.killpg(os.getpgid(pid), sig), lambda: os.kill(pid, sig)):
-                    try:
-                        send()
-                    except (ProcessLookupError, PermissionError):
-                        pass
+                try:
+                    group = os.getpgid(pid)
+                    if group != os.getpgrp():  # a marked child of ours in our own group: not the group
+                        os.killpg(group, sig)
+                    os.kill(pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
             deadline = time.monotonic() + wait
             while time.monotonic() < deadline and self._alive(pids):
                 for proc in self.started.values():

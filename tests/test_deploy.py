@@ -221,7 +221,7 @@ def node_args(deployment: Deployment, name: str, *transport: str) -> list[str]:
 def test_a_plain_text_node_against_the_tls_superlink_is_told_instead_of_retrying(
     deployment: Deployment,
 ) -> None:
-    done = run_script("start_supernode.py", *node_args(deployment, "plain", "--insecure"), timeout=60)
+    done = run_script("start_supernode.py", *node_args(deployment, "plain", "--insecure"), timeout=120)
 
     assert done.returncode == 2
     assert last_line(done.stderr) == (
@@ -236,7 +236,7 @@ def test_a_node_trusting_another_ca_is_told(deployment: Deployment, tmp_path: Pa
     other = tmp_path / "other" / "ca.crt"
     transport = ("--ca", str(other), "--key", str(deployment.root / "keys" / "node-0"))
 
-    done = run_script("start_supernode.py", *node_args(deployment, "other-ca", *transport), timeout=60)
+    done = run_script("start_supernode.py", *node_args(deployment, "other-ca", *transport), timeout=120)
 
     assert done.returncode == 2
     assert last_line(done.stderr).startswith(
@@ -253,7 +253,7 @@ def test_submitting_over_a_plain_text_connection_to_the_tls_superlink_is_told(
     done = run_script("connect.py", "--name", "plain", "--address", f"{HOST}:{deployment.port}", "--insecure", env=env)
     assert done.returncode == 0, done.stderr
 
-    done = run_script("submit_run.py", "--connection", "plain", env=env, timeout=60)
+    done = run_script("submit_run.py", "--connection", "plain", env=env, timeout=180)
 
     assert done.returncode == 2
     assert last_line(done.stderr).startswith(
@@ -275,7 +275,7 @@ def test_a_tls_node_against_a_plain_text_superlink_is_told(deployment: Deploymen
         args = node_args(deployment, "tls-node", *transport)
         args[1] = f"{HOST}:{port}"
 
-        done = run_script("start_supernode.py", *args, timeout=60)
+        done = run_script("start_supernode.py", *args, timeout=120)
     finally:
         procs.stop_all()
 
@@ -480,7 +480,7 @@ def test_scripts_reject_bad_input_in_one_line(
     (tmp_path / "flwr" / "config.toml").write_text('[superlink.lab]\naddress = "127.0.0.1:9"\n')
     env = {"PATH": str(Path(sys.executable).parent), "FLWR_HOME": str(tmp_path / "flwr")}
 
-    done = run_script(name, *[a.format(tmp=tmp_path) for a in args], env=env, timeout=60)
+    done = run_script(name, *[a.format(tmp=tmp_path) for a in args], env=env, timeout=180)
 
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
