@@ -92,6 +92,9 @@ def failed_replies(
 #: checks them (two nodes on one partition train on the same data) and records them.
 PARTITION_ID_KEY = "partition-id"
 NUM_PARTITIONS_KEY = "num-partitions"
+#: Node config, not metrics: left out of the aggregated train metrics (wrappers such as
+#: SampleDPStrategy read them from the replies, so the replies keep them).
+NODE_CONFIG_KEYS = (PARTITION_ID_KEY, NUM_PARTITIONS_KEY)
 
 
 def reported_partitions(replies: Iterable[Message]) -> dict[int, tuple[int, int]]:
@@ -106,17 +109,6 @@ def reported_partitions(replies: Iterable[Message]) -> dict[int, tuple[int, int]
                 if isinstance(pid, (int, float)) and isinstance(count, (int, float)):
                     out[msg.metadata.src_node_id] = (int(pid), int(count))
     return out
-
-
-def drop_partition_keys(replies: Iterable[Message]) -> None:
-    """Take the partition keys out of the replies once read: they are node config, and
-    the inner strategy would average them into the round's train metrics."""
-    for msg in replies:
-        if msg.has_error():
-            continue
-        for record in msg.content.metric_records.values():
-            for key in (PARTITION_ID_KEY, NUM_PARTITIONS_KEY):
-                record.pop(key, None)
 
 
 def partition_problems(partitions: dict[int, tuple[int, int]]) -> list[str]:
@@ -218,7 +210,6 @@ class InstrumentedStrategy(DelegatingStrategy):
                 "the model of the previous round stands"
             )
         self.partitions.update(reported_partitions(ok))
-        drop_partition_keys(ok)
         for problem in partition_problems(self.partitions):
             log(WARNING, "round %d: %s (node config partition-id / num-partitions)",
                 server_round + self.round_offset, problem)
@@ -230,6 +221,9 @@ class InstrumentedStrategy(DelegatingStrategy):
                 self._count_up(s.extra_up)
                 self._count_down(s.extra_down)
         self.stats.num_clients = len(ok) - self.stats.rejected if arrays is not None else 0
+        if metrics is not None:  # the inner strategy averaged the node config like a metric
+            for key in NODE_CONFIG_KEYS:
+                metrics.pop(key, None)
         self.stats.train_metrics = _scalars(metrics)
         return arrays, metrics
 
