@@ -25,6 +25,8 @@ from _common import fail
 
 #: Flower's ``k=v`` items (flwr.common.config.parse_config_args): each value is TOML.
 _ITEM = re.compile(r"(\S+?)=(\'[^\']*\'|\"[^\"]*\"|\S+)")
+#: A default worked out when the config is loaded (the table cannot say the key's kind).
+AUTO = "auto"
 #: Run-config paths the ServerApp reads on the SuperLink machine.
 SERVER_PATHS = ("run-dir", "data-dir", "he-dir")
 
@@ -76,6 +78,8 @@ def check_declared(overrides: Mapping[str, Any], declared: Mapping[str, Any]) ->
     if unknown:
         fail(f"--run-config: unknown key(s) {', '.join(unknown)}; valid: {', '.join(declared)}")
     for key, value in overrides.items():
+        if declared[key] == AUTO:  # worked out when loaded: "auto" or a value of the key's own kind
+            continue
         want, got = _kind(declared[key]), _kind(value)
         if want != got:
             hint = f"; write {key}={value} without quotes" if got == "string" and want != "string" else ""

@@ -292,7 +292,7 @@ def submit(deployment: Deployment, run_config: str) -> subprocess.CompletedProce
     """``deploy/submit_run.py`` with ``run_config`` against the test deployment."""
     return run_script(
         "submit_run.py", "--connection", CONNECTION, "--run-config", run_config,
-        "--timeout", "150", env=deployment.cli_env, timeout=170,
+        "--timeout", "300", env=deployment.cli_env, timeout=330,
     )
 
 
