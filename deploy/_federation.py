@@ -30,9 +30,9 @@ def wait_for_tls(
         if proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before listening")
         try:
-            with socket.create_connection((host, port), timeout=2) as raw:
-                with context.wrap_socket(raw, server_hostname=server_hostname or host) as tls:
-                    return dict(tls.getpeercert() or {})
+            with socket.create_connection((host, port), timeout=2) as raw, \
+                    context.wrap_socket(raw, server_hostname=server_hostname or host) as tls:
+                return dict(tls.getpeercert() or {})
         except (ConnectionRefusedError, ConnectionResetError, TimeoutError, OSError):
             time.sleep(0.5)
     raise TimeoutError(f"{host}:{port} did not accept TLS within {timeout:g}s")
@@ -76,7 +76,8 @@ def wait_for_nodes(
             if proc.poll() is not None:
                 raise RuntimeError(f"a SuperNode exited with {proc.returncode}")
         reply = flwr_json(["supernode", "list", connection], env, wrap=wrap)
-        nodes = list(reply.get("nodes", []))  # type: ignore[arg-type]
+        listed = reply.get("nodes", [])
+        nodes = [n for n in listed if isinstance(n, dict)] if isinstance(listed, list) else []
         if sum(1 for n in nodes if n.get("status") == "online") >= count:
             return nodes
         time.sleep(1.0)

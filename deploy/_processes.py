@@ -10,6 +10,7 @@ detaches its children into new sessions.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -133,10 +134,8 @@ class Processes:
                     proc.poll()  # reap our direct children
                 time.sleep(0.2)
         for proc in self.started.values():
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
 
     @staticmethod
     def _alive(pids: set[int]) -> bool:

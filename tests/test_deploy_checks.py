@@ -119,7 +119,7 @@ def test_a_superlink_port_in_use_is_named(tmp_path: Path) -> None:
 def test_a_refused_strategy_leaves_no_results_folder(tmp_path: Path) -> None:
     # Deployed, the ServerApp is the last line of defence: an empty run-dir looked like a run.
     from fedloom.server.app import run_server
-    from fedloom.server.config import parse_run_config
+    from fedloom.config import parse_run_config
 
     run_dir = tmp_path / "runs" / "refused"
     cfg = parse_run_config({"strategy": "fedavgg", "run-dir": str(run_dir)})
