@@ -136,8 +136,12 @@ def check_run_config(items: list[str], app: Path) -> dict[str, Any]:
         print(f"note: {note}", file=sys.stderr)
     from fedloom.config import parse_run_config
 
+    from fedloom.strategies.registry import check_strategy_config
+
     try:
         cfg = parse_run_config(overrides)
+        if note is None:  # a strategy checkable here: can it do what the config asks (HE, DP)?
+            check_strategy_config(cfg)
     except ValueError as exc:
         fail(f"--run-config: {exc}")
     if cfg.he_secret_dir:
