@@ -77,14 +77,19 @@ def flower_exe(name: str) -> str:
     return found
 
 
-def exec_flower(cmd: list[str]) -> NoReturn:
-    """Replace this process with the Flower command ``cmd`` (``cmd[0]``: from :func:`flower_exe`).
+def flower_on_path(exe: str) -> None:
+    """Put the folder of the Flower executable ``exe`` first on PATH.
 
     Flower starts its helpers by name (``flower-superexec`` for the ServerApp and
-    ClientApps), so ``cmd[0]``'s folder goes first on PATH: a venv used without
-    activating it (``.venv/bin/python deploy/start_superlink.py``) then works too.
+    ClientApps): a venv used without activating it (``.venv/bin/python
+    deploy/start_superlink.py``) then works too.
     """
-    os.environ["PATH"] = os.pathsep.join([str(Path(cmd[0]).parent), os.environ.get("PATH", "")])
+    os.environ["PATH"] = os.pathsep.join([str(Path(exe).parent), os.environ.get("PATH", "")])
+
+
+def exec_flower(cmd: list[str]) -> NoReturn:
+    """Replace this process with the Flower command ``cmd`` (``cmd[0]``: from :func:`flower_exe`)."""
+    flower_on_path(cmd[0])
     print("exec " + " ".join(cmd), file=sys.stderr, flush=True)
     os.execv(cmd[0], cmd)
 

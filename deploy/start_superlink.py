@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Parser, exec_flower, fail, flower_exe, require_file, warn_insecure  # noqa: E402
+from _probe import port_in_use  # noqa: E402
 
 
 def superlink_command(
@@ -104,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
         database = str(Path(database).expanduser().resolve())
         if not Path(database).parent.is_dir():
             fail(f"--database {args.database}: folder {Path(database).parent} does not exist")
+    if port_in_use(args.port, args.host):
+        fail(f"--port {args.port} is in use on {args.host} (another SuperLink?); pick another --port")
     if args.insecure:
         warn_insecure(
             f"the SuperLink listens on {args.host}:{args.port}; node authentication is off too"

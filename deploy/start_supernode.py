@@ -12,6 +12,13 @@ The node's settings reach the ClientApp as node config: ``partition-id`` and
 must outlive a round, e.g. DP accountants and error feedback, on this node's disk)
 and, for encrypted aggregation, ``he-secret-context`` (this node's copy of
 secret.ctx from provision_he.py, with params.json beside it).
+
+Before Flower starts, the runtime port is checked and the SuperLink probed with one
+TLS handshake; while it runs, Flower's output passes through and the failures it
+leaves unexplained (unregistered key, TLS/CA or plain-text/TLS mismatch, port in
+use) end it with one ``error:`` line. Exit status: 0 after Ctrl-C or SIGTERM (a
+graceful stop), 2 for a mistake this script names, 1 for any other failure Flower
+reports (its ``Exit Code: N`` lines above say which).
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Parser, exec_flower, fail, flower_exe, parse_host_port, require_file, warn_insecure  # noqa: E402
+from _common import Parser, fail, flower_exe, parse_host_port, require_file, warn_insecure  # noqa: E402
+from _probe import port_in_use, transport_problem  # noqa: E402
+from _supervise import NodeTarget, supervise  # noqa: E402
 
 
 def _directory(value: str, flag: str, private: bool = False) -> Path:
@@ -111,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         help="connect without TLS or authentication (test networks only)",
     )
     args = p.parse_args(argv)
-    parse_host_port(args.superlink, "--superlink")
+    host, port = parse_host_port(args.superlink, "--superlink")
     if args.num_partitions < 1:
         fail(f"invalid --num-partitions {args.num_partitions}; valid: >= 1")
     if not 0 <= args.partition_id < args.num_partitions:
@@ -150,6 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         "--node-config",
         config,
     ]
+    key = ca = None
     if args.insecure:
         warn_insecure(f"this SuperNode talks to {args.superlink}")
         cmd.append("--insecure")
@@ -157,15 +167,19 @@ def main(argv: list[str] | None = None) -> None:
         key = require_owner_only(args.key, "--key")
         if not key.read_bytes().startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----"):
             fail(f"--key {args.key} is not an OpenSSH private key (give the file without .pub)")
-        cmd += [
-            "--root-certificates",
-            str(require_file(args.ca, "--ca")),
-            "--auth-supernode-private-key",
-            str(key),
-        ]
+        ca = require_file(args.ca, "--ca")
+        cmd += ["--root-certificates", str(ca), "--auth-supernode-private-key", str(key)]
     if args.max_wait_time is not None:
         cmd += ["--max-wait-time", str(args.max_wait_time)]
-    exec_flower(cmd)
+    if port_in_use(args.runtime_port):
+        fail(
+            f"--runtime-port {args.runtime_port} is in use (another SuperNode on this machine?); "
+            "give each SuperNode on one machine its own --runtime-port, e.g. 9095, 9096, ..."
+        )
+    problem = transport_problem(host, port, ca=ca)
+    if problem is not None:
+        fail(problem)
+    supervise(cmd, NodeTarget(host, port, ca, key, args.runtime_port))
 
 
 if __name__ == "__main__":

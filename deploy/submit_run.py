@@ -5,8 +5,9 @@ Example:
     python deploy/submit_run.py --connection fedloom \\
         --run-config 'num-server-rounds=5 run-dir="/srv/fedloom/runs/exp1"'
 
-The run config is checked here first (unknown keys, bad values and relative paths
-fail before anything is sent), then ``flwr run <app> <connection>`` submits the
+The run config is checked here first, with the ServerApp's own rules (unknown keys,
+values of the wrong type, an unknown strategy, bad values and combinations,
+relative paths fail in one line before anything is sent: deploy/_run_config.py), then ``flwr run <app> <connection>`` submits the
 app; the script streams the run's log and exits 0 only when the run finished
 successfully. Paths in the run config (``run-dir``, ``data-dir``, ``he-dir``) are
 paths on the SuperLink machine and must be absolute.
@@ -15,7 +16,6 @@ paths on the SuperLink machine and must be absolute.
 from __future__ import annotations
 
 import json
-import shlex
 import subprocess
 import sys
 import tomllib
@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import APP_DIR, Parser, fail, flower_exe, flwr_home  # noqa: E402
-
-SERVER_PATHS = ("run-dir", "data-dir", "he-dir")
+from _common import APP_DIR, Parser, fail, flower_exe, flwr_home, parse_host_port  # noqa: E402
+from _probe import reachable, transport_problem  # noqa: E402
+from _run_config import check_run_config  # noqa: E402
 
 
 def require_connection(name: str) -> dict[str, Any]:
@@ -43,43 +43,19 @@ def require_connection(name: str) -> dict[str, Any]:
     return table
 
 
-def check_run_config(items: list[str]) -> dict[str, Any]:
-    """Parse ``k=v`` items as Flower does and validate them with fedloom's run-config rules."""
-    import click
-    from flwr.common.config import parse_config_args
-
-    from fedloom.config import parse_run_config
-
-    try:
-        parts = [part for text in items for part in shlex.split(text)]
-    except ValueError as exc:  # e.g. an unbalanced quote
-        fail(f"--run-config {' '.join(items)!r}: {exc}")
-    for item in parts:
-        if "=" not in item or item.startswith("="):
-            fail(f"--run-config item {item!r} is not key=value")
-    try:
-        overrides = parse_config_args(items)
-    except click.ClickException:
-        fail(
-            f"--run-config {' '.join(items)!r}: values must be TOML: numbers, true/false, "
-            'or strings in double quotes (task="mnist")'
-        )
-    try:
-        cfg = parse_run_config(overrides)
-    except ValueError as exc:
-        fail(f"--run-config: {exc}")
-    for key in SERVER_PATHS:
-        value = str(overrides.get(key, "") or "")
-        if value and not Path(value).is_absolute():
-            fail(f"--run-config {key}={value!r} must be an absolute path on the SuperLink machine")
-    if cfg.he_secret_dir:
-        fail(
-            "--run-config he-secret-dir is for simulations: each SuperNode reads its own secret.ctx "
-            "(start_supernode.py --he-secret-context), and the run config goes to the server"
-        )
-    if cfg.he and not cfg.he_dir:
-        fail("--run-config he=true needs he-dir (the SuperLink machine's folder with public.ctx)")
-    return overrides
+def check_reachable(name: str, table: dict[str, Any]) -> None:
+    """Fail at once when connection ``name``'s SuperLink does not answer, or answers in the
+    other transport (TLS or plain text), instead of ``flwr run`` retrying for 30 s."""
+    host, port = parse_host_port(str(table["address"]), f"connection {name!r}: address")
+    where = f"the SuperLink of connection {name!r} ({host}:{port})"
+    why = reachable(host, port)
+    if why is not None:
+        fail(f"cannot reach {where}: {why} (is it running, and is its port open to this machine?)")
+    if table.get("insecure") or table.get("root-certificates"):
+        ca = None if table.get("insecure") else Path(str(table["root-certificates"]))
+        problem = transport_problem(host, port, ca=ca, where=where, who=f"connection {name!r}")
+        if problem is not None:
+            fail(f"{problem} (deploy/connect.py rewrites the connection)")
 
 
 def _flwr(args: list[str], timeout: float) -> str:
@@ -145,8 +121,9 @@ def main(argv: list[str] | None = None) -> None:
     app = Path(args.app).expanduser().resolve()
     if not (app / "pyproject.toml").is_file():
         fail(f"--app {args.app} has no pyproject.toml; give the fedloom checkout")
-    require_connection(args.connection)
-    check_run_config(args.run_config)
+    connection = require_connection(args.connection)
+    check_run_config(args.run_config, app)
+    check_reachable(args.connection, connection)
     cmd = ["run", str(app), args.connection, "--format", "json"]
     for item in args.run_config:
         cmd += ["--run-config", item]

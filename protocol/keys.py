@@ -40,6 +40,9 @@ LOSS = "loss"
 #: Train reply, when asked (:data:`.requests.PARTITION`): the partition trained on, of how many.
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
+#: Node config, not metrics: the server leaves them out of the aggregated train metrics
+#: (wrappers such as SampleDPStrategy read them from each reply, so the replies keep them).
+NODE_CONFIG_KEYS = (PARTITION_ID, NUM_PARTITIONS)
 #: Train reply, when asked (:data:`.requests.PRIVACY`, ``dp=sample``): cumulative epsilon
 #: and whether the client's budget is spent (then the reply has no arrays).
 DP_EPSILON = "dp-epsilon"

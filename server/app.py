@@ -98,8 +98,8 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
     task = get_task(cfg.task, cfg.task_options())
     data = load_task_data(cfg.task, cfg.data_dir, cfg.dataset, cfg.task_options())
     model = global_model(cfg, task, data)
-    results = ResultsFolder(Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg))
-    checkpoint = load_checkpoint(results.path) if cfg.resume else None
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
+    checkpoint = load_checkpoint(run_dir) if cfg.resume else None
     if checkpoint and checkpoint["strategy"] is not None:
         chain = pickle.loads(checkpoint["strategy"])
     else:
@@ -107,6 +107,7 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
             cfg, max_examples=len(data.train), num_parameters=sum(v.numel() for v in model.state_dict().values()),
             batch_norm=bool(batch_norm_layers(model)),
         )
+    results = ResultsFolder(run_dir)  # after the strategy is built: a refused one leaves no empty folder
     strategy = instrumented(chain, cfg, task.metrics_from_statistics)
     previous = json.loads((results.path / "config.json").read_text()) if checkpoint else {}
     record = run_record(cfg, model, data, run_id=previous.get("run_id", "") if checkpoint else secrets.token_hex(8))

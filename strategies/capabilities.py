@@ -17,9 +17,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fedloom.config import DPMode, RunConfig
+if TYPE_CHECKING:  # the config imports PyTorch; resolving a strategy name must not
+    from fedloom.config import RunConfig
 
 
 def _one(f: int) -> int:
@@ -70,6 +71,8 @@ class Capabilities:
 def check_strategy(name: str, caps: Capabilities, cfg: RunConfig, names: Callable[[Callable[[Capabilities], bool]], list[str]]) -> None:
     """``ValueError`` when strategy ``name`` lacks what the run config asks of it;
     ``names(test)`` lists the registered strategies that pass ``test``."""
+    from fedloom.config import DPMode
+
     if cfg.he and not caps.he_compatible:
         raise ValueError(
             f"strategy {name!r} does not work with --he: the server only adds "

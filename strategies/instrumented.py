@@ -23,7 +23,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedloom.flower_compat import failure_reason, strip_ansi
-from fedloom.protocol.keys import NUM_PARTITIONS, PARTITION_ID
+from fedloom.protocol.keys import NODE_CONFIG_KEYS, NUM_PARTITIONS, PARTITION_ID
 from fedloom.protocol.records import pooled_statistics, remove_statistics
 
 from .delegating import DelegatingStrategy, chain_of, rejections
@@ -214,6 +214,9 @@ class InstrumentedStrategy(DelegatingStrategy):
                 self._count_up(s.extra_up)
                 self._count_down(s.extra_down)
         self.stats.num_clients = len(ok) - self.stats.rejected if arrays is not None else 0
+        if metrics is not None:  # the inner strategy averaged the node config like a metric
+            for key in NODE_CONFIG_KEYS:
+                metrics.pop(key, None)
         self.stats.train_metrics = _scalars(metrics)
         return arrays, metrics
 

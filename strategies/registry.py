@@ -17,13 +17,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 import dataclasses
 from pathlib import Path
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from flwr.serverapp import strategy as fl
 
-from fedloom.config import RunConfig
 
 from .capabilities import Capabilities, check_strategy
+
+if TYPE_CHECKING:  # a type only: importing the config (PyTorch) here would make every
+    # strategy-name check, e.g. deploy/submit_run.py's before anything is sent, take seconds
+    from fedloom.config import RunConfig
 
 Builder = Callable[["StrategyParams"], fl.Strategy]
 

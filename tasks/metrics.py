@@ -8,7 +8,6 @@ sigmoid for multi-label), AUC comes from scikit-learn's ``roc_auc_score``.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 #: MedMNIST task types, as spelled in ``medmnist.INFO[name]["task"]``.
 BINARY = "binary-class"
@@ -27,6 +26,10 @@ def _binary_auc(y_true: np.ndarray, score: np.ndarray) -> float:
     """ROC AUC, or NaN when ``y_true`` holds a single class (AUC undefined)."""
     if np.unique(y_true).size < 2:
         return float("nan")
+    # Imported here: scikit-learn's metrics take about a second to import, and whoever only
+    # validates a run config (deploy/submit_run.py) imports this module but never needs them.
+    from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(y_true, score))
 
 

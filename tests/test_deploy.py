@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from deploy_harness import Processes, flwr_json, free_port, script, wait_for_nodes, wait_for_tls
+from deploy_harness import Processes, flwr_json, free_port, script, wait_for_log, wait_for_nodes, wait_for_tls
 
 HOST = "127.0.0.1"
 CONNECTION = "fedloom-test"
@@ -186,26 +186,113 @@ def test_superlink_serves_tls_with_the_generated_certificate(deployment: Deploym
     assert "--enable-supernode-auth" in deployment.procs.log("superlink")  # the exec line
 
 
+def last_line(text: str) -> str:
+    return text.strip().splitlines()[-1]
+
+
 @pytest.mark.e2e
-def test_unregistered_node_is_refused(deployment: Deployment) -> None:
-    rogue = deployment.start_node(
-        "rogue", deployment.root / "keys" / "rogue", 0, "--max-wait-time", "30"
+def test_unregistered_node_is_refused_in_one_line_naming_its_key(deployment: Deployment) -> None:
+    rogue = deployment.start_node("rogue", deployment.root / "keys" / "rogue", 0)
+
+    returncode = rogue.wait(timeout=120)  # Flower alone said only "Exit Code: 305"
+
+    key = deployment.root / "keys" / "rogue"
+    assert returncode == 2
+    assert last_line(deployment.procs.log("rogue")) == (
+        f"error: the SuperLink at --superlink {HOST}:{deployment.port} refused this node: the public "
+        f"key of --key {key} is not registered there (or another SuperNode with this key is online); "
+        f"register it: python deploy/register_nodes.py {key}.pub --connection <name>"
     )
-
-    returncode = rogue.wait(timeout=90)
-
-    assert returncode != 0
+    assert "Exit Code: 305" not in deployment.procs.log("rogue")  # Flower's report gave way to ours
     assert "No SuperNode found with the given public key" in deployment.procs.log("superlink")
     nodes = flwr_json(["supernode", "list", CONNECTION], deployment.cli_env)["nodes"]
     online = {int(n["node-id"]) for n in nodes if n["status"] == "online"}  # type: ignore[union-attr,index]
     assert online == set(deployment.node_ids)
 
 
+def node_args(deployment: Deployment, name: str, *transport: str) -> list[str]:
+    """start_supernode.py's arguments for partition 0 with ``transport`` (--ca/--key or --insecure)."""
+    return ["--superlink", f"{HOST}:{deployment.port}", *transport, "--partition-id", "0",
+            "--num-partitions", str(NUM_NODES), "--data-dir", str(deployment.root / name / "data"),
+            "--state-dir", str(deployment.root / name / "state"), "--runtime-port", str(free_port())]
+
+
+@pytest.mark.e2e
+def test_a_plain_text_node_against_the_tls_superlink_is_told_instead_of_retrying(
+    deployment: Deployment,
+) -> None:
+    done = run_script("start_supernode.py", *node_args(deployment, "plain", "--insecure"), timeout=120)
+
+    assert done.returncode == 2
+    assert last_line(done.stderr) == (
+        f"error: --superlink {HOST}:{deployment.port} speaks TLS and this node uses plain text "
+        "(--insecure); drop --insecure and give the CA certificate (--ca ca.crt from make_certs.py)"
+    )
+
+
+@pytest.mark.e2e
+def test_a_node_trusting_another_ca_is_told(deployment: Deployment, tmp_path: Path) -> None:
+    assert run_script("make_certs.py", "--out", str(tmp_path / "other"), "--host", HOST).returncode == 0
+    other = tmp_path / "other" / "ca.crt"
+    transport = ("--ca", str(other), "--key", str(deployment.root / "keys" / "node-0"))
+
+    done = run_script("start_supernode.py", *node_args(deployment, "other-ca", *transport), timeout=120)
+
+    assert done.returncode == 2
+    assert last_line(done.stderr).startswith(
+        f"error: --superlink {HOST}:{deployment.port}: the SuperLink's certificate is not signed by "
+        f"--ca {other} ("
+    )
+
+
+@pytest.mark.e2e
+def test_submitting_over_a_plain_text_connection_to_the_tls_superlink_is_told(
+    deployment: Deployment, tmp_path: Path,
+) -> None:
+    env = {**deployment.cli_env, "FLWR_HOME": str(tmp_path)}
+    done = run_script("connect.py", "--name", "plain", "--address", f"{HOST}:{deployment.port}", "--insecure", env=env)
+    assert done.returncode == 0, done.stderr
+
+    done = run_script("submit_run.py", "--connection", "plain", env=env, timeout=180)
+
+    assert done.returncode == 2
+    assert last_line(done.stderr).startswith(
+        f"error: the SuperLink of connection 'plain' ({HOST}:{deployment.port}) speaks TLS and "
+        "connection 'plain' uses plain text (--insecure)"
+    )
+
+
+@pytest.mark.e2e
+def test_a_tls_node_against_a_plain_text_superlink_is_told(deployment: Deployment, tmp_path: Path) -> None:
+    procs = Processes(tmp_path / "logs")
+    port = free_port()
+    try:
+        procs.start("plain-link", [*script("start_superlink.py"), "--insecure", "--host", HOST,
+                                   "--port", str(port), "--workdir", str(tmp_path)],
+                    env={"FLWR_HOME": str(tmp_path / "home")})
+        wait_for_log(procs, "plain-link", f"Uvicorn running on http://{HOST}:{port}", timeout=90)
+        transport = ("--ca", str(deployment.ca), "--key", str(deployment.root / "keys" / "node-0"))
+        args = node_args(deployment, "tls-node", *transport)
+        args[1] = f"{HOST}:{port}"
+
+        done = run_script("start_supernode.py", *args, timeout=120)
+    finally:
+        procs.stop_all()
+
+    assert done.returncode == 2
+    assert last_line(done.stderr) == (
+        f"error: --superlink {HOST}:{port} speaks plain text (the SuperLink runs with --insecure) "
+        "and this node uses TLS; start the SuperLink with --certs, or this node with --insecure on "
+        "a trusted test network"
+    )
+    assert not procs.remaining()
+
+
 def submit(deployment: Deployment, run_config: str) -> subprocess.CompletedProcess[str]:
     """``deploy/submit_run.py`` with ``run_config`` against the test deployment."""
     return run_script(
         "submit_run.py", "--connection", CONNECTION, "--run-config", run_config,
-        "--timeout", "150", env=deployment.cli_env, timeout=170,
+        "--timeout", "300", env=deployment.cli_env, timeout=330,
     )
 
 
@@ -357,6 +444,26 @@ def test_encrypted_round_with_the_secret_key_only_on_the_nodes(deployment: Deplo
             ["--connection", "lab", "--run-config", 'he=true he-dir="/s" fraction-evaluate=1.0 he-secret-dir="/k"'],
             "he-secret-dir is for simulations",
         ),
+        # Everything the ServerApp would refuse fails before submitting (issue 35).
+        ("submit_run.py", ["--connection", "lab", "--run-config", 'strategy="fedavgg"'],
+         "unknown strategy 'fedavgg'; valid: bulyan, "),
+        ("submit_run.py", ["--connection", "lab", "--run-config", 'num-server-rounds="2"'],
+         "num-server-rounds='2' is a string, but num-server-rounds takes a number (default 10); "
+         "write num-server-rounds=2 without quotes"),
+        ("submit_run.py", ["--connection", "lab", "--run-config", "task=5"],
+         'strings go in double quotes: task="5"'),
+        ("submit_run.py", ["--connection", "lab", "--run-config", "num-rounds=2"],
+         "unknown key(s) num-rounds; valid: task, "),
+        ("submit_run.py", ["--connection", "lab", "--run-config", 'strategy="fedloom.strategies.nope:Mine"'],
+         "cannot import strategy module 'fedloom.strategies.nope'"),
+        ("submit_run.py", ["--connection", "lab", "--run-config",
+                           'strategy="fedloom.strategies.registry:StrategyParams"'],
+         "must subclass flwr.serverapp.strategy.Strategy"),
+        ("submit_run.py", ["--connection", "lab", "--run-config", 'dp="client" strategy="krum" dp-noise=1.0'],
+         "does not work with dp=client"),
+        ("local_federation.py", ["--nodes", "0"], "invalid --nodes 0; valid: 1-16"),
+        ("local_federation.py", ["--dir", "{tmp}/lf", "--run-config", 'strategy="fedavgg"'],
+         "unknown strategy 'fedavgg'"),
         ("provision_he.py", ["--nodes-dir", "{tmp}/he", "--server-dir", "{tmp}/he"], "must differ"),
         ("provision_he.py", ["--nodes-dir", "{tmp}/n", "--server-dir", "{tmp}/s", "--pack", "3"],
          "invalid --pack 3; valid: 1, 2"),
@@ -373,7 +480,7 @@ def test_scripts_reject_bad_input_in_one_line(
     (tmp_path / "flwr" / "config.toml").write_text('[superlink.lab]\naddress = "127.0.0.1:9"\n')
     env = {"PATH": str(Path(sys.executable).parent), "FLWR_HOME": str(tmp_path / "flwr")}
 
-    done = run_script(name, *[a.format(tmp=tmp_path) for a in args], env=env, timeout=60)
+    done = run_script(name, *[a.format(tmp=tmp_path) for a in args], env=env, timeout=180)
 
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
