@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-ATTACKS = ("none", "sign-flip", "gaussian", "scaled")
+from fedloom.config.keys import ATTACKS
 
 
 def poison(update: np.ndarray, kind: str, *, scale: float, rng: np.random.Generator) -> np.ndarray:

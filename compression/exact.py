@@ -2,12 +2,9 @@
 
 A running variance is small beside the weights it is flattened with, so a quantizer
 that scales each bucket by its largest value rounds some variances to zero, and
-BatchNorm then divides those channels by sqrt(eps). On the ModelNet10 benchmark's
-trained PointNet (test accuracy 0.906), a ``qsgd:4`` download leaves 0.07-0.20 with
-its statistics quantized and 0.75-0.88 with them sent exact
-(``benchmarks/download_batchnorm.py``). They are about 1% of
-the model's values (2,112 of 207,370 there), so they ride beside the payload as
-float32 arrays under their own names.
+BatchNorm then divides those channels by sqrt(eps) (measured:
+``benchmarks/results/design_notes.md``). They are about 1% of a model's values, so they
+ride beside the payload as float32 arrays under their own names.
 """
 
 from __future__ import annotations

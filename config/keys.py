@@ -1,10 +1,12 @@
 """Every run-config key, declared once: the fields of :class:`RunConfig`.
 
-To add a key, add one field here (its section's block): name in snake case (the key is
-the kebab-case spelling), type, then ``key(default, help, section, ...)``; add the same
-default to ``[tool.flwr.app.config]`` in pyproject.toml and regenerate the README
-reference (``python -m fedloom.config.reference``). Cross-key rules go in
-:mod:`fedloom.config.load`. Tests fail when the table or the README disagree with this.
+To add a key, add one field here, in its section's block: the name in snake case (the
+key is its kebab-case spelling), the type, then ``key(default, help, section, ...)``
+with ``choices=`` or ``check=`` for its valid values and ``flag="="`` for a run_sim.py
+flag. Then run ``python -m fedloom.config.reference``: it rewrites pyproject's
+``[tool.flwr.app.config]`` table and the README reference (tests fail until it has).
+Rules that tie keys together go in :mod:`fedloom.config.load`; a default worked out at
+load time is ``"auto"`` plus ``auto="what it means"`` and a line in ``resolve_derived``.
 """
 
 # No ``from __future__ import annotations``: the schema reads the field types at run time.
@@ -14,7 +16,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from fedloom.client.attacks import ATTACKS
 from fedloom.compression.spec import Chain, codec_usages, parse_down_spec, parse_spec
 from fedloom.privacy.accounting import ACCOUNTANTS
 from fedloom.privacy.dp import SampleDPSettings
@@ -40,6 +41,8 @@ def _dp_mode(value: str) -> DPMode:
     return DPMode(value)
 
 
+#: Byzantine behaviours a client can simulate (client/attacks.py implements them).
+ATTACKS = ("none", "sign-flip", "gaussian", "scaled")
 IMAGE_SIZES = (28, 64, 128, 224)
 POINTNET_TRANSFORMS = ("none", "input", "feature", "both")
 MNIST_MODELS = ("mcmahan", "dp-cnn")

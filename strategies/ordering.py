@@ -2,8 +2,8 @@
 
 Replies reach the server in the order clients finish, which changes from run to
 run. Floating-point sums depend on their order (``(a + b) + c != a + (b + c)`` in
-the last bits), and training amplifies last-bit differences within a few rounds:
-the same seeded BreastMNIST run gave test ACC 0.833 once and 0.788 the next time.
+the last bits), and training amplifies last-bit differences within a few rounds
+(``benchmarks/results/design_notes.md``).
 Ordering replies by a digest of their content makes the aggregate a function of
 what the clients sent, not of when it arrived.
 """

@@ -4,9 +4,7 @@ Under label skew each client pulls the last layer towards its own classes, and
 averaging those heads is where FedAvg loses most (Luo et al. 2021, "No Fear of
 Heterogeneity"). FedBABU keeps the classifier at its random initialisation for
 the whole federation, so every client learns features for the same fixed class
-directions. On ModelNet10 (10 clients, Dirichlet 0.5) it raised PointNet's overall
-accuracy from 0.876 to 0.885, against 0.904 centralized
-(benchmarks/results/pointcloud_fedbabu.md).
+directions (measured: benchmarks/results/pointcloud_fedbabu.md).
 
 The classifier is the model's last ``nn.Linear`` (the layer that produces the
 logits in every fedloom model). Frozen means ``requires_grad`` is off: local

@@ -4,8 +4,8 @@ The published network normalises with BatchNorm, which mixes examples within
 a batch; Opacus cannot compute per-sample gradients through it. GroupNorm
 (Wu & He 2018, ``norm="group"``, the default) normalises each example on its
 own, so DP-SGD works. ``norm="batch"`` is the paper's BatchNorm, for runs
-without DP-SGD: it learns faster and reaches more (ModelNet10, 512 points,
-width 0.5, 20 epochs, one seed: 0.930 against 0.905 with GroupNorm). Its
+without DP-SGD: it learns faster and reaches more
+(``benchmarks/results/design_notes.md``). Its
 running mean and variance are buffers of the model, so FedAvg averages them
 with the weights. The
 optional input transform (a 3x3 T-Net) and feature transform (a 64x64 T-Net)
@@ -13,10 +13,8 @@ are as in the paper; the paper's orthogonality regulariser on the feature
 transform is not added (the task's loss sees only logits and labels).
 Input: (B, P, 3) point clouds; output: (B, num_classes) logits.
 
-Training: as in the paper, use Adam (``optimizer=adam``, lr 1e-3). With it this
-GroupNorm network reaches 59% on ModelNet10 after one epoch (256 points, width
-0.25, no rotation augmentation); with SGD and full up-axis rotation it was near
-chance after several epochs.
+Training: as in the paper, use Adam (``optimizer=adam``, lr 1e-3); SGD with full
+up-axis rotation learns far more slowly (``benchmarks/results/design_notes.md``).
 """
 
 from __future__ import annotations

@@ -12,12 +12,9 @@ ResNet-18), stride 2 for 64 px, and the standard 7x7 stride-2 stem with max
 pooling for 128 and 224 px. ``width`` scales the channels (64 = ResNet-18).
 
 The classifier starts at zero, so the first logits are all 0 (loss log C) and
-the first updates train the classifier before the features. With PyTorch's
-default init the full-width network started at loss 1.07 on BreastMNIST (0.78
-at width 0.25), SGD at lr 0.01 diverged in epoch 1 (train loss 2.8) and the
-model then stayed at the majority class. Zero-initialising the residual branches
-instead (torchvision's ``zero_init_residual``) also fixed that but slowed the
-narrow networks badly on BreastMNIST (test ACC 0.85 -> 0.72 at width 0.25).
+the first updates train the classifier before the features; with PyTorch's default
+init the full-width network diverged on BreastMNIST (the alternatives measured:
+``benchmarks/results/design_notes.md``).
 """
 
 from __future__ import annotations

@@ -30,6 +30,14 @@ def test_readme_reference_is_current():
     assert reference.updated(text) == text, "run: python -m fedloom.config.reference"
 
 
+def test_the_pyproject_table_is_the_generated_one():
+    text = (ROOT / "pyproject.toml").read_text()
+    assert reference.updated_pyproject(text) == text, "run: python -m fedloom.config.reference"
+    table = tomllib.loads(reference.updated_pyproject(text.replace('seed = 42', 'seed = 7')))
+    assert table["tool"]["flwr"]["app"]["config"]["seed"] == 42  # rewritten from the schema
+    assert table["tool"]["pytest"] == tomllib.loads(text)["tool"]["pytest"]  # the rest untouched
+
+
 def test_reference_lists_every_key_once():
     table = reference.render()
     for k in KEYS:
