@@ -110,6 +110,7 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     from fedloom.config import parse_run_config
     from fedloom.config.flags import flag_values
     from fedloom.server.privacy import check_privacy
+    from fedloom.server.secagg import check_secagg_noise
     from fedloom.strategies.chain import strategy_params
     from fedloom.strategies.registry import build_strategy, check_strategy_config
     from fedloom.tasks.registry import load_task_data, partitions
@@ -152,6 +153,7 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
         cfg.task_options(),
     )
     check_privacy(cfg, args.num_clients)
+    check_secagg_noise(cfg, args.num_clients)
     data = load_task_data(cfg.task, cfg.data_dir, cfg.dataset, cfg.task_options())  # cached above
     test_size = len(data.test)
     if cfg.fraction_evaluate > 0 and args.num_clients > test_size:

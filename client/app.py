@@ -15,6 +15,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedloom.client import secagg
 from fedloom.client.attacks import attackers, poison
 from fedloom.client.compress import encode_update, received_state
 from fedloom.client.faults import inject_faults
@@ -47,6 +48,15 @@ from fedloom.tasks.registry import client_split, client_test_split, get_task, lo
 from fedloom.tasks.training import evaluate, predict, train_local
 
 app = ClientApp(mods=[dp_clipping_mod])  # the mod acts only for client-side DP clipping
+app.query("secagg_share_keys")(secagg.share_keys)  # SecAgg+'s exchanges around the train message
+app.query("secagg_unmask")(secagg.unmask)
+
+
+@app.query("secagg_setup")
+def secagg_setup(msg: Message, context: Context) -> Message:
+    """SecAgg+'s first exchange, held to this client's own run config (client/secagg.py)."""
+    cfg = run_config(context)
+    return secagg.setup(msg, context, min_threshold=cfg.secagg_threshold, noise=cfg.dp == "client")
 
 
 
@@ -147,7 +157,7 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(config.get(SERVER_ROUND, 0))
     settings = round_settings(cfg, config)  # the message's lr, local-epochs, batch-size first
     state_dir = client_state_dir(cfg, context, pid, str(config.get(RUN_ID, "")))
-    load_state(context.state, state_dir, server_round, never_rewound=(ACCOUNT_KEY,))
+    load_state(context.state, state_dir, server_round, never_rewound=(ACCOUNT_KEY,), transient=(secagg.STATE_KEY,))
     inject_faults(
         fail_rate=cfg.fail_rate, straggler_rate=cfg.straggler_rate,
         straggler_delay=cfg.straggler_delay, seed=cfg.seed, server_round=server_round,
@@ -158,7 +168,7 @@ def train(msg: Message, context: Context) -> Message:
     up = cfg.compression
     attacking = cfg.attack != "none" and pid in attackers(nparts, cfg.attack_fraction, cfg.seed)
     start: dict[str, np.ndarray] | None = None  # global weights as received
-    if not up.is_none or attacking:
+    if not up.is_none or attacking or cfg.secagg:
         start = {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
     metrics: dict[str, float] = {NUM_EXAMPLES: len(split)}
     if requests.asked(config, requests.PARTITION):
@@ -201,7 +211,15 @@ def train(msg: Message, context: Context) -> Message:
         rng = np.random.default_rng([cfg.seed, server_round, pid, 0xBAD])
         update = poison(flatten(state) - flatten(start), cfg.attack, scale=cfg.attack_scale, rng=rng)
         state = {k: torch.from_numpy(v) for k, v in unflatten(flatten(start) + update, start).items()}
-    if he_key is not None:
+    if cfg.secagg:  # the update quantized, weighted and masked: the server learns only the sum
+        assert start is not None
+        vector = secagg.upload_vector(
+            flatten(state) - flatten(start), up=up, start=start, state=context.state,
+            clipping_norm=cfg.dp_clipping_norm if cfg.dp == "client" else 0.0,
+            seed=int(config.get(COMPRESSION_SEED, 0)),
+        )
+        arrays = secagg.masked_update(msg, context, vector, len(split))
+    elif he_key is not None:
         arrays = encrypt_local(state, len(split), he_key, he_upload_blocks(up, config))
     elif up.is_none:
         arrays = ArrayRecord(state)
@@ -212,7 +230,7 @@ def train(msg: Message, context: Context) -> Message:
             seed=int(config.get(COMPRESSION_SEED, 0)),
             rng=np.random.default_rng([cfg.seed, server_round, pid]),
         )
-    save_state(context.state, state_dir, server_round)
+    save_state(context.state, state_dir, server_round, transient=(secagg.STATE_KEY,))
     content = RecordDict({ARRAYS: arrays, METRICS: MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
 

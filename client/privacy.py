@@ -81,6 +81,7 @@ def dp_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable
         msg.metadata.message_type != MessageType.TRAIN
         or cfg.dp is not DPMode.CLIENT
         or cfg.dp_clipping_side != "client"
+        or cfg.secagg  # the train handler clips before masking (client/secagg.py)
     ):
         return call_next(msg, context)
     mod = adaptiveclipping_mod if cfg.dp_clipping == "adaptive" else fixedclipping_mod

@@ -33,14 +33,16 @@ def _load(folder: Path, server_round: int) -> RecordDict:
 
 
 def load_state(
-    state: RecordDict, folder: Path, server_round: int, never_rewound: tuple[str, ...] = ()
+    state: RecordDict, folder: Path, server_round: int, never_rewound: tuple[str, ...] = (),
+    transient: tuple[str, ...] = (),
 ) -> int | None:
-    """Fill an empty ``state`` from the newest file of a round before ``server_round``.
+    """Fill an empty ``state`` (records named in ``transient`` aside) from the newest file
+    of a round before ``server_round``.
 
     Records named in ``never_rewound`` come from the newest file of any round: a DP
     account must keep the releases of a round that runs again after a resume, since
     the server got them before the kill."""
-    if len(state):
+    if any(key not in transient for key in state):
         return None
     rounds = _saved_rounds(folder)
     earlier = [r for r in rounds if r < server_round]
@@ -56,8 +58,12 @@ def load_state(
     return earlier[-1]
 
 
-def save_state(state: RecordDict, folder: Path, server_round: int) -> None:
-    """Write ``state`` for ``server_round`` atomically; keep the newest ``KEEP`` files."""
+def save_state(
+    state: RecordDict, folder: Path, server_round: int, transient: tuple[str, ...] = ()
+) -> None:
+    """Write ``state`` for ``server_round`` atomically, without the records named in
+    ``transient`` (a round's secrets); keep the newest ``KEEP`` files."""
+    state = RecordDict({k: v for k, v in state.items() if k not in transient})
     if not len(state):
         return
     folder.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ from fedloom.compression.spec import Chain, codec_usages, parse_down_spec, parse
 from fedloom.privacy.accounting import ACCOUNTANTS
 from fedloom.privacy.dp import SampleDPSettings
 from fedloom.privacy.he_profiles import PACKINGS, SCHEMES
+from fedloom.privacy.secagg import MAX_BITS
 from fedloom.tasks.base import TaskOptions
 from fedloom.tasks.batchnorm import NORMS
 from fedloom.tasks.partition import VALID_PARTITIONS, PartitionSpec, parse_partition
@@ -299,6 +300,25 @@ class RunConfig:
     he_scheme: str = key(
         "bfv", "TenSEAL scheme: bfv (4,096 integer slots per ciphertext, ~15 bytes/parameter) "
         "or ckks (2,048 real slots, ~32 bytes/parameter)", "he", flag="=", choices=SCHEMES,
+    )
+    # -- secure aggregation ---------------------------------------------------
+    secagg: bool = key(
+        False, "secure aggregation (SecAgg+): clients send masked updates; the server learns "
+        "only their sum", "secagg", flag="=",
+    )
+    secagg_threshold: float = key(
+        0.6, "share of a round's clients (of each neighbourhood) whose key shares unmask the "
+        "sum, at least 2", "secagg", check=check(lambda v: 0 < v <= 1, "0 < t <= 1"),
+    )
+    secagg_bits: int = key(
+        16, "quantization under secagg: each update coordinate becomes an integer in 0..2**bits",
+        "secagg", check=check(lambda v: 1 <= v <= MAX_BITS, f"1..{MAX_BITS}"),
+    )
+    secagg_clip: float = key(2.0, "|update coordinate| bound of the quantization under secagg", "secagg",
+                             check=POSITIVE)
+    secagg_neighbours: int = key(
+        0, "SecAgg+: clients each one shares masks and secrets with (0: all others)", "secagg",
+        check=check(lambda v: v == 0 or v >= 2, "0 (every other client of the round) or >= 2"),
     )
 
     def task_options(self) -> TaskOptions:

@@ -15,6 +15,7 @@ from fedloom.tasks.registry import get_task
 
 from .keys import DPMode, RunConfig
 from .schema import AUTO, Key, coerce, schema, validate
+from .secagg import check_secagg_combination
 
 KEYS: tuple[Key, ...] = schema(RunConfig)
 #: Every key's default as written in pyproject's ``[tool.flwr.app.config]``.
@@ -91,6 +92,8 @@ def check_combinations(cfg: Mapping[str, Any], task: Task) -> None:
     packing = packing_error(cfg["he-scheme"], cfg["he-pack"])
     if packing:
         raise ValueError(f"invalid he-pack={cfg['he-pack']} with he-scheme={cfg['he-scheme']}; {packing}")
+    if cfg["secagg"]:  # before --he's own checks: --he with --secagg is refused as such
+        check_secagg_combination(cfg)
     if cfg["he"]:
         check_he_combination(cfg)
 

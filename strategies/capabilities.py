@@ -38,6 +38,10 @@ class Capabilities:
     #: and accounting assume (a median or Krum moves up to 3x further for one client; a
     #: server optimizer's momentum replays un-noised past means).
     client_dp_compatible: bool = False
+    #: Aggregation needs only the example-weighted mean of the updates (a server step
+    #: from it included), which is all secure aggregation reveals: under ``secagg`` the
+    #: strategy receives that mean as one reply.
+    secagg_compatible: bool = False
     #: Fewest replies per round it can aggregate, as a function of ``num-malicious``.
     min_replies: Callable[[int], int] = _one
     #: Clients report the global model's loss on their data before training
@@ -62,7 +66,8 @@ class Capabilities:
                 f"min_replies={replies!r} of strategy {getattr(obj, '__name__', obj)!r}; "
                 "valid: an int or a function of num-malicious"
             )
-        for name in ("he_compatible", "client_dp_compatible", "needs_initial_loss", "proximal_term"):
+        for name in ("he_compatible", "client_dp_compatible", "secagg_compatible", "needs_initial_loss",
+                     "proximal_term"):
             if name in found and not isinstance(found[name], bool):
                 raise ValueError(f"{name}={found[name]!r} of strategy {obj!r}; valid: True, False")
         return cls(**found)
@@ -79,6 +84,13 @@ def check_strategy(name: str, caps: Capabilities, cfg: RunConfig, names: Callabl
             "ciphertexts, so it can compute a weighted mean but not a median, trimmed mean, "
             "Krum score or server-side optimizer step; strategies that work with --he: "
             + ", ".join(names(lambda c: c.he_compatible))
+        )
+    if cfg.secagg and not caps.secagg_compatible:
+        raise ValueError(
+            f"strategy {name!r} does not work with --secagg: the server learns only the "
+            "weighted sum of the updates, so it can compute a mean but not a median, trimmed mean, "
+            "Krum score or per-client loss weighting; strategies that work with --secagg: "
+            + ", ".join(names(lambda c: c.secagg_compatible))
         )
     if cfg.dp is DPMode.CLIENT and not caps.client_dp_compatible:
         raise ValueError(

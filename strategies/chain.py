@@ -24,6 +24,7 @@ from .encrypted import EncryptedFedAvg
 from .instrumented import InstrumentedStrategy
 from .private import ClientDPStrategy, SampleDPStrategy
 from .registry import StrategyParams, build_strategy, check_strategy_config
+from .secagg import SecAggStrategy
 from .train_settings import TrainSettingsStrategy
 from .validation import ValidatingStrategy
 
@@ -69,9 +70,12 @@ def strategy_chain(
         if cfg.dp is DPMode.CLIENT and ledger is not None:
             chain = _client_dp(chain, cfg, ledger)
         chain = ValidatingStrategy(chain, cfg.max_num_examples)  # not max_examples: clients hold data the server never sees
-        if not (cfg.compression.is_none and cfg.compression_down.is_none):
+        if cfg.secagg:  # the chain inside gets the unmasked weighted mean as one reply
+            chain = _secure(chain, cfg, max_examples)  # the modulus bounds the sum of the weights
+        elif not (cfg.compression.is_none and cfg.compression_down.is_none):
             chain = DecodingStrategy(chain, up=cfg.compression, down=cfg.compression_down, seed=cfg.seed)
-        if batch_norm and cfg.batchnorm_calibration and cfg.dp is DPMode.NONE:
+        # Not under dp=client (an un-noised release) nor secagg (per-client statistics).
+        if batch_norm and cfg.batchnorm_calibration and cfg.dp is DPMode.NONE and not cfg.secagg:
             chain = BatchNormCalibration(chain, timeout=cfg.round_timeout)  # dp=client: an un-noised release
     if cfg.dp is DPMode.SAMPLE and ledger is not None:
         chain = SampleDPStrategy(chain, ledger=ledger, target_epsilon=cfg.dp_target_epsilon)
@@ -84,6 +88,17 @@ def strategy_chain(
 def instrumented(chain: Strategy, cfg: RunConfig, finish_metrics: FinishMetrics | None) -> InstrumentedStrategy:
     """``chain`` inside the metrics wrapper, which ends the run below ``min-train-nodes`` replies."""
     return InstrumentedStrategy(chain, min_replies=cfg.min_train_nodes, finish_metrics=finish_metrics)
+
+
+def _secure(inner: Strategy, cfg: RunConfig, max_examples: int) -> SecAggStrategy:
+    """``inner`` behind SecAgg+ (config checks allow only none or randk uploads)."""
+    fraction = cfg.compression.transform.param if cfg.compression.transform is not None else None
+    return SecAggStrategy(
+        inner, threshold=cfg.secagg_threshold, bits=cfg.secagg_bits, clip=cfg.secagg_clip,
+        max_weight=max_examples, equal_weights=cfg.dp is DPMode.CLIENT,
+        randk_fraction=float(fraction) if fraction is not None else 1.0,
+        seed=cfg.seed, neighbours=cfg.secagg_neighbours, timeout=cfg.round_timeout,
+    )
 
 
 def _client_dp(inner: Strategy, cfg: RunConfig, ledger: EpsilonLedger) -> ClientDPStrategy:

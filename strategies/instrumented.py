@@ -30,11 +30,18 @@ from .delegating import DelegatingStrategy, chain_of, rejections
 from .ordering import canonical_order
 
 
+def _is_payload(value: object) -> bool:
+    """Bytes, or a list of bytes (keys, shares and ciphertexts of secure aggregation)."""
+    return isinstance(value, bytes) or (
+        isinstance(value, list) and bool(value) and all(isinstance(v, bytes) for v in value)
+    )
+
+
 def payload_bytes(content: RecordDict) -> int:
     """Bytes of a message's serialized payload: every array's buffer and byte config."""
     total = sum(rec.count_bytes() for rec in content.array_records.values())
     for rec in content.config_records.values():
-        total += sum(len(v) for v in rec.values() if isinstance(v, bytes))
+        total += sum(_value_bytes(v) for v in rec.values() if _is_payload(v))
     return total
 
 
@@ -57,7 +64,7 @@ def record_bytes(content: RecordDict) -> int:
     per-example statistics of federated AUC (:mod:`fedloom.protocol.records`) make them large."""
     records: list[MetricRecord | ConfigRecord] = [*content.metric_records.values(), *content.config_records.values()]
     return sum(
-        len(k.encode()) + (0 if isinstance(v, bytes) else _value_bytes(v))  # metrics hold no bytes
+        len(k.encode()) + (0 if _is_payload(v) else _value_bytes(v))  # metrics hold no bytes
         for rec in records for k, v in rec.items()
     )
 
@@ -167,6 +174,11 @@ class InstrumentedStrategy(DelegatingStrategy):
         self.on_model_out: Callable[[int], None] | None = None  # before evaluation sends the model
         self._sent: list[int] = []  # nodes of the round's current phase
 
+    def _extra_failed(self) -> None:
+        """Failures in messages a wrapper sent beside the round's own (their phase names them)."""
+        for s in chain_of(self.inner):
+            self.stats.failed += getattr(s, "extra_failed", ())
+
     def _count_up(self, replies: Iterable[Message]) -> None:
         payload, records = traffic(replies)
         self.stats.bytes_up += payload
@@ -182,7 +194,11 @@ class InstrumentedStrategy(DelegatingStrategy):
     ) -> Iterable[Message]:
         self.stats = RoundStats()
         server_round += self.round_offset
-        messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+        try:
+            messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+        except TooFewReplies:  # a wrapper's own exchanges (secure aggregation) lost too many
+            self._extra_failed()
+            raise
         self.stats.sampled = len(messages)
         self._count_down(messages)
         self._sent = [m.metadata.dst_node_id for m in messages]
@@ -206,13 +222,18 @@ class InstrumentedStrategy(DelegatingStrategy):
         for problem in partition_problems(self.partitions):
             log(WARNING, "round %d: %s (node config partition-id / num-partitions)",
                 server_round + self.round_offset, problem)
-        arrays, metrics = self.inner.aggregate_train(server_round + self.round_offset, replies)
+        try:
+            arrays, metrics = self.inner.aggregate_train(server_round + self.round_offset, replies)
+        except TooFewReplies:
+            self._extra_failed()
+            raise
         self.stats.rejected = len(rejections(self.inner))
         # Messages a wrapper sent beside the round's own (BatchNorm calibration queries).
         for s in chain_of(self.inner):
             if isinstance(s, DelegatingStrategy):
                 self._count_up(s.extra_up)
                 self._count_down(s.extra_down)
+        self._extra_failed()
         self.stats.num_clients = len(ok) - self.stats.rejected if arrays is not None else 0
         if metrics is not None:  # the inner strategy averaged the node config like a metric
             for key in NODE_CONFIG_KEYS:

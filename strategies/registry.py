@@ -86,7 +86,9 @@ _BUILDERS: dict[str, Builder] = {}
 _CAPABILITIES: dict[str, Capabilities] = {}
 NO_CAPABILITIES = Capabilities()
 #: The weighted mean: what encrypted sums and client-level DP's accounting compute.
-MEAN = Capabilities(he_compatible=True, client_dp_compatible=True)
+MEAN = Capabilities(he_compatible=True, client_dp_compatible=True, secagg_compatible=True)
+#: A server step from the weighted mean (FedAvgM, FedAdam, ...): secure aggregation gives it.
+SERVER_STEP = Capabilities(secagg_compatible=True)
 
 
 def register_strategy(
@@ -114,7 +116,7 @@ def _fedavg(p: StrategyParams) -> fl.Strategy:
     return fl.FedAvg(**p.common())
 
 
-@register_strategy("fedavgm")
+@register_strategy("fedavgm", SERVER_STEP)
 def _fedavgm(p: StrategyParams) -> fl.Strategy:
     return fl.FedAvgM(**p.common(), server_learning_rate=p.server_lr, server_momentum=p.server_momentum)
 
@@ -131,9 +133,9 @@ def _fedopt(cls: Callable[..., fl.Strategy]) -> Builder:
     return build
 
 
-register_strategy("fedadam")(_fedopt(fl.FedAdam))
-register_strategy("fedyogi")(_fedopt(fl.FedYogi))
-register_strategy("fedadagrad")(_fedopt(fl.FedAdagrad))
+register_strategy("fedadam", SERVER_STEP)(_fedopt(fl.FedAdam))
+register_strategy("fedyogi", SERVER_STEP)(_fedopt(fl.FedYogi))
+register_strategy("fedadagrad", SERVER_STEP)(_fedopt(fl.FedAdagrad))
 
 
 @register_strategy("fedmedian")

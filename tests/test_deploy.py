@@ -364,6 +364,24 @@ def test_encrypted_round_with_the_secret_key_only_on_the_nodes(deployment: Deplo
     assert (run_dir / "model_encrypted.pt").is_file() and not (run_dir / "model.pt").exists()
 
 
+@pytest.mark.e2e
+def test_secure_aggregation_round_over_tls(deployment: Deployment) -> None:
+    """SecAgg+'s extra exchanges between SuperNodes over TLS; the round's secrets stay in
+    memory on the nodes (no state file holds a private key)."""
+    run_dir = deployment.root / "server" / "runs" / "secagg"
+
+    done = submit(deployment, f'num-server-rounds=1 seed=7 secagg=true run-dir="{run_dir}"')
+
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["num_clients"] == NUM_NODES and rows[0]["failures"] == 0
+    assert rows[0]["accuracy"] > 0.5
+    run_id = json.loads((run_dir / "config.json").read_text())["run_id"]
+    for i in range(NUM_NODES):
+        for saved in (deployment.root / f"node-{i}" / "state" / run_id).rglob("*.pkl"):
+            assert b"PRIVATE KEY" not in saved.read_bytes()
+
+
 @pytest.mark.parametrize(
     ("name", "args", "message"),
     [
