@@ -100,9 +100,12 @@ def resume_config(args: argparse.Namespace) -> dict[str, Any]:
 
 def checkpoint_round(run_dir: Path) -> int:
     """The last round ``run_dir``'s checkpoint holds."""
-    from fedloom.server.checkpoint import load_checkpoint
+    from fedloom.server.checkpoint import CheckpointError, load_checkpoint
 
-    return int(load_checkpoint(run_dir)["round"])
+    try:
+        return int(load_checkpoint(run_dir)["round"])
+    except CheckpointError as exc:
+        raise UsageError(f"--resume {run_dir}: {exc}") from None
 
 
 def resolve_config(args: argparse.Namespace) -> dict[str, Any]:

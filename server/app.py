@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 import random
 import re
 import secrets
@@ -34,6 +33,7 @@ from fedloom.strategies.instrumented import InstrumentedStrategy, TooFewReplies
 from fedloom.strategies.private import PrivacyBudgetExhausted
 from fedloom.strategies.registry import check_strategy_config
 from fedloom.tasks.base import Task, TaskData
+from fedloom.strategies.state import load_chain_state
 from fedloom.tasks.batchnorm import batch_norm_layers
 from fedloom.tasks.head import freeze_classifier
 from fedloom.tasks.partition import label_counts
@@ -100,13 +100,12 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
     model = global_model(cfg, task, data)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
     checkpoint = load_checkpoint(run_dir) if cfg.resume else None
-    if checkpoint and checkpoint["strategy"] is not None:
-        chain = pickle.loads(checkpoint["strategy"])
-    else:
-        chain = strategy_chain(
-            cfg, max_examples=len(data.train), num_parameters=sum(v.numel() for v in model.state_dict().values()),
-            batch_norm=bool(batch_norm_layers(model)),
-        )
+    chain = strategy_chain(
+        cfg, max_examples=len(data.train), num_parameters=sum(v.numel() for v in model.state_dict().values()),
+        batch_norm=bool(batch_norm_layers(model)),
+    )
+    if checkpoint:
+        load_chain_state(chain, checkpoint["strategy"])
     results = ResultsFolder(run_dir)  # after the strategy is built: a refused one leaves no empty folder
     strategy = instrumented(chain, cfg, task.metrics_from_statistics)
     previous = json.loads((results.path / "config.json").read_text()) if checkpoint else {}
@@ -125,7 +124,7 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
 
     best = BestRound(cfg.best_metric, results) if cfg.best_metric != "none" else None
     if best is not None and checkpoint:
-        best.restore(checkpoint["round"])
+        best.load_state_dict(checkpoint["best"] or {})
         if checkpoint["rows"]:  # a kill between the checkpoint and best.* missed this offer
             best.offer(checkpoint["rows"][-1], initial)
     title = f"{cfg.task} · {cfg.strategy}"

@@ -15,7 +15,9 @@ from fedloom.tasks.base import DataSplit, Task, TaskData
 from fedloom.tasks.training import evaluate
 
 from .best import BestRound
-from .checkpoint import CHECKPOINT, checkpoint_payload, pickle_strategy
+from fedloom.strategies.state import chain_state
+
+from .checkpoint import CHECKPOINT, checkpoint_payload
 from .privacy import ledger_of, privacy_row, record_release
 from .progress import RunProgress
 from .results import ResultsFolder, atomic_write_bytes
@@ -135,8 +137,9 @@ class RoundMonitor:
         payload = checkpoint_payload(
             server_round=server_round,
             arrays={k: v.numpy() for k, v in self.last_arrays.items()},
-            strategy=pickle_strategy(self.strategy.inner),
+            strategy=chain_state(self.strategy.inner),
             rows=self.results.rows,
+            best=self.best.state_dict() if self.best is not None else None,
         )
         atomic_write_bytes(self.results.path / CHECKPOINT, payload)
 
