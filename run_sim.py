@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from fedloom.deploy.ray_cluster import ClusterUnreachable, probe
+
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 APP_DIR = Path(__file__).resolve().parent
 
@@ -247,10 +249,12 @@ def gpu_share(value: str, num_clients: int, run_config: dict[str, Any]) -> float
 def simulate(
     run_config: dict[str, Any], num_clients: int, client_cpus: float, client_gpus: float, verbose: bool,
     *, apps: tuple[Any, Any] | None = None, app_dir: Path = APP_DIR,
+    ray_address: str = "",
 ) -> None:
     """Start Flower's simulation runtime (Ray backend) with fedloom's ServerApp and ClientApp,
     or ``apps`` (a ServerApp and a ClientApp of any Flower app; the clients' run config is
-    ``app_dir``'s pyproject table with ``run_config`` over it)."""
+    ``app_dir``'s pyproject table with ``run_config`` over it); on the Ray cluster at
+    ``ray_address`` (``HOST:PORT``) when given."""
     from fedloom.flower_compat import run_simulation, seeded_node_ids
 
     if apps is None:
@@ -265,6 +269,7 @@ def simulate(
             "include_dashboard": False,
             "logging_level": logging.INFO if verbose else logging.ERROR,
             "log_to_driver": verbose,
+            **({"address": ray_address} if ray_address else {}),  # ray.init joins, Flower disconnects
         },
     }
     with seeded_node_ids(int(run_config.get("seed", 0))):
@@ -286,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         run_config = resolve_config(args)
         client_gpus = gpu_share(args.client_gpus, args.num_clients, run_config)
-    except (UsageError, ValueError, FileNotFoundError) as exc:
+        ray_address = probe(run_config["ray-address"])[0] if run_config["ray-address"] else ""
+    except (UsageError, ValueError, FileNotFoundError, ClusterUnreachable) as exc:
         print(f"run_sim.py: error: {exc}", file=sys.stderr)
         return 2
     if not args.verbose:
@@ -299,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     from fedloom.server.outcome import NoRoundCompleted
 
     try:
-        simulate(run_config, args.num_clients, args.client_cpus, client_gpus, args.verbose)
+        simulate(run_config, args.num_clients, args.client_cpus, client_gpus, args.verbose, ray_address=ray_address)
     except NoRoundCompleted as exc:  # the results folder holds what there is
         print(f"run_sim.py: error: {exc}", file=sys.stderr)
         return 1

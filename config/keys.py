@@ -49,6 +49,14 @@ MNIST_MODELS = ("mcmahan", "dp-cnn")
 DP_CLIPPING = ("fixed", "adaptive")
 DP_CLIPPING_SIDES = ("server", "client")
 
+def valid_ray_address(address: str) -> bool:
+    """Whether ``address`` is a ``ray-address``: "" (none), ``auto`` or ``HOST:PORT``."""
+    if address in ("", "auto"):
+        return True
+    host, sep, port = address.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
+
+
 POSITIVE = check(lambda v: v > 0, "> 0")
 NON_NEGATIVE = check(lambda v: v >= 0, ">= 0")
 AT_LEAST_ONE = check(lambda v: v >= 1, ">= 1")
@@ -299,6 +307,14 @@ class RunConfig:
     he_scheme: str = key(
         "bfv", "TenSEAL scheme: bfv (4,096 integer slots per ciphertext, ~15 bytes/parameter) "
         "or ckks (2,048 real slots, ~32 bytes/parameter)", "he", flag="=", choices=SCHEMES,
+    )
+    # -- simulation on an existing Ray cluster --------------------------------
+    ray_address: str = key(
+        "", "join the running Ray cluster at auto or HOST:PORT (its head) instead of starting a "
+        "local Ray instance; the cluster keeps running afterwards", "cluster", flag="=",
+        check=check(lambda v: valid_ray_address(v), "empty (a local Ray instance), auto, or HOST:PORT "
+                    "of a Ray cluster's head"),
+        shown_default="none: a local Ray instance",
     )
 
     def task_options(self) -> TaskOptions:

@@ -30,6 +30,7 @@ from fedloom.protocol.keys import INITIAL_LOSS, RUN_ID
 from fedloom.protocol.records import record_ciphertexts
 from fedloom.strategies.encrypted import EncryptedFedAvg
 from fedloom.strategies.instrumented import InstrumentedStrategy, TooFewReplies
+from fedloom.strategies.nodes import REPORT_NODE_KEY, ray_cluster_nodes
 from fedloom.strategies.private import PrivacyBudgetExhausted
 from fedloom.strategies.registry import check_strategy_config
 from fedloom.tasks.base import Task, TaskData
@@ -121,6 +122,9 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
         record["num_clients"] = connected_nodes(grid)
         results.write_json("config.json", record)
         results.write_json("partitions.json", nodes_record(cfg, strategy, record["num_clients"]))
+        if cfg.ray_address:  # the cluster joined; nodes.jsonl says where each client ran
+            record["ray_cluster"] = {"address": cfg.ray_address, "nodes": ray_cluster_nodes()}
+            results.write_json("config.json", record)
 
     best = BestRound(cfg.best_metric, results) if cfg.best_metric != "none" else None
     if best is not None and checkpoint:
@@ -228,6 +232,7 @@ def train_rounds(
                 RUN_ID: run_id,
                 INITIAL_LOSS: check_strategy_config(cfg).needs_initial_loss,
                 **requests.ask(requests.PARTITION, requests.PRIVACY),
+                **({REPORT_NODE_KEY: True} if cfg.ray_address else {}),
             }),
             evaluate_config=ConfigRecord(requests.ask(requests.STATISTICS)),
             evaluate_fn=monitor.evaluate_fn,

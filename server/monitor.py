@@ -20,7 +20,7 @@ from fedloom.strategies.state import chain_state
 from .checkpoint import CHECKPOINT, checkpoint_payload
 from .privacy import ledger_of, privacy_row, record_release
 from .progress import RunProgress
-from .results import ResultsFolder, atomic_write_bytes
+from .results import NODES, ResultsFolder, atomic_write_bytes
 
 
 def device() -> str:
@@ -117,6 +117,10 @@ class RoundMonitor:
         if server_round == 1 and self.on_first_round is not None:
             self.on_first_round()
         self.report_failures(server_round)
+        self.results.add_lines(NODES, server_round, [  # on a Ray cluster: where each client ran
+            {"node_id": node, "partition_id": self.strategy.partitions.get(node, (None,))[0], **where}
+            for node, where in sorted(self.strategy.ran_on.items())
+        ])
         self.progress.round_done(row, self.total_rounds)
         return _record(metrics)
 
