@@ -255,7 +255,7 @@ def simulate(
     or ``apps`` (a ServerApp and a ClientApp of any Flower app; the clients' run config is
     ``app_dir``'s pyproject table with ``run_config`` over it); on the Ray cluster at
     ``ray_address`` (``HOST:PORT``) when given."""
-    from fedloom.flower_compat import run_simulation, seeded_node_ids
+    from fedloom.flower_compat import population_scale, run_simulation, seeded_node_ids
 
     if apps is None:
         from fedloom.client.app import app as client_app
@@ -272,7 +272,7 @@ def simulate(
             **({"address": ray_address} if ray_address else {}),  # ray.init joins, Flower disconnects
         },
     }
-    with seeded_node_ids(int(run_config.get("seed", 0))):
+    with seeded_node_ids(int(run_config.get("seed", 0))), population_scale():
         run_simulation(
             run_config=run_config, num_supernodes=num_clients, client_app=client_app,
             server_app=server_app, backend_config=backend_config, app_dir=str(app_dir), verbose=verbose,

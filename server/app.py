@@ -121,7 +121,8 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
     def first_round_done() -> None:
         record["num_clients"] = connected_nodes(grid)
         results.write_json("config.json", record)
-        results.write_json("partitions.json", nodes_record(cfg, strategy, record["num_clients"]))
+        results.write_json("partitions.json", nodes_record(cfg, strategy, record["num_clients"]),
+                           per_line=("clients", "nodes"))
         if cfg.ray_address:  # the cluster joined; nodes.jsonl says where each client ran
             record["ray_cluster"] = {"address": cfg.ray_address, "nodes": ray_cluster_nodes()}
             results.write_json("config.json", record)

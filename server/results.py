@@ -71,8 +71,21 @@ class ResultsFolder:
         self.rows: list[dict[str, Any]] = []
         self.lines: dict[str, list[dict[str, Any]]] = {FAILURES: [], NODES: []}  # per-round side files
 
-    def write_json(self, name: str, obj: Any) -> None:
-        text = json.dumps(json_safe(obj), indent=2, allow_nan=False)
+    def write_json(self, name: str, obj: Any, per_line: tuple[str, ...] = ()) -> None:
+        """``obj`` as indented JSON; the lists under the top-level keys ``per_line`` get one
+        item per line (partitions.json's clients: one line each, not 15, at 10,000 clients)."""
+        safe = json_safe(obj)
+        if not per_line:
+            text = json.dumps(safe, indent=2, allow_nan=False)
+        else:
+            entries = []
+            for key, value in safe.items():
+                if key in per_line and value:
+                    items = ",\n    ".join(json.dumps(item, allow_nan=False) for item in value)
+                    entries.append(f"  {json.dumps(key)}: [\n    {items}\n  ]")
+                else:
+                    entries.append(json.dumps({key: value}, indent=2, allow_nan=False)[2:-2])
+            text = "{\n" + ",\n".join(entries) + "\n}" if entries else "{}"
         atomic_write_bytes(self.path / name, (text + "\n").encode())
 
     def add_row(self, row: dict[str, Any]) -> None:
