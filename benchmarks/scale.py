@@ -81,7 +81,7 @@ def run(run_dir: Path, args: list[str]) -> dict[str, Any]:
         time.sleep(0.5)
     wall = time.monotonic() - start
     if proc.returncode != 0:
-        raise SystemExit(f"run_sim failed ({proc.returncode}): {args}\n{proc.stderr.read()[-2000:]}")
+        raise SystemExit(f"run_sim failed ({proc.returncode}): {args}\n{proc.stderr.read()[-2000:] if proc.stderr else ''}")
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steady = [r["seconds"] for r in rows[1:]] or [rows[0]["seconds"]]
     return {

@@ -42,7 +42,7 @@ def rng_states() -> dict[str, Any]:
     name, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)  # type: ignore[misc]
     return {
         "python": _random_state(random.getstate()),
-        "numpy": {"name": name, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+        "numpy": {"name": name, "key": torch.from_numpy(np.asarray(key, np.int64)), "pos": int(pos),
                   "has_gauss": int(has_gauss), "gauss": float(gauss)},
         "torch": torch.get_rng_state(),
         "sampling": _random_state(SAMPLING_RNG.getstate()),
