@@ -121,7 +121,7 @@ def test_a_compressed_strategy_chain_checkpoints_as_plain_data(spec):
 
     cfg = parse_run_config({"compression": spec, "compression-down": "fp16"})
     state = chain_state(strategy_chain(cfg, 1000, 10))
-    assert [s["class"] for s in state] == ["DecodingStrategy", "ValidatingStrategy", "FedAvg"]
+    assert [s["class"] for s in state][-3:] == ["DecodingStrategy", "ValidatingStrategy", "FedAvg"]
     buf = __import__("io").BytesIO()
     torch.save(state, buf)
     buf.seek(0)
