@@ -11,9 +11,11 @@ from __future__ import annotations
 import math
 import random
 import re
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import metadata
+from queue import Queue
 from typing import Any
 
 from flwr.serverapp.strategy import (
@@ -123,6 +125,79 @@ def run_simulation(
         run=run,
         verbose_logging=verbose,
     )
+
+
+# -- simulation at population scale: no work per registered node that never trains ------
+#
+# Flower's vce_api registers every simulated node with its own Context, and
+# 1. fused each node's run config from pyproject.toml separately (one parse and one
+#    ~100-key copy per node: 10,000 at 10,000 clients); memoized_fuse parses it once and
+#    every node's context holds the same read-only mapping (a node that trains gets its
+#    own copy back from its actor, as before);
+# 2. polled for instructions by asking the link state for each registered node in turn,
+#    every 0.1 s, each ask scanning every stored message: O(population x messages) per
+#    sweep, all round long, under the lock the server sends with. deliver_pending reads
+#    the stored messages once per sweep and asks only nodes that have one waiting, in
+#    registration order.
+
+#: Flower's own functions, while :func:`population_scale` replaces them.
+_ORIGINAL: dict[str, Any] = {}
+
+
+class SharedConfig(dict):
+    """A run config every node's context holds as one object: Flower copies the fused
+    config into each node's ``Context`` (``.copy()``), which here returns the same dict.
+    Nothing writes to it (Flower refuses a client's change to ``run_config``)."""
+
+    def copy(self) -> SharedConfig:  # type: ignore[override]
+        return self
+
+
+def memoized_fuse(fuse: Callable[..., Any]) -> Callable[..., Any]:
+    """``fuse(app_path, override)`` computed once per (path, override mapping), as one
+    :class:`SharedConfig`."""
+    cache: dict[tuple[str, int], SharedConfig] = {}
+
+    def once(app_path: Any, override: Any) -> SharedConfig:
+        key = (str(app_path), id(override))
+        if key not in cache:
+            cache[key] = SharedConfig(fuse(app_path, override))
+        return cache[key]
+
+    return once
+
+
+def deliver_pending(state: Any, queue: Queue, nodes_mapping: dict[int, int], f_stop: threading.Event) -> None:
+    """Flower's ``vce_api.add_messages_to_queue``, asking only nodes with a message waiting."""
+    store = getattr(state, "message_ins_store", None)
+    lock = getattr(state, "lock", None)
+    if store is None or lock is None:  # not the in-memory link state: Flower's own loop
+        return _ORIGINAL["add_messages_to_queue"](state, queue, nodes_mapping, f_stop)
+    while not f_stop.is_set():
+        with lock:
+            waiting = {m.metadata.dst_node_id for m in store.values() if m.metadata.delivered_at == ""}
+        for node_id in sorted(waiting & nodes_mapping.keys(), key=nodes_mapping.__getitem__):
+            for msg in state.get_message_ins(node_id=node_id, limit=1):
+                queue.put(msg)
+        f_stop.wait(0.1)
+    return None
+
+
+@contextmanager
+def population_scale() -> Iterator[None]:
+    """Both patches for the duration of a simulation."""
+    from flwr.compat.client import run_info_store
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    _ORIGINAL["add_messages_to_queue"] = vce_api.add_messages_to_queue
+    fuse = run_info_store.get_fused_config_from_dir
+    run_info_store.get_fused_config_from_dir = memoized_fuse(fuse)
+    vce_api.add_messages_to_queue = deliver_pending
+    try:
+        yield
+    finally:
+        run_info_store.get_fused_config_from_dir = fuse
+        vce_api.add_messages_to_queue = _ORIGINAL["add_messages_to_queue"]
 
 
 # -- error replies: Flower's error text ---------------------------------------------------

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from fedloom.deploy.ray_cluster import ClusterUnreachable, probe
+
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 APP_DIR = Path(__file__).resolve().parent
 
@@ -100,9 +102,12 @@ def resume_config(args: argparse.Namespace) -> dict[str, Any]:
 
 def checkpoint_round(run_dir: Path) -> int:
     """The last round ``run_dir``'s checkpoint holds."""
-    from fedloom.server.checkpoint import load_checkpoint
+    from fedloom.server.checkpoint import CheckpointError, load_checkpoint
 
-    return int(load_checkpoint(run_dir)["round"])
+    try:
+        return int(load_checkpoint(run_dir)["round"])
+    except CheckpointError as exc:
+        raise UsageError(f"--resume {run_dir}: {exc}") from None
 
 
 def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -246,11 +251,13 @@ def gpu_share(value: str, num_clients: int, run_config: dict[str, Any]) -> float
 def simulate(
     run_config: dict[str, Any], num_clients: int, client_cpus: float, client_gpus: float, verbose: bool,
     *, apps: tuple[Any, Any] | None = None, app_dir: Path = APP_DIR,
+    ray_address: str = "",
 ) -> None:
     """Start Flower's simulation runtime (Ray backend) with fedloom's ServerApp and ClientApp,
     or ``apps`` (a ServerApp and a ClientApp of any Flower app; the clients' run config is
-    ``app_dir``'s pyproject table with ``run_config`` over it)."""
-    from fedloom.flower_compat import run_simulation, seeded_node_ids
+    ``app_dir``'s pyproject table with ``run_config`` over it); on the Ray cluster at
+    ``ray_address`` (``HOST:PORT``) when given."""
+    from fedloom.flower_compat import population_scale, run_simulation, seeded_node_ids
 
     if apps is None:
         from fedloom.client.app import app as client_app
@@ -264,9 +271,10 @@ def simulate(
             "include_dashboard": False,
             "logging_level": logging.INFO if verbose else logging.ERROR,
             "log_to_driver": verbose,
+            **({"address": ray_address} if ray_address else {}),  # ray.init joins, Flower disconnects
         },
     }
-    with seeded_node_ids(int(run_config.get("seed", 0))):
+    with seeded_node_ids(int(run_config.get("seed", 0))), population_scale():
         run_simulation(
             run_config=run_config, num_supernodes=num_clients, client_app=client_app,
             server_app=server_app, backend_config=backend_config, app_dir=str(app_dir), verbose=verbose,
@@ -285,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         run_config = resolve_config(args)
         client_gpus = gpu_share(args.client_gpus, args.num_clients, run_config)
-    except (UsageError, ValueError, FileNotFoundError) as exc:
+        ray_address = probe(run_config["ray-address"])[0] if run_config["ray-address"] else ""
+    except (UsageError, ValueError, FileNotFoundError, ClusterUnreachable) as exc:
         print(f"run_sim.py: error: {exc}", file=sys.stderr)
         return 2
     if not args.verbose:
@@ -298,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     from fedloom.server.outcome import NoRoundCompleted
 
     try:
-        simulate(run_config, args.num_clients, args.client_cpus, client_gpus, args.verbose)
+        simulate(run_config, args.num_clients, args.client_cpus, client_gpus, args.verbose, ray_address=ray_address)
     except NoRoundCompleted as exc:  # the results folder holds what there is
         print(f"run_sim.py: error: {exc}", file=sys.stderr)
         return 1

@@ -41,6 +41,7 @@ from fedloom.protocol.keys import (
     INITIAL_LOSS, RUN_ID, SERVER_ROUND, TRAIN_LOSS, TRAIN_LOSS_INITIAL,
 )
 from fedloom.protocol.records import statistics_metrics
+from fedloom.strategies.nodes import NODE_RECORD, REPORT_NODE_KEY, node_report
 from fedloom.tasks.base import Task
 from fedloom.tasks.batchnorm import batchnorm_sums
 from fedloom.tasks.head import freeze_classifier
@@ -232,6 +233,8 @@ def train(msg: Message, context: Context) -> Message:
         )
     save_state(context.state, state_dir, server_round, transient=(secagg.STATE_KEY,))
     content = RecordDict({ARRAYS: arrays, METRICS: MetricRecord(metrics)})
+    if config.get(REPORT_NODE_KEY):  # on a Ray cluster: where this client ran
+        content[NODE_RECORD] = node_report()
     return Message(content=content, reply_to=msg)
 
 

@@ -31,7 +31,7 @@ def decrypt_run(run_dir: Path, secret: Path | None = None) -> dict[str, torch.Te
     path = run_dir / ENCRYPTED
     if not path.is_file():
         raise ValueError(f"{path} not found: is {run_dir} the results folder of an --he run?")
-    saved = torch.load(path, weights_only=False)
+    saved = torch.load(path, weights_only=True, map_location="cpu")  # plain data: no code runs
     if not saved.get("total_weight") or saved.get("ciphertexts") is None:
         raise ValueError(f"{path} holds no aggregate: the run ended before its first round finished")
     if "shapes" not in saved:

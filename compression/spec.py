@@ -171,7 +171,7 @@ class Chain:
     quantizer: Stage | None = None
 
     def __reduce__(self) -> tuple[Any, tuple[str]]:
-        """Pickle as the spec text (codecs hold functions; checkpoints pickle strategies)."""
+        """Pickle as the spec text (codecs hold functions, which do not pickle)."""
         return parse_spec, (str(self),)
 
     @property

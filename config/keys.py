@@ -50,6 +50,14 @@ MNIST_MODELS = ("mcmahan", "dp-cnn")
 DP_CLIPPING = ("fixed", "adaptive")
 DP_CLIPPING_SIDES = ("server", "client")
 
+def valid_ray_address(address: str) -> bool:
+    """Whether ``address`` is a ``ray-address``: "" (none), ``auto`` or ``HOST:PORT``."""
+    if address in ("", "auto"):
+        return True
+    host, sep, port = address.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
+
+
 POSITIVE = check(lambda v: v > 0, "> 0")
 NON_NEGATIVE = check(lambda v: v >= 0, ">= 0")
 AT_LEAST_ONE = check(lambda v: v >= 1, ">= 1")
@@ -319,6 +327,14 @@ class RunConfig:
     secagg_neighbours: int = key(
         0, "SecAgg+: clients each one shares masks and secrets with (0: all others)", "secagg",
         check=check(lambda v: v == 0 or v >= 2, "0 (every other client of the round) or >= 2"),
+    )
+    # -- simulation on an existing Ray cluster --------------------------------
+    ray_address: str = key(
+        "", "join the running Ray cluster at auto or HOST:PORT (its head) instead of starting a "
+        "local Ray instance; the cluster keeps running afterwards", "cluster", flag="=",
+        check=check(lambda v: valid_ray_address(v), "empty (a local Ray instance), auto, or HOST:PORT "
+                    "of a Ray cluster's head"),
+        shown_default="none: a local Ray instance",
     )
 
     def task_options(self) -> TaskOptions:

@@ -202,6 +202,19 @@ class EpsilonLedger:
             "epsilon_mean": sum(self.latest.values()) / count,
         }
 
+    def state_dict(self) -> dict[str, Any]:
+        """Plain data for the server's checkpoint."""
+        return {
+            "population": self.population, "latest": dict(self.latest),
+            "population_epsilon": self.population_epsilon, "pending": [dict(r) for r in self.pending],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.population = int(state["population"])
+        self.latest = {int(k): float(v) for k, v in state["latest"].items()}
+        self.population_epsilon = state["population_epsilon"]
+        self.pending = [dict(r) for r in state["pending"]]
+
     def take_rows(self) -> list[dict[str, Any]]:
         """The per-client rows recorded since the last call."""
         rows, self.pending = self.pending, []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 import random
 import re
 import secrets
@@ -31,9 +30,11 @@ from fedloom.protocol.keys import INITIAL_LOSS, RUN_ID
 from fedloom.protocol.records import record_ciphertexts
 from fedloom.strategies.encrypted import EncryptedFedAvg
 from fedloom.strategies.instrumented import InstrumentedStrategy, TooFewReplies
+from fedloom.strategies.nodes import REPORT_NODE_KEY, ray_cluster_nodes
 from fedloom.strategies.private import PrivacyBudgetExhausted
 from fedloom.strategies.registry import check_strategy_config
 from fedloom.tasks.base import Task, TaskData
+from fedloom.strategies.state import load_chain_state
 from fedloom.tasks.batchnorm import batch_norm_layers
 from fedloom.tasks.head import freeze_classifier
 from fedloom.tasks.partition import label_counts
@@ -100,13 +101,12 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
     model = global_model(cfg, task, data)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
     checkpoint = load_checkpoint(run_dir) if cfg.resume else None
-    if checkpoint and checkpoint["strategy"] is not None:
-        chain = pickle.loads(checkpoint["strategy"])
-    else:
-        chain = strategy_chain(
-            cfg, max_examples=len(data.train), num_parameters=sum(v.numel() for v in model.state_dict().values()),
-            batch_norm=bool(batch_norm_layers(model)),
-        )
+    chain = strategy_chain(
+        cfg, max_examples=len(data.train), num_parameters=sum(v.numel() for v in model.state_dict().values()),
+        batch_norm=bool(batch_norm_layers(model)),
+    )
+    if checkpoint:
+        load_chain_state(chain, checkpoint["strategy"])
     results = ResultsFolder(run_dir)  # after the strategy is built: a refused one leaves no empty folder
     strategy = instrumented(chain, cfg, task.metrics_from_statistics)
     previous = json.loads((results.path / "config.json").read_text()) if checkpoint else {}
@@ -121,11 +121,15 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
     def first_round_done() -> None:
         record["num_clients"] = connected_nodes(grid)
         results.write_json("config.json", record)
-        results.write_json("partitions.json", nodes_record(cfg, strategy, record["num_clients"]))
+        results.write_json("partitions.json", nodes_record(cfg, strategy, record["num_clients"]),
+                           per_line=("clients", "nodes"))
+        if cfg.ray_address:  # the cluster joined; nodes.jsonl says where each client ran
+            record["ray_cluster"] = {"address": cfg.ray_address, "nodes": ray_cluster_nodes()}
+            results.write_json("config.json", record)
 
     best = BestRound(cfg.best_metric, results) if cfg.best_metric != "none" else None
     if best is not None and checkpoint:
-        best.restore(checkpoint["round"])
+        best.load_state_dict(checkpoint["best"] or {})
         if checkpoint["rows"]:  # a kill between the checkpoint and best.* missed this offer
             best.offer(checkpoint["rows"][-1], initial)
     title = f"{cfg.task} · {cfg.strategy}"
@@ -229,6 +233,7 @@ def train_rounds(
                 RUN_ID: run_id,
                 INITIAL_LOSS: check_strategy_config(cfg).needs_initial_loss,
                 **requests.ask(requests.PARTITION, requests.PRIVACY),
+                **({REPORT_NODE_KEY: True} if cfg.ray_address else {}),
             }),
             evaluate_config=ConfigRecord(requests.ask(requests.STATISTICS)),
             evaluate_fn=monitor.evaluate_fn,

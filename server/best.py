@@ -8,7 +8,6 @@ with NaN, e.g. an AUC on a single-class split) are skipped.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -42,14 +41,14 @@ class BestRound:
         self.round: int | None = None
         self.value: float | None = None
 
-    def restore(self, last_round: int) -> None:
-        """Continue from the ``best.json`` a resumed run left behind (same metric), unless
-        it names a round past the checkpoint (``last_round``), which runs again."""
-        path = self.results.path / BEST_RECORD
-        if path.is_file():
-            record = json.loads(path.read_text())
-            if record.get("metric") == self.metric and record["round"] <= last_round:
-                self.round, self.value = record["round"], record["value"]
+    def state_dict(self) -> dict[str, Any]:
+        """The best round so far, for the run's checkpoint (written before this round's offer)."""
+        return {"metric": self.metric, "round": self.round, "value": self.value}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from a checkpoint's :meth:`state_dict` (same metric)."""
+        if state.get("metric") == self.metric:
+            self.round, self.value = state["round"], state["value"]
 
     def offer(self, row: Mapping[str, Any], arrays: ArrayRecord) -> bool:
         """Save ``arrays`` (as a torch ``state_dict``) if ``row`` beats the best so far."""

@@ -15,10 +15,12 @@ from fedloom.tasks.base import DataSplit, Task, TaskData
 from fedloom.tasks.training import evaluate
 
 from .best import BestRound
-from .checkpoint import CHECKPOINT, checkpoint_payload, pickle_strategy
+from fedloom.strategies.state import chain_state
+
+from .checkpoint import CHECKPOINT, checkpoint_payload
 from .privacy import ledger_of, privacy_row, record_release
 from .progress import RunProgress
-from .results import ResultsFolder, atomic_write_bytes
+from .results import NODES, ResultsFolder, atomic_write_bytes
 
 
 def device() -> str:
@@ -115,6 +117,10 @@ class RoundMonitor:
         if server_round == 1 and self.on_first_round is not None:
             self.on_first_round()
         self.report_failures(server_round)
+        self.results.add_lines(NODES, server_round, [  # on a Ray cluster: where each client ran
+            {"node_id": node, "partition_id": self.strategy.partitions.get(node, (None,))[0], **where}
+            for node, where in sorted(self.strategy.ran_on.items())
+        ])
         self.progress.round_done(row, self.total_rounds)
         return _record(metrics)
 
@@ -135,8 +141,9 @@ class RoundMonitor:
         payload = checkpoint_payload(
             server_round=server_round,
             arrays={k: v.numpy() for k, v in self.last_arrays.items()},
-            strategy=pickle_strategy(self.strategy.inner),
+            strategy=chain_state(self.strategy.inner),
             rows=self.results.rows,
+            best=self.best.state_dict() if self.best is not None else None,
         )
         atomic_write_bytes(self.results.path / CHECKPOINT, payload)
 

@@ -41,6 +41,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 #: One line per failed reply: round, phase (train / evaluate), node_id, reason.
 FAILURES = "failures.jsonl"
+#: On a Ray cluster, one line per train reply: round, node_id, partition_id, ray_node_id, hostname.
+NODES = "nodes.jsonl"
 
 
 def jsonl_bytes(rows: Sequence[Mapping[str, Any]]) -> bytes:
@@ -67,10 +69,23 @@ class ResultsFolder:
         self.path = path
         self.path.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict[str, Any]] = []
-        self.failures: list[dict[str, Any]] = []
+        self.lines: dict[str, list[dict[str, Any]]] = {FAILURES: [], NODES: []}  # per-round side files
 
-    def write_json(self, name: str, obj: Any) -> None:
-        text = json.dumps(json_safe(obj), indent=2, allow_nan=False)
+    def write_json(self, name: str, obj: Any, per_line: tuple[str, ...] = ()) -> None:
+        """``obj`` as indented JSON; the lists under the top-level keys ``per_line`` get one
+        item per line (partitions.json's clients: one line each, not 15, at 10,000 clients)."""
+        safe = json_safe(obj)
+        if not per_line:
+            text = json.dumps(safe, indent=2, allow_nan=False)
+        else:
+            entries = []
+            for key, value in safe.items():
+                if key in per_line and value:
+                    items = ",\n    ".join(json.dumps(item, allow_nan=False) for item in value)
+                    entries.append(f"  {json.dumps(key)}: [\n    {items}\n  ]")
+                else:
+                    entries.append(json.dumps({key: value}, indent=2, allow_nan=False)[2:-2])
+            text = "{\n" + ",\n".join(entries) + "\n}" if entries else "{}"
         atomic_write_bytes(self.path / name, (text + "\n").encode())
 
     def add_row(self, row: dict[str, Any]) -> None:
@@ -79,27 +94,36 @@ class ResultsFolder:
 
     def restore_rows(self, rows: list[dict[str, Any]]) -> None:
         """Make ``rows`` the run's metrics (a resumed run drops rows past its checkpoint,
-        and the failures of those rounds)."""
+        and the failures and nodes lines of those rounds)."""
         self._write_rows(rows)
         last = rows[-1]["round"] if rows else 0
-        path = self.path / FAILURES
-        if path.exists():
-            kept = [f for f in map(json.loads, path.read_text().splitlines()) if f["round"] <= last]
-            self._write_failures(kept)
+        for name in self.lines:
+            path = self.path / name
+            if path.exists():
+                kept = [f for f in map(json.loads, path.read_text().splitlines()) if f["round"] <= last]
+                self._write_lines(name, kept)
+
+    @property
+    def failures(self) -> list[dict[str, Any]]:
+        return self.lines[FAILURES]
 
     def add_failures(self, server_round: int, failed: list[dict[str, Any]]) -> None:
         """Record a round's failed replies in failures.jsonl (written from the first one on)."""
-        if failed:
-            self._write_failures([*self.failures, *({"round": server_round, **f} for f in failed)])
+        self.add_lines(FAILURES, server_round, failed)
+
+    def add_lines(self, name: str, server_round: int, entries: list[dict[str, Any]]) -> None:
+        """Append a round's ``entries`` to the side file ``name`` (written from the first one on)."""
+        if entries:
+            self._write_lines(name, [*self.lines[name], *({"round": server_round, **e} for e in entries)])
 
     def _write_rows(self, rows: list[dict[str, Any]]) -> None:
         self.rows = list(rows)
         atomic_write_bytes(self.path / "metrics.jsonl", jsonl_bytes(self.rows))
         atomic_write_bytes(self.path / "metrics.csv", metrics_csv(self.rows).encode())
 
-    def _write_failures(self, failures: list[dict[str, Any]]) -> None:
-        self.failures = failures
-        atomic_write_bytes(self.path / FAILURES, jsonl_bytes(failures))
+    def _write_lines(self, name: str, lines: list[dict[str, Any]]) -> None:
+        self.lines[name] = lines
+        atomic_write_bytes(self.path / name, jsonl_bytes(lines))
 
     def save_torch(self, name: str, obj: Any) -> None:
         buf = io.BytesIO()

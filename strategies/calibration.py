@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from logging import WARNING
-from typing import Any
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
@@ -41,9 +40,6 @@ class BatchNormCalibration(DelegatingStrategy):
         # This round's queries and answers: InstrumentedStrategy counts their bytes.
         self.extra_down: list[Message] = []
         self.extra_up: list[Message] = []
-
-    def __getstate__(self) -> dict[str, Any]:  # checkpoints pickle the chain; a Grid is not state
-        return {**self.__dict__, "_grid": None, "_nodes": [], "extra_down": [], "extra_up": []}
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

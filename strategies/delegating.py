@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
@@ -39,6 +40,14 @@ class DelegatingStrategy(RejectsReplies, Strategy):
     inner: Strategy
     extra_down: Sequence[Message] = ()
     extra_up: Sequence[Message] = ()
+
+    def state_dict(self) -> dict[str, Any]:
+        """What this wrapper carries from one round to the next, as plain data (see
+        :mod:`.state`); nothing unless a subclass says otherwise."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`state_dict`."""
 
     def summary(self) -> None:
         self.inner.summary()

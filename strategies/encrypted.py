@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from logging import INFO, WARNING
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -75,6 +76,20 @@ class EncryptedFedAvg(RejectsReplies, FedAvg):
         self.block_weights: list[int] = []
         self.selected = np.arange(self.num_ciphertexts)  # the blocks this round uploads
         self.seed_of_round = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """The total weight of the aggregate and, for partial uploads, the global model's
+        ciphertext blocks (as uint8 arrays) with their weights."""
+        return {
+            "total_weight": self.total_weight, "seed_of_round": self.seed_of_round,
+            "blocks": [np.frombuffer(b, np.uint8) for b in self.blocks],
+            "block_weights": list(self.block_weights),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.total_weight, self.seed_of_round = int(state["total_weight"]), int(state["seed_of_round"])
+        self.blocks = [np.asarray(b, np.uint8).tobytes() for b in state["blocks"]]
+        self.block_weights = [int(w) for w in state["block_weights"]]
 
     @property
     def partial(self) -> bool:

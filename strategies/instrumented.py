@@ -27,6 +27,7 @@ from fedloom.protocol.keys import NODE_CONFIG_KEYS, NUM_PARTITIONS, PARTITION_ID
 from fedloom.protocol.records import pooled_statistics, remove_statistics
 
 from .delegating import DelegatingStrategy, chain_of, rejections
+from .nodes import reported_nodes
 from .ordering import canonical_order
 
 
@@ -168,6 +169,7 @@ class InstrumentedStrategy(DelegatingStrategy):
         self.inner = inner
         self.finish_metrics = finish_metrics
         self.partitions: dict[int, tuple[int, int]] = {}  # node ID -> reported partition
+        self.ran_on: dict[int, dict[str, Any]] = {}  # node ID -> where it ran this round (nodes.py)
         self.stats = RoundStats()
         self.round_offset = 0
         self.min_replies = min_replies
@@ -219,6 +221,7 @@ class InstrumentedStrategy(DelegatingStrategy):
                 "the model of the previous round stands"
             )
         self.partitions.update(reported_partitions(ok))
+        self.ran_on = reported_nodes(ok)
         for problem in partition_problems(self.partitions):
             log(WARNING, "round %d: %s (node config partition-id / num-partitions)",
                 server_round + self.round_offset, problem)

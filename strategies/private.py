@@ -19,6 +19,7 @@ import contextlib
 import os
 from collections.abc import Iterable, Iterator
 from logging import INFO, WARNING
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +39,7 @@ from fedloom.protocol.keys import DP_EXHAUSTED as EXHAUSTED_KEY
 from fedloom.protocol.keys import PARTITION_ID as PARTITION_KEY
 
 from .delegating import DelegatingStrategy, Rejection
+from .state import load_strategy_state, strategy_state
 
 REPORT_KEYS = (EPSILON_KEY, EXHAUSTED_KEY, PARTITION_KEY)
 #: Slack for float noise in a client's reported epsilon against the target.
@@ -66,6 +68,13 @@ class SampleDPStrategy(DelegatingStrategy):
         #: This round's replies left out (budget spent or no valid privacy report);
         #: InstrumentedStrategy subtracts them from the clients aggregated.
         self.rejected: list[Rejection] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ledger": self.ledger.state_dict(), "exhausted": sorted(self.exhausted)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ledger.load_state_dict(state["ledger"])
+        self.exhausted = {int(c) for c in state["exhausted"]}
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -193,6 +202,24 @@ class ClientDPStrategy(DelegatingStrategy):
         self.dp: Strategy | None = None
         self.sample_rate = 0.0
         self.releases = 0
+        self._dp_state: dict[str, Any] | None = None  # loaded before Flower's wrapper exists
+
+    def state_dict(self) -> dict[str, Any]:
+        """Ledger, releases, the noise (calibrated once) and Flower's wrapper's state
+        (adaptive clipping's norm)."""
+        return {
+            "ledger": self.ledger.state_dict(), "noise": self.noise, "sample_rate": self.sample_rate,
+            "releases": self.releases,
+            "dp": strategy_state(self.dp) if self.dp is not None else self._dp_state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ledger.load_state_dict(state["ledger"])
+        self.noise, self.sample_rate = float(state["noise"]), float(state["sample_rate"])
+        self.releases = int(state["releases"])
+        self._dp_state = state["dp"]
+        if self.dp is not None and self._dp_state is not None:
+            load_strategy_state(self.dp, self._dp_state)
 
     def summary(self) -> None:
         (self.dp or self.inner).summary()
@@ -228,6 +255,8 @@ class ClientDPStrategy(DelegatingStrategy):
     ) -> Iterable[Message]:
         if self.dp is None:
             self.dp = self._setup(grid)
+            if self._dp_state is not None:
+                load_strategy_state(self.dp, self._dp_state)
         if self.target_epsilon and self.epsilon_after(self.releases + 1) > self.target_epsilon:
             raise PrivacyBudgetExhausted(
                 f"another round would raise the client-level epsilon from "
@@ -253,8 +282,7 @@ class ClientDPStrategy(DelegatingStrategy):
         planned = self.dp.num_sampled_clients  # type: ignore[attr-defined]
         self.dp.num_sampled_clients = len(good)  # type: ignore[attr-defined]
         try:  # Flower draws the noise from numpy's global RNG, which the run seeds
-            seeded = getattr(self, "seeded_noise", False)  # absent from checkpoints of older versions
-            with contextlib.nullcontext() if seeded else secret_numpy_rng():
+            with contextlib.nullcontext() if self.seeded_noise else secret_numpy_rng():
                 arrays, metrics = self.dp.aggregate_train(server_round, good)
         finally:
             self.dp.num_sampled_clients = planned  # type: ignore[attr-defined]

@@ -38,21 +38,19 @@ def test_offer_keeps_the_best_round_model_and_record(tmp_path):
     assert torch.equal(torch.load(tmp_path / BEST_MODEL)["w"], torch.full((2, 2), 2.0))
 
 
-def test_a_resumed_run_continues_from_best_json(tmp_path):
+def test_a_resumed_run_continues_from_the_checkpointed_best_round(tmp_path):
     first = BestRound("val_loss", ResultsFolder(tmp_path))
     first.offer({"round": 3, "val_loss": 0.5}, _state(3))
+    saved = first.state_dict()
+    assert saved == {"metric": "val_loss", "round": 3, "value": 0.5}
     resumed = BestRound("val_loss", ResultsFolder(tmp_path))
-    resumed.restore(3)
+    resumed.load_state_dict(saved)
     assert (resumed.round, resumed.value) == (3, 0.5)
     assert not resumed.offer({"round": 4, "val_loss": 0.6}, _state(4))
     assert resumed.offer({"round": 5, "val_loss": 0.4}, _state(5))
     other = BestRound("val_auc", ResultsFolder(tmp_path))  # another metric starts afresh
-    other.restore(5)
+    other.load_state_dict(saved)
     assert other.value is None
-    # A best.json past the checkpoint (round 5, resuming from 4) is from a round that runs again.
-    again = BestRound("val_loss", ResultsFolder(tmp_path))
-    again.restore(4)
-    assert again.value is None
 
 
 @pytest.mark.parametrize("name", task_names())

@@ -495,29 +495,42 @@ def test_adaptive_clipping_follows_andrew_et_al_and_noises_with_the_norm_that_cl
     assert float(noise.std()) == pytest.approx(strategy.dp.noise_multiplier * 1.0 / m, rel=0.03)
 
 
-def test_a_client_dp_strategy_from_an_older_checkpoint_still_aggregates(task_identity):
-    # Checkpoints pickle the strategy chain; one written before seeded_noise existed
-    # must resume (with secret noise, the safe default).
-    import pickle
+def test_a_client_dp_strategy_resumes_its_ledger_and_adaptive_norm_from_plain_state(task_identity):
+    # Checkpoints hold state_dicts: a fresh ClientDPStrategy loaded with one continues
+    # with the same releases, epsilon and (adaptive clipping) norm, once Flower's wrapper
+    # is built on the resumed run's first round.
+    import io
 
     from flwr.serverapp import Grid
     from flwr.serverapp.strategy import FedAvg
 
     from fedloom.strategies.private import ClientDPStrategy
+    from fedloom.strategies.state import load_strategy_state, strategy_state
+
+    def make() -> ClientDPStrategy:
+        return ClientDPStrategy(
+            FedAvg(fraction_evaluate=0.0, min_train_nodes=2, min_available_nodes=2), ledger=EpsilonLedger(),
+            clipping="adaptive", side="server", noise_multiplier=1.0, clipping_norm=0.5, target_epsilon=0.0,
+            delta=DELTA, num_rounds=3, fraction_train=1.0, min_train_nodes=2, min_available_nodes=2,
+            seeded_noise=True,
+        )
 
     grid = Mock(spec=Grid)
     grid.get_node_ids.return_value = [1, 2]
-    strategy = ClientDPStrategy(
-        FedAvg(fraction_evaluate=0.0, min_train_nodes=2, min_available_nodes=2), ledger=EpsilonLedger(),
-        clipping="fixed", side="server", noise_multiplier=1.0, clipping_norm=0.5, target_epsilon=0.0,
-        delta=DELTA, num_rounds=3, fraction_train=1.0, min_train_nodes=2, min_available_nodes=2,
-    )
+    strategy = make()
     start = ArrayRecord({"w": Array(np.zeros(10, np.float32))})
     sent = list(strategy.configure_train(1, start, ConfigRecord(), grid))
-    del strategy.seeded_noise  # as pickled by an older version
-    strategy = pickle.loads(pickle.dumps(strategy))
     trained = ArrayRecord({"w": Array(np.full(10, 0.01, np.float32))})
     replies = [Message(content=RecordDict({"arrays": trained, "metrics": MetricRecord({"num-examples": 3})}),
                        reply_to=m) for m in sent]
-    arrays, _ = strategy.aggregate_train(1, replies)
-    assert arrays is not None and strategy.releases == 1
+    np.random.seed(0)
+    strategy.aggregate_train(1, replies)
+    assert strategy.dp.clipping_norm != 0.5
+    buf = io.BytesIO()
+    torch.save(strategy_state(strategy), buf)
+    buf.seek(0)
+    resumed = make()
+    load_strategy_state(resumed, torch.load(buf, weights_only=True))
+    assert resumed.releases == 1 and resumed.ledger.summary() == strategy.ledger.summary()
+    list(resumed.configure_train(2, start, ConfigRecord(), grid))
+    assert resumed.dp.clipping_norm == strategy.dp.clipping_norm

@@ -39,7 +39,8 @@ def test_a_round_writes_its_row_then_the_checkpoint_then_best(tmp_path):
         order.append("best")
         assert load_checkpoint(tmp_path)["round"] == row["round"]
 
-    best = Mock(offer=Mock(side_effect=offer))
+    best = Mock(offer=Mock(side_effect=offer),
+                state_dict=Mock(return_value={"metric": "accuracy", "round": None, "value": None}))
     monitor, strategy, results, first, arrays = _monitor(tmp_path, best)
 
     initial = monitor.evaluate_fn(0, arrays)  # the initial model: no row, no checkpoint
