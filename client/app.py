@@ -21,6 +21,7 @@ from fedloom.client.compress import encode_update, received_state
 from fedloom.client.faults import inject_faults
 from fedloom.client.he_client import decrypt_global, encrypt_local, secret_path
 from fedloom.client.resources import (
+    node_report,
     peak_memory_metrics,
     reset_peak_memory,
     training_device,
@@ -41,7 +42,7 @@ from fedloom.protocol.keys import (
     INITIAL_LOSS, RUN_ID, SERVER_ROUND, TRAIN_LOSS, TRAIN_LOSS_INITIAL,
 )
 from fedloom.protocol.records import statistics_metrics
-from fedloom.strategies.nodes import NODE_RECORD, REPORT_NODE_KEY, node_report
+from fedloom.protocol.keys import NODE_RECORD, REPORT_NODE_KEY
 from fedloom.tasks.base import Task
 from fedloom.tasks.batchnorm import batchnorm_sums
 from fedloom.tasks.head import freeze_classifier

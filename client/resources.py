@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import math
 import os
+import socket
+import sys
 
 import torch
+from flwr.app import ConfigRecord
+
+from fedloom.protocol.keys import HOSTNAME_KEY, RAY_NODE_KEY
 
 #: More actors than this on one GPU gain nothing: each holds its own CUDA context
 #: (~0.5 GiB) and the kernels of small models already overlap at this count.
@@ -76,3 +81,12 @@ def peak_memory_metrics(device: str) -> dict[str, float]:
     if not device.startswith("cuda"):
         return {}
     return {"gpu_memory_mib": torch.cuda.max_memory_allocated(device) / 2**20}
+
+
+def node_report() -> ConfigRecord:
+    """Where this client runs: its Ray node id (empty outside a Ray worker) and hostname."""
+    ray = sys.modules.get("ray")  # a Ray actor has it imported; nothing else needs it
+    node_id = ""
+    if ray is not None and ray.is_initialized():
+        node_id = ray.get_runtime_context().get_node_id()
+    return ConfigRecord({RAY_NODE_KEY: node_id, HOSTNAME_KEY: socket.gethostname()})

@@ -78,3 +78,10 @@ QUERY = "query"
 QUERY_BATCHNORM = "batchnorm-sums"
 #: Query reply record (ArrayRecord) holding the sums.
 BATCHNORM_SUMS = "batchnorm-sums"
+
+#: Train config, on a Ray cluster (``ray-address``): the server asks each client where it ran.
+REPORT_NODE_KEY = "report-node"
+#: Train reply record holding the answer (a config record, never averaged as a metric).
+NODE_RECORD = "node"
+RAY_NODE_KEY = "ray-node-id"
+HOSTNAME_KEY = "hostname"

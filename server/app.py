@@ -30,7 +30,8 @@ from fedloom.protocol.keys import INITIAL_LOSS, RUN_ID
 from fedloom.protocol.records import record_ciphertexts
 from fedloom.strategies.encrypted import EncryptedFedAvg
 from fedloom.strategies.instrumented import InstrumentedStrategy, TooFewReplies
-from fedloom.strategies.nodes import REPORT_NODE_KEY, ray_cluster_nodes
+from fedloom.protocol.keys import REPORT_NODE_KEY
+from fedloom.strategies.nodes import ray_cluster_nodes
 from fedloom.strategies.private import PrivacyBudgetExhausted
 from fedloom.strategies.registry import check_strategy_config
 from fedloom.tasks.base import Task, TaskData

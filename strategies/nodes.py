@@ -8,28 +8,13 @@ metric, so no strategy ever averages it; without the key a client sends nothing 
 
 from __future__ import annotations
 
-import socket
 import sys
 from collections.abc import Iterable
 from typing import Any
 
-from flwr.app import ConfigRecord, Message
+from flwr.app import Message
 
-#: Train-config key: the server asks each client where it ran.
-REPORT_NODE_KEY = "report-node"
-#: Reply record holding the answer.
-NODE_RECORD = "node"
-RAY_NODE_KEY = "ray-node-id"
-HOSTNAME_KEY = "hostname"
-
-
-def node_report() -> ConfigRecord:
-    """This process's Ray node id (empty outside a Ray worker) and hostname."""
-    ray = sys.modules.get("ray")  # a Ray actor has it imported; nothing else needs it
-    node_id = ""
-    if ray is not None and ray.is_initialized():
-        node_id = ray.get_runtime_context().get_node_id()
-    return ConfigRecord({RAY_NODE_KEY: node_id, HOSTNAME_KEY: socket.gethostname()})
+from fedloom.protocol.keys import HOSTNAME_KEY, NODE_RECORD, RAY_NODE_KEY
 
 
 def ray_cluster_nodes() -> list[dict[str, Any]] | None:
