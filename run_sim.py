@@ -271,6 +271,16 @@ def simulate(
         )
 
 
+def quiet_flower_logs() -> None:
+    """Flower's INFO lines and its tracebacks of injected failures off (``--verbose`` keeps them)."""
+    from fedloom.client.faults import QuietInjectedFailures
+
+    flwr_logger = logging.getLogger("flwr")
+    flwr_logger.setLevel(logging.WARNING)
+    if not any(isinstance(f, QuietInjectedFailures) for f in flwr_logger.filters):
+        flwr_logger.addFilter(QuietInjectedFailures())
+
+
 def main(argv: list[str] | None = None) -> int:
     from fedloom.flower_compat import check_flower_version
 
@@ -287,12 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run_sim.py: error: {exc}", file=sys.stderr)
         return 2
     if not args.verbose:
-        from fedloom.client.faults import QuietInjectedFailures
-
-        flwr_logger = logging.getLogger("flwr")
-        flwr_logger.setLevel(logging.WARNING)
-        if not any(isinstance(f, QuietInjectedFailures) for f in flwr_logger.filters):
-            flwr_logger.addFilter(QuietInjectedFailures())
+        quiet_flower_logs()
     from fedloom.server.outcome import NoRoundCompleted
 
     try:
