@@ -300,6 +300,11 @@ class RunConfig:
         "bfv", "TenSEAL scheme: bfv (4,096 integer slots per ciphertext, ~15 bytes/parameter) "
         "or ckks (2,048 real slots, ~32 bytes/parameter)", "he", flag="=", choices=SCHEMES,
     )
+    # -- experiment tracking --------------------------------------------------
+    tensorboard: bool = key(
+        False, "TensorBoard event files in the results folder (scalars per round, the run config "
+        "as hparams)", "tracking", flag="=",
+    )
 
     def task_options(self) -> TaskOptions:
         """The task-specific settings, as the typed argument tasks receive."""

@@ -44,6 +44,7 @@ from .checkpoint import load_checkpoint, restore_rng_states
 from .monitor import RoundMonitor, connected_nodes
 from .outcome import check_completed
 from .plots import plot_metrics
+from .tracking import TensorBoardLog
 from .privacy import restore_releases, trim_epsilons, write_epsilons
 from .progress import RunProgress
 from .results import ResultsFolder
@@ -128,16 +129,21 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
         best.restore(checkpoint["round"])
         if checkpoint["rows"]:  # a kill between the checkpoint and best.* missed this offer
             best.offer(checkpoint["rows"][-1], initial)
+    tracking = TensorBoardLog(
+        results.path, cfg.to_run_config(), resume_after=checkpoint["round"] if checkpoint else 0
+    ) if cfg.tensorboard else None
     title = f"{cfg.task} · {cfg.strategy}"
     with RunProgress(cfg.num_server_rounds, title) as progress:
         progress.advance_to(strategy.round_offset)
         monitor = RoundMonitor(
             task=task, data=data, model=model, strategy=strategy, results=results,
             progress=progress, total_rounds=cfg.num_server_rounds, on_first_round=first_round_done,
-            central=not cfg.he, initial_arrays=initial, best=best,
+            central=not cfg.he, initial_arrays=initial, best=best, tracking=tracking,
         )
         rows_before, remaining = len(results.rows), cfg.num_server_rounds - strategy.round_offset
         ended = train_rounds(grid, cfg, strategy, monitor, initial, run_id=record["run_id"])
+    if tracking is not None:
+        tracking.close()
     save_final_model(cfg, chain, model, monitor.last_arrays, results)
     plot_metrics(results.rows, results.path, title)
     progress.summary(results.rows, str(results.path))
