@@ -160,7 +160,10 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
             f"evaluation shares out (one part per client); use at most {test_size} clients"
             + ("" if cfg.he else " or fraction-evaluate=0")
         )
-    resolved = cfg.to_run_config()
+    from fedloom.config.load import task_default_choices
+
+    # Keys left at auto stay auto: the apps resolve them alike, and config.json says to what.
+    resolved = {**cfg.to_run_config(), **dict.fromkeys(task_default_choices(raw, cfg), "auto")}
     if not cfg.run_dir:
         from fedloom.server.app import default_run_dir
 

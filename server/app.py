@@ -22,6 +22,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from fedloom.config import DPMode, RunConfig, parse_run_config
+from fedloom.config.load import task_default_choices
 from fedloom.flower_compat import check_flower_version
 from fedloom.privacy.dp import make_dp_ready
 from fedloom.strategies.chain import instrumented, strategy_chain, strategy_params
@@ -89,11 +90,12 @@ def partitions_record(cfg: RunConfig, num_partitions: int) -> dict[str, Any]:
     }
 
 
-def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
+def run_server(grid: Grid, cfg: RunConfig, auto: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Run ``cfg.num_server_rounds`` rounds on ``grid``; return the metrics rows.
 
     With ``resume`` set, continue from the checkpoint in ``run-dir`` instead of
     starting over: model, strategy state, RNG states and metrics rows come back.
+    ``auto``: the keys left at ``auto`` with their values and why (``config.json``).
     """
     seed_everything(cfg.seed)
     task = get_task(cfg.task, cfg.task_options())
@@ -117,6 +119,7 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
         initial = resume(checkpoint, cfg, model, chain, strategy, results)
         record["resumed_at_rounds"] = [*previous.get("resumed_at_rounds", []), checkpoint["round"]]
         record["num_clients"] = previous.get("num_clients")
+    record["auto"] = auto or previous.get("auto", {})  # a resumed run's config has no auto left
     results.write_json("config.json", record)
 
     def first_round_done() -> None:
@@ -276,4 +279,4 @@ def main(grid: Grid, context: Context) -> None:
     check_flower_version()
     cfg = parse_run_config(context.run_config)
     check_strategy_config(cfg)
-    run_server(grid, cfg)
+    run_server(grid, cfg, auto=task_default_choices(context.run_config, cfg))
