@@ -50,7 +50,10 @@ class TensorBoardLog:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(folder), purge_step=resume_after + 1 if resume_after else None)
-        self.run_config = dict(run_config)
+        events = self.writer.file_writer  # opened by SummaryWriter's constructor
+        assert events is not None
+        self.events: Any = events  # where torch's own add_hparams writes the hparams summaries
+        self.run_config: dict[str, Any] = dict(run_config)
         self.session_end: Any = None
 
     def add_row(self, row: Mapping[str, Any]) -> None:
@@ -68,10 +71,10 @@ class TensorBoardLog:
         experiment, session_start, self.session_end = hparams(
             hparam_values(self.run_config), dict(metrics)
         )
-        self.writer.file_writer.add_summary(experiment)
-        self.writer.file_writer.add_summary(session_start)
+        self.events.add_summary(experiment)
+        self.events.add_summary(session_start)
 
     def close(self) -> None:
         if self.session_end is not None:
-            self.writer.file_writer.add_summary(self.session_end)
+            self.events.add_summary(self.session_end)
         self.writer.close()
