@@ -40,13 +40,13 @@ def resolve_derived(raw: dict[str, Any], task: Task, num_nodes: int | None = Non
             )
             raw[name] = AUTO
     derived: dict[str, Any] = {
-        **{name: value for name, (value, _) in resolve_auto(task, str(raw["dp"])).items()},
+        **{name: value for name, (value, _) in resolve_auto(task, str(raw.get("dp", "none"))).items()},
         "min-train-nodes": 2 if num_nodes is None else min(2, num_nodes),
         "min-available-nodes": 2 if num_nodes is None else num_nodes,
         "fraction-evaluate": 1.0 if raw["he"] else 0.0,  # the server cannot evaluate under HE
     }
     for name, value in derived.items():
-        if raw[name] == AUTO:
+        if raw.get(name) == AUTO:
             raw[name] = value
 
 
