@@ -167,7 +167,10 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
             f"evaluation shares out (one part per client); use at most {test_size} clients"
             + ("" if cfg.he else " or fraction-evaluate=0")
         )
-    resolved = cfg.to_run_config()
+    from fedloom.config.load import task_default_choices
+
+    # Keys left at auto stay auto: the apps resolve them alike, and config.json says to what.
+    resolved = {**cfg.to_run_config(), **dict.fromkeys(task_default_choices(raw, cfg), "auto")}
     if not cfg.run_dir:
         from fedloom.server.app import default_run_dir
 
@@ -281,6 +284,16 @@ def simulate(
         )
 
 
+def quiet_flower_logs() -> None:
+    """Flower's INFO lines and its tracebacks of injected failures off (``--verbose`` keeps them)."""
+    from fedloom.client.faults import QuietInjectedFailures
+
+    flwr_logger = logging.getLogger("flwr")
+    flwr_logger.setLevel(logging.WARNING)
+    if not any(isinstance(f, QuietInjectedFailures) for f in flwr_logger.filters):
+        flwr_logger.addFilter(QuietInjectedFailures())
+
+
 def main(argv: list[str] | None = None) -> int:
     from fedloom.flower_compat import check_flower_version
 
@@ -298,12 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run_sim.py: error: {exc}", file=sys.stderr)
         return 2
     if not args.verbose:
-        from fedloom.client.faults import QuietInjectedFailures
-
-        flwr_logger = logging.getLogger("flwr")
-        flwr_logger.setLevel(logging.WARNING)
-        if not any(isinstance(f, QuietInjectedFailures) for f in flwr_logger.filters):
-            flwr_logger.addFilter(QuietInjectedFailures())
+        quiet_flower_logs()
     from fedloom.server.outcome import NoRoundCompleted
 
     try:

@@ -59,6 +59,8 @@ def valid_ray_address(address: str) -> bool:
 
 
 POSITIVE = check(lambda v: v > 0, "> 0")
+#: What ``auto`` means for the keys whose default is the task's (``Task.defaults``).
+TASK_AUTO = "the task's best measured value (README: Per-task defaults)"
 NON_NEGATIVE = check(lambda v: v >= 0, ">= 0")
 AT_LEAST_ONE = check(lambda v: v >= 1, ">= 1")
 PROBABILITY = check(lambda v: 0 <= v <= 1, "0 <= p <= 1")
@@ -119,39 +121,37 @@ class RunConfig:
     )
     # -- local training -------------------------------------------------------
     local_epochs: float = key(
-        1, "local epochs per round; a fraction such as 0.5 trains on a fresh random half of "
+        "auto", "local epochs per round; a fraction such as 0.5 trains on a fresh random half of "
         "the client's data each round", "training", flag="=", kind="number",
-        check=check(lambda v: v > 0, "> 0 (fractions such as 0.5 allowed)"),
+        check=check(lambda v: v > 0, "> 0 (fractions such as 0.5 allowed)"), auto=TASK_AUTO,
     )
     batch_size: int = key(
-        "auto", "local batch size", "training", flag="=", check=AT_LEAST_ONE,
-        auto="the task's (digits 16, others 32)",
+        "auto", "local batch size", "training", flag="=", check=AT_LEAST_ONE, auto=TASK_AUTO,
     )
     lr: float = key(
-        "auto", "client learning rate", "training", flag="=", check=POSITIVE,
-        auto="the task's (digits 0.05, others 0.01)",
+        "auto", "client learning rate", "training", flag="=", check=POSITIVE, auto=TASK_AUTO,
     )
     momentum: float = key(0.9, "local SGD momentum", "training", check=MOMENTUM)
     optimizer: str = key(
-        "sgd", "local optimizer: sgd (with momentum) or adam (lr = step size)", "training",
-        choices=OPTIMIZERS,
+        "auto", "local optimizer: sgd (with momentum) or adam (lr = step size)", "training",
+        choices=OPTIMIZERS, auto=TASK_AUTO,
     )
     weight_decay: float = key(
-        0.0, "local optimizer: L2 penalty coefficient (torch's weight_decay), e.g. 5e-4",
-        "training", check=NON_NEGATIVE,
+        "auto", "local optimizer: L2 penalty coefficient (torch's weight_decay), e.g. 5e-4",
+        "training", check=NON_NEGATIVE, auto=TASK_AUTO,
     )
     logit_adjustment: float = key(
-        0.0, "local loss: logits + tau * log(client label prior) (1: balanced softmax; not with "
+        "auto", "local loss: logits + tau * log(client label prior) (1: balanced softmax; not with "
         "dp=sample)", "training",
-        check=check(lambda v: v >= 0, ">= 0 (0: off; 1: the balanced softmax)"),
+        check=check(lambda v: v >= 0, ">= 0 (0: off; 1: the balanced softmax)"), auto=TASK_AUTO,
     )
     lr_schedule: str = key(
-        "constant", "client lr over the rounds: constant or cosine (lr -> 0 by the last round)",
-        "training", choices=LR_SCHEDULES,
+        "auto", "client lr over the rounds: constant or cosine (lr -> 0 by the last round)",
+        "training", choices=LR_SCHEDULES, auto=TASK_AUTO,
     )
     freeze_classifier: bool = key(
-        False, "FedBABU: keep the last (logits) layer at its random init; clients train the body",
-        "training",
+        "auto", "FedBABU: keep the last (logits) layer at its random init; clients train the body",
+        "training", auto=TASK_AUTO,
     )
     # -- aggregation strategy -------------------------------------------------
     strategy: str = key(
@@ -179,35 +179,35 @@ class RunConfig:
     )
     num_points: int = key(1024, "pointcloud: points per shape", "model", check=AT_LEAST_ONE)
     pointnet_transforms: str = key(
-        "both", "pointcloud: none, input, feature or both T-Nets", "model",
-        choices=POINTNET_TRANSFORMS,
+        "auto", "pointcloud: none, input, feature or both T-Nets", "model",
+        choices=POINTNET_TRANSFORMS, auto=TASK_AUTO,
     )
     pointnet_norm: str = key(
-        "group", "pointcloud: group (GroupNorm, works with dp=sample) or batch (BatchNorm)",
-        "model", choices=NORMS,
+        "auto", "pointcloud: group (GroupNorm, works with dp=sample) or batch (BatchNorm)",
+        "model", choices=NORMS, auto=TASK_AUTO,
     )
     resnet_norm: str = key(
-        "group", "medmnist: the same choice for the ResNet-18 (batch: as MedMNIST v2's reference)",
-        "model", choices=NORMS,
+        "auto", "medmnist: the same choice for the ResNet-18 (batch: as MedMNIST v2's reference)",
+        "model", choices=NORMS, auto=TASK_AUTO,
     )
     batchnorm_calibration: bool = key(
         True, "models with BatchNorm: clients measure each aggregate's running mean/variance "
         "(not with dp=client or he)", "model",
     )
     augment_rotation: float = key(
-        180.0, "pointcloud: train-time rotation about the up axis, max degrees", "model",
-        check=check(lambda v: 0 <= v <= 180, "0 <= degrees <= 180"),
+        "auto", "pointcloud: train-time rotation about the up axis, max degrees", "model",
+        check=check(lambda v: 0 <= v <= 180, "0 <= degrees <= 180"), auto=TASK_AUTO,
     )
     augment_images: bool = key(
-        False, "medmnist: train-time random horizontal flips and shifts of up to 10%", "model",
+        "auto", "medmnist: train-time random horizontal flips and shifts of up to 10%", "model", auto=TASK_AUTO,
     )
     model_width: float = key(
-        1.0, "medmnist, pointcloud: channel multiplier (1.0 = published model)", "model",
-        check=POSITIVE,
+        "auto", "medmnist, pointcloud: channel multiplier (1.0 = published model)", "model",
+        check=POSITIVE, auto=TASK_AUTO,
     )
     mnist_model: str = key(
-        "mcmahan", "mnist: mcmahan (1.66M-parameter CNN) or dp-cnn (26k, for DP-SGD)", "model",
-        choices=MNIST_MODELS,
+        "auto", "mnist: mcmahan (1.66M-parameter CNN) or dp-cnn (26k, for DP-SGD)", "model",
+        choices=MNIST_MODELS, auto=TASK_AUTO,
     )
     # -- compression ----------------------------------------------------------
     compression: Chain = key(
@@ -335,6 +335,11 @@ class RunConfig:
         check=check(lambda v: valid_ray_address(v), "empty (a local Ray instance), auto, or HOST:PORT "
                     "of a Ray cluster's head"),
         shown_default="none: a local Ray instance",
+    )
+    # -- experiment tracking --------------------------------------------------
+    tensorboard: bool = key(
+        False, "TensorBoard event files in the results folder (scalars per round, the run config "
+        "as hparams)", "tracking", flag="=",
     )
 
     def task_options(self) -> TaskOptions:

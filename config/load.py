@@ -11,6 +11,7 @@ from typing import Any
 from fedloom.compression.spec import check_he
 from fedloom.privacy.he_profiles import packing_error
 from fedloom.tasks.base import Task
+from fedloom.tasks.defaults import is_auto, resolve_auto
 from fedloom.tasks.registry import get_task
 
 from .keys import DPMode, RunConfig
@@ -40,15 +41,27 @@ def resolve_derived(raw: dict[str, Any], task: Task, num_nodes: int | None = Non
             )
             raw[name] = AUTO
     derived: dict[str, Any] = {
-        "batch-size": int(task.train_defaults["batch-size"]),
-        "lr": float(task.train_defaults["lr"]),
+        **{name: value for name, (value, _) in resolve_auto(task, str(raw.get("dp", "none"))).items()},
         "min-train-nodes": 2 if num_nodes is None else min(2, num_nodes),
         "min-available-nodes": 2 if num_nodes is None else num_nodes,
         "fraction-evaluate": 1.0 if raw["he"] else 0.0,  # the server cannot evaluate under HE
     }
     for name, value in derived.items():
-        if raw[name] == AUTO:
+        if raw.get(name) == AUTO:
             raw[name] = value
+
+
+def task_default_choices(mapping: Mapping[str, Any], cfg: RunConfig) -> dict[str, dict[str, Any]]:
+    """``config.json``'s ``auto``: each key with a task default that ``mapping`` leaves at
+    ``auto`` (or out, or at the old 0), the value ``cfg`` got and why."""
+    notes = resolve_auto(get_task(cfg.task), str(cfg.dp))
+    by_name = {k.name: k for k in KEYS}
+    chosen = {}
+    for name, (_, why) in notes.items():
+        value = mapping.get(name, by_name[name].default)
+        if is_auto(name, value):
+            chosen[name] = {"value": getattr(cfg, name.replace("-", "_")), "why": why}
+    return chosen
 
 
 def parse_run_config(mapping: Mapping[str, Any], *, num_nodes: int | None = None) -> RunConfig:

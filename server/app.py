@@ -21,6 +21,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from fedloom.config import DPMode, RunConfig, parse_run_config
+from fedloom.config.load import task_default_choices
 from fedloom.flower_compat import check_flower_version
 from fedloom.privacy.dp import make_dp_ready
 from fedloom.strategies.chain import instrumented, strategy_chain, strategy_params
@@ -46,6 +47,7 @@ from .checkpoint import load_checkpoint, restore_rng_states
 from .monitor import RoundMonitor, connected_nodes
 from .outcome import check_completed
 from .plots import plot_metrics
+from .tracking import TensorBoardLog
 from .privacy import restore_releases, trim_epsilons, write_epsilons
 from .progress import RunProgress
 from .results import ResultsFolder
@@ -90,11 +92,12 @@ def partitions_record(cfg: RunConfig, num_partitions: int) -> dict[str, Any]:
     }
 
 
-def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
+def run_server(grid: Grid, cfg: RunConfig, auto: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Run ``cfg.num_server_rounds`` rounds on ``grid``; return the metrics rows.
 
     With ``resume`` set, continue from the checkpoint in ``run-dir`` instead of
     starting over: model, strategy state, RNG states and metrics rows come back.
+    ``auto``: the keys left at ``auto`` with their values and why (``config.json``).
     """
     seed_everything(cfg.seed)
     task = get_task(cfg.task, cfg.task_options())
@@ -117,6 +120,7 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
         initial = resume(checkpoint, cfg, model, chain, strategy, results)
         record["resumed_at_rounds"] = [*previous.get("resumed_at_rounds", []), checkpoint["round"]]
         record["num_clients"] = previous.get("num_clients")
+    record["auto"] = auto or previous.get("auto", {})  # a resumed run's config has no auto left
     results.write_json("config.json", record)
 
     def first_round_done() -> None:
@@ -133,16 +137,21 @@ def run_server(grid: Grid, cfg: RunConfig) -> list[dict[str, Any]]:
         best.load_state_dict(checkpoint["best"] or {})
         if checkpoint["rows"]:  # a kill between the checkpoint and best.* missed this offer
             best.offer(checkpoint["rows"][-1], initial)
+    tracking = TensorBoardLog(
+        results.path, cfg.to_run_config(), resume_after=checkpoint["round"] if checkpoint else 0
+    ) if cfg.tensorboard else None
     title = f"{cfg.task} · {cfg.strategy}"
     with RunProgress(cfg.num_server_rounds, title) as progress:
         progress.advance_to(strategy.round_offset)
         monitor = RoundMonitor(
             task=task, data=data, model=model, strategy=strategy, results=results,
             progress=progress, total_rounds=cfg.num_server_rounds, on_first_round=first_round_done,
-            central=not cfg.he, initial_arrays=initial, best=best,
+            central=not cfg.he, initial_arrays=initial, best=best, tracking=tracking,
         )
         rows_before, remaining = len(results.rows), cfg.num_server_rounds - strategy.round_offset
         ended = train_rounds(grid, cfg, strategy, monitor, initial, run_id=record["run_id"])
+    if tracking is not None:
+        tracking.close()
     save_final_model(cfg, chain, model, monitor.last_arrays, results)
     plot_metrics(results.rows, results.path, title)
     progress.summary(results.rows, str(results.path))
@@ -276,4 +285,4 @@ def main(grid: Grid, context: Context) -> None:
     check_flower_version()
     cfg = parse_run_config(context.run_config)
     check_strategy_config(cfg)
-    run_server(grid, cfg)
+    run_server(grid, cfg, auto=task_default_choices(context.run_config, cfg))

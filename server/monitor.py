@@ -21,6 +21,7 @@ from .checkpoint import CHECKPOINT, checkpoint_payload
 from .privacy import ledger_of, privacy_row, record_release
 from .progress import RunProgress
 from .results import NODES, ResultsFolder, atomic_write_bytes
+from .tracking import TensorBoardLog
 
 
 def device() -> str:
@@ -44,6 +45,7 @@ class RoundMonitor:
         central: bool = True,
         initial_arrays: ArrayRecord | None = None,
         best: BestRound | None = None,
+        tracking: TensorBoardLog | None = None,
     ) -> None:
         self.task, self.data, self.model = task, data, model
         self.strategy, self.results, self.progress = strategy, results, progress
@@ -55,6 +57,7 @@ class RoundMonitor:
         self.last_round = 0
         self.privacy = ledger_of(strategy)  # None unless the run is differentially private
         self.best = best
+        self.tracking = tracking  # tensorboard=true: the same row as TensorBoard scalars
         strategy.on_model_out = self.model_out
 
     def model_out(self, server_round: int) -> None:
@@ -111,6 +114,8 @@ class RoundMonitor:
             row.update(privacy_row(self.privacy, self.results.path))
         self.last_arrays, self.last_round = arrays, server_round
         self.results.add_row(row)
+        if self.tracking is not None:
+            self.tracking.add_row(row)
         self.checkpoint(server_round)
         if self.best is not None:  # after the checkpoint: best.* never runs ahead of it
             self.best.offer(row, arrays)

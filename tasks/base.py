@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,8 +83,29 @@ class Task(ABC):
     name: str = ""
     #: Valid ``--dataset`` values; the first is the default.
     datasets: tuple[str, ...] = ()
-    #: Local-training settings used when the run config leaves them at 0.
-    train_defaults: dict[str, float] = {"lr": 0.01, "batch-size": 32}
+    #: What each run-config key left at ``auto`` becomes for this task: its best
+    #: configuration measured in ``benchmarks/`` (these are the keys that take ``auto``;
+    #: a task replaces entries with ``{**Task.defaults, key: value}``, same types).
+    defaults: Mapping[str, Any] = MappingProxyType({
+        "lr": 0.01,
+        "batch-size": 32,
+        "local-epochs": 1,
+        "optimizer": "sgd",
+        "lr-schedule": "constant",
+        "weight-decay": 0.0,
+        "logit-adjustment": 0.0,
+        "freeze-classifier": False,
+        "model-width": 1.0,
+        "mnist-model": "mcmahan",
+        "resnet-norm": "group",
+        "augment-images": False,
+        "pointnet-norm": "group",
+        "pointnet-transforms": "both",
+        "augment-rotation": 180.0,
+    })
+    #: Under DP-SGD (``dp=sample``), replacements for the defaults it does not allow
+    #: (BatchNorm, Adam, ...) or that it trains badly with.
+    dp_sample_defaults: Mapping[str, Any] = MappingProxyType({})
     #: The keys :meth:`metrics` returns (a test keeps them equal).
     metric_names: tuple[str, ...] = ("accuracy",)
     #: Whether :meth:`load` puts a validation split in ``TaskData.info["val"]``.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 from torch import nn
@@ -19,7 +20,7 @@ class DigitsTask(Task):
     name = "digits"
     datasets = ("digits",)
     # ~144 examples per client: small batches and a larger step learn within 10 rounds.
-    train_defaults = {"lr": 0.05, "batch-size": 16}
+    defaults = MappingProxyType({**Task.defaults, "lr": 0.05, "batch-size": 16})
     client_gpu_memory_gib = 0.6  # an MLP: the CUDA context is most of it
 
     def load(self, data_dir: Path, dataset: str) -> TaskData:

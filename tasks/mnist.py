@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import urllib.request
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 from torch import nn
@@ -139,6 +140,8 @@ MODELS = {"mcmahan": MnistCNN, "dp-cnn": DPMnistCNN}
 class MnistTask(Task):
     name = "mnist"
     datasets = ("mnist",)
+    # DP-SGD: the configuration of benchmarks/dp.py (88.6% at epsilon 0.99, 97.0% at 8).
+    dp_sample_defaults = MappingProxyType({"mnist-model": "dp-cnn", "batch-size": 500, "lr": 2.0})
 
     def __init__(self, model: str = "mcmahan") -> None:
         if model not in MODELS:

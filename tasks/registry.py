@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import DataSplit, Task, TaskData, TaskOptions
+from .defaults import check_task_defaults
 from .digits import DigitsTask
 from .medmnist import MedMnistTask
 from .mnist import MnistTask
@@ -20,9 +21,11 @@ DEFAULT_OPTIONS = TaskOptions()
 
 
 def register_task(task: Task) -> Task:
-    """Add ``task`` under ``task.name``; a taken name is an error."""
+    """Add ``task`` under ``task.name``; a taken name is an error, and so are defaults
+    that do not cover the ``auto`` keys with their types."""
     if task.name in _TASKS:
         raise ValueError(f"task {task.name!r} is already registered")
+    check_task_defaults(task)
     _TASKS[task.name] = task
     return task
 

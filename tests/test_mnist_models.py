@@ -27,7 +27,9 @@ def test_mnist_models_shape_size_and_opacus_compatibility(name, params):
 
 
 def test_mnist_model_default_and_invalid_value():
-    assert DEFAULTS["mnist-model"] == "mcmahan"
+    assert DEFAULTS["mnist-model"] == "auto"  # the task's: mcmahan, dp-cnn under DP-SGD
     assert parse_run_config({"task": "mnist"}).task_options().mnist_model == "mcmahan"
+    private = parse_run_config({"task": "mnist", "dp": "sample", "dp-noise": 1.0})
+    assert private.task_options().mnist_model == "dp-cnn"
     with pytest.raises(ValueError, match=r"invalid mnist-model='tiny'; valid: mcmahan, dp-cnn"):
         parse_run_config({"task": "mnist", "mnist-model": "tiny"})

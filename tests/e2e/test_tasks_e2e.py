@@ -37,7 +37,9 @@ def test_simulation_with_dp_sgd_keeps_the_servers_random_head(tmp_path):
     assert [r["round"] for r in rows] == [1, 2] and all(r["failures"] == 0 for r in rows)
     assert json.loads((run_dir / "config.json").read_text())["run_config"]["freeze-classifier"] is True
     # The server's initial model, drawn as it draws it.
-    options = parse_run_config({"task": "medmnist", "model-width": 0.125}).task_options()
+    options = parse_run_config(  # dp=sample: auto picks GroupNorm, as in the run
+        {"task": "medmnist", "model-width": 0.125, "dp": "sample", "dp-noise": 1.0}
+    ).task_options()
     torch.manual_seed(3)
     initial = make_dp_ready(get_task("medmnist", options).build_model(
         load_task_data("medmnist", str(data_dir), "breastmnist", options)
@@ -64,7 +66,7 @@ def test_breastmnist_federated_accuracy_rises(tmp_path: Path) -> None:
         "--task", "medmnist", "--dataset", "breastmnist", "--data-dir", str(DATA),
         "--num-clients", "3", "--rounds", "2", "--local-epochs", "3", "--batch-size", "32",
         "--lr", "0.01", "--seed", str(seed), "--run-dir", str(tmp_path),
-        "--run-config", "model-width=0.25",
+        "--run-config", "model-width=0.25 resnet-norm=group",  # the model built above
     ])
     assert code == 0
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -102,7 +104,9 @@ def test_modelnet10_federated_accuracy_rises(tmp_path: Path) -> None:
         "--num-clients", "2", "--rounds", "6", "--local-epochs", "3", "--batch-size", "16",
         "--lr", "0.001", "--seed", str(seed), "--run-dir", str(tmp_path / "run"),
         "--run-config", "num-points=256 model-width=0.25 pointnet-transforms=none "
-        "optimizer=adam augment-rotation=0",
+        "optimizer=adam augment-rotation=0 "
+        # the rest as measured below, not the task's auto defaults
+        "pointnet-norm=group lr-schedule=constant weight-decay=0 logit-adjustment=0 freeze-classifier=false",
     ])
     assert code == 0
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
