@@ -24,7 +24,13 @@ from fedloom.client.resources import (
     reset_peak_memory,
     training_device,
 )
-from fedloom.client.privacy import ACCOUNT_KEY, dp_clipping_mod, sample_dp_round
+from fedloom.client.privacy import (
+    ACCOUNT_KEY,
+    dp_clipping_mod,
+    private_reply_metrics,
+    sample_dp_round,
+    upload_weight,
+)
 from fedloom.client.settings import round_settings, run_config
 from fedloom.client.state import load_state, save_state
 from fedloom.compression.flat import flatten, unflatten
@@ -163,7 +169,8 @@ def train(msg: Message, context: Context) -> Message:
     metrics: dict[str, float] = {NUM_EXAMPLES: len(split)}
     if requests.asked(config, requests.PARTITION):
         metrics.update({PARTITION_ID: pid, NUM_PARTITIONS: nparts})
-    if config.get(INITIAL_LOSS, False):  # q-FFL weights clients by the global model's loss
+    # q-FFL weights clients by the global model's loss: a statistic no epsilon covers.
+    if config.get(INITIAL_LOSS, False) and cfg.dp is DPMode.NONE:
         metrics[TRAIN_LOSS_INITIAL] = evaluate(model, task, split, device=device())["loss"]
     seed = cfg.seed * 100_003 + server_round * 1_009 + pid
     dp_settings = cfg.sample_dp()
@@ -177,7 +184,8 @@ def train(msg: Message, context: Context) -> Message:
         if requests.asked(config, requests.PRIVACY):
             metrics.update(report)
         if not outcome.trained:
-            return Message(content=RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
+            reply = private_reply_metrics(metrics, dp=cfg.dp)
+            return Message(content=RecordDict({METRICS: MetricRecord(reply)}), reply_to=msg)
         metrics[TRAIN_LOSS] = outcome.loss
     else:
         metrics[TRAIN_LOSS] = train_local(
@@ -202,7 +210,8 @@ def train(msg: Message, context: Context) -> Message:
         update = poison(flatten(state) - flatten(start), cfg.attack, scale=cfg.attack_scale, rng=rng)
         state = {k: torch.from_numpy(v) for k, v in unflatten(flatten(start) + update, start).items()}
     if he_key is not None:
-        arrays = encrypt_local(state, len(split), he_key, he_upload_blocks(up, config))
+        weight = upload_weight(len(split), dp=cfg.dp)
+        arrays = encrypt_local(state, weight, he_key, he_upload_blocks(up, config))
     elif up.is_none:
         arrays = ArrayRecord(state)
     else:
@@ -213,7 +222,7 @@ def train(msg: Message, context: Context) -> Message:
             rng=np.random.default_rng([cfg.seed, server_round, pid]),
         )
     save_state(context.state, state_dir, server_round)
-    content = RecordDict({ARRAYS: arrays, METRICS: MetricRecord(metrics)})
+    content = RecordDict({ARRAYS: arrays, METRICS: MetricRecord(private_reply_metrics(metrics, dp=cfg.dp))})
     return Message(content=content, reply_to=msg)
 
 

@@ -213,6 +213,18 @@ def check_key_id(params: HEParams, expected: str, where: str) -> None:
         )
 
 
+def check_server_folder(folder: Path) -> None:
+    """``ValueError`` when the server's HE folder holds ``secret.ctx``: a server that can
+    read the secret key could decrypt every client's upload, so it does not start.
+    (Runs from before ``he-secret-dir`` kept the key there.)"""
+    if (Path(folder) / SECRET_FILE).exists():
+        raise ValueError(
+            f"{Path(folder) / SECRET_FILE} is in the server's he-dir: the server must hold "
+            f"{PUBLIC_FILE} only, or it could decrypt every upload; move {SECRET_FILE} to the "
+            "clients (he-secret-dir, or a SuperNode's he-secret-context) and start again"
+        )
+
+
 def public_context(folder: Path) -> ts.Context:
     """The server's context: encrypt and add, never decrypt. Reads only ``public.ctx``."""
     ctx = _context(str(Path(folder) / PUBLIC_FILE))

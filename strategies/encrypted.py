@@ -50,10 +50,7 @@ class EncryptedFedAvg(RejectsReplies, FedAvg):
         if not 0 < block_fraction <= 1:
             raise ValueError(f"block fraction must be in (0, 1], got {block_fraction}")
         self.he_dir = he_dir
-        if (Path(he_dir) / he.SECRET_FILE).exists():  # runs from before he-secret-dir kept it here
-            log(WARNING, "%s holds secret.ctx: the server's folder must hold public.ctx only; move the "
-                "secret key to the clients (he-secret-dir, or a SuperNode's he-secret-context)",
-                Path(he_dir))
+        he.check_server_folder(Path(he_dir))
         self.params = he.load_params(Path(he_dir))
         if max_weight > self.params.max_weight:
             raise ValueError(

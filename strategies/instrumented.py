@@ -26,7 +26,7 @@ from fedloom.flower_compat import failure_reason, strip_ansi
 from fedloom.protocol.keys import NODE_CONFIG_KEYS, NUM_PARTITIONS, PARTITION_ID
 from fedloom.protocol.records import pooled_statistics, remove_statistics
 
-from .delegating import DelegatingStrategy, chain_of, rejections
+from .delegating import DelegatingStrategy, Rejection, chain_of, rejections
 from .ordering import canonical_order
 
 
@@ -87,6 +87,19 @@ def failed_replies(
         if f["node_id"] in partitions:
             f["partition_id"] = partitions[f["node_id"]][0]
     return failed
+
+
+def rejected_replies(
+    rejected: Iterable[Rejection], partitions: dict[int, tuple[int, int]]
+) -> list[dict[str, Any]]:
+    """One failures.jsonl entry per reply a wrapper left out this round, reason first."""
+    out = []
+    for r in rejected:
+        entry: dict[str, Any] = {"phase": "train", "node_id": r.node_id, "reason": f"rejected: {r.reason}"}
+        if r.node_id in partitions:
+            entry["partition_id"] = partitions[r.node_id][0]
+        out.append(entry)
+    return out
 
 
 def reported_partitions(replies: Iterable[Message]) -> dict[int, tuple[int, int]]:
@@ -207,7 +220,9 @@ class InstrumentedStrategy(DelegatingStrategy):
             log(WARNING, "round %d: %s (node config partition-id / num-partitions)",
                 server_round + self.round_offset, problem)
         arrays, metrics = self.inner.aggregate_train(server_round + self.round_offset, replies)
-        self.stats.rejected = len(rejections(self.inner))
+        rejected = rejections(self.inner)
+        self.stats.rejected = len(rejected)
+        self.stats.failed += rejected_replies(rejected, self.partitions)
         # Messages a wrapper sent beside the round's own (BatchNorm calibration queries).
         for s in chain_of(self.inner):
             if isinstance(s, DelegatingStrategy):

@@ -88,7 +88,9 @@ class SampleDPStrategy(DelegatingStrategy):
                 f"client {client} reports epsilon {value:.4f} above the target "
                 f"{self.target_epsilon}"
             )
-        self.ledger.record_client(server_round, client, value, trained=not exhausted)
+        self.ledger.record_client(
+            server_round, client, value, trained=not exhausted, tolerance=EPSILON_TOLERANCE
+        )
         if exhausted:
             self.exhausted.add(client)
             log(
@@ -110,12 +112,12 @@ class SampleDPStrategy(DelegatingStrategy):
                 if self._read_report(server_round, msg):
                     kept.append(msg)
                 else:
-                    self.rejected.append(Rejection(msg.metadata.src_node_id, "budget spent"))
+                    self.rejected.append(Rejection(msg.metadata.src_node_id, "privacy budget spent"))
             except (ValueError, TypeError) as exc:
                 self.rejected.append(Rejection(msg.metadata.src_node_id, str(exc)))
                 log(WARNING, "dropping reply from node %s: %s", msg.metadata.src_node_id, exc)
         population = max(self.ledger.population, 1)
-        if len(self.exhausted) >= population:
+        if len(self.exhausted | set(getattr(self.ledger, "refused", {}))) >= population:
             raise PrivacyBudgetExhausted(
                 f"all {population} clients have spent their privacy budget "
                 f"(target epsilon {self.target_epsilon:g}); stopping before round {server_round}"
