@@ -25,13 +25,16 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import (
-    DifferentialPrivacyClientSideFixedClipping,
-    DifferentialPrivacyServerSideFixedClipping,
-    Strategy,
-)
+from flwr.serverapp.strategy import Strategy
 
-from fedloom.flower_compat import ClientSideAdaptiveClipping, ServerSideAdaptiveClipping, sample_nodes
+from fedloom.flower_compat import (
+    ClientSideAdaptiveClipping,
+    ClientSideFixedClipping,
+    SecureNoise,
+    ServerSideAdaptiveClipping,
+    ServerSideFixedClipping,
+    sample_nodes,
+)
 from fedloom.privacy.accounting import EpsilonLedger, calibrate_noise, client_level_epsilon
 from fedloom.protocol.keys import DP_EPSILON as EPSILON_KEY
 from fedloom.protocol.keys import DP_EXHAUSTED as EXHAUSTED_KEY
@@ -217,6 +220,7 @@ class ClientDPStrategy(DelegatingStrategy):
         return flower_dp_wrapper(
             self.inner, clipping=self.clipping, side=self.side, noise_multiplier=self.noise,
             clipping_norm=self.clipping_norm, clients_per_round=per_round,
+            seeded_noise=self.seeded_noise,
         )
 
     def epsilon_after(self, releases: int) -> float:
@@ -290,22 +294,24 @@ def flower_dp_wrapper(
     noise_multiplier: float,
     clipping_norm: float,
     clients_per_round: int,
+    seeded_noise: bool = False,
 ) -> Strategy:
-    """The Flower DP strategy wrapper for ``clipping`` (fixed|adaptive) on ``side``.
+    """The Flower DP strategy wrapper for ``clipping`` (fixed|adaptive) on ``side``,
+    drawing its noise from the OS's CSPRNG unless ``seeded_noise``.
 
     Adaptive clipping (Andrew et al. 2021) spends part of the noise on the
     clipped-count query; its standard deviation is max(m/20, z) so that the
     total noise still equals ``noise_multiplier`` z.
     """
+    wrapper: SecureNoise
     if clipping == "fixed":
-        cls = (
-            DifferentialPrivacyServerSideFixedClipping
-            if side == "server"
-            else DifferentialPrivacyClientSideFixedClipping
+        fixed = ServerSideFixedClipping if side == "server" else ClientSideFixedClipping
+        wrapper = fixed(inner, noise_multiplier, clipping_norm, clients_per_round)
+    else:
+        adaptive = ServerSideAdaptiveClipping if side == "server" else ClientSideAdaptiveClipping
+        wrapper = adaptive(
+            inner, noise_multiplier, clients_per_round, initial_clipping_norm=clipping_norm,
+            clipped_count_stddev=max(clients_per_round / 20, noise_multiplier),
         )
-        return cls(inner, noise_multiplier, clipping_norm, clients_per_round)
-    adaptive = ServerSideAdaptiveClipping if side == "server" else ClientSideAdaptiveClipping
-    return adaptive(
-        inner, noise_multiplier, clients_per_round, initial_clipping_norm=clipping_norm,
-        clipped_count_stddev=max(clients_per_round / 20, noise_multiplier),
-    )
+    wrapper.seeded_noise = seeded_noise
+    return wrapper  # type: ignore[return-value]
