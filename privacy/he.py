@@ -53,49 +53,12 @@ import numpy as np
 import tenseal as ts
 
 from .files import write_private
+from .he_capacity import CKKS_SCALE_BITS, batching_prime, profile_max_summands
 from .he_profiles import PROFILES, SCHEMES
 
 SECRET_FILE = "secret.ctx"
 PUBLIC_FILE = "public.ctx"
 PARAMS_FILE = "params.json"
-
-
-def _is_prime(n: int) -> bool:
-    if n < 2:
-        return False
-    small = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)
-    if n in small:
-        return True
-    if any(n % p == 0 for p in small):
-        return False
-    d, r = n - 1, 0
-    while d % 2 == 0:
-        d, r = d // 2, r + 1
-    for a in small:  # deterministic Miller-Rabin for n < 3.3e24
-        x = pow(a, d, n)
-        if x in (1, n - 1):
-            continue
-        for _ in range(r - 1):
-            x = pow(x, 2, n)
-            if x == n - 1:
-                break
-        else:
-            return False
-    return True
-
-
-def batching_prime(bits: int, poly_modulus_degree: int) -> int:
-    """The largest prime below ``2**bits`` that is 1 mod ``2 * poly_modulus_degree``."""
-    step = 2 * poly_modulus_degree
-    candidate = ((2**bits - 1) // step) * step + 1
-    while not _is_prime(candidate):
-        candidate -= step
-    return candidate
-
-
-#: CKKS encoding scale (bits): the slot noise after a few hundred additions stays below
-#: 0.5 / 2**19 of a unit, so rounding recovers the integer sums.
-CKKS_SCALE_BITS = 19
 
 
 @dataclass(frozen=True)
@@ -120,15 +83,29 @@ class HEParams:
     #: Fingerprint of the key pair (SHA-256 of public.ctx, 16 hex digits): both sides
     #: compare it, since other keys would decrypt the sums to garbage without an error.
     key_id: str = ""
+    #: Slots per ciphertext that carry the upload's weight instead of model values: their
+    #: sum must decrypt to the total weight, which lets clients detect a corrupted
+    #: aggregate (:mod:`privacy.he_encoding`). 0 in params.json from before the check.
+    check_slots: int = 0
 
     @property
     def slots(self) -> int:
-        """Values per ciphertext: N for BFV's integer slots, N/2 for CKKS's real ones."""
+        """Slots per ciphertext: N for BFV's integers, N/2 for CKKS's reals."""
         return self.poly_modulus_degree if self.scheme == "bfv" else self.poly_modulus_degree // 2
+
+    @property
+    def data_slots(self) -> int:
+        """Slots per ciphertext that hold model values."""
+        return self.slots - self.check_slots
+
+    @property
+    def max_summands(self) -> int:
+        """The most uploads whose encrypted sum decrypts exactly (:mod:`privacy.he_capacity`)."""
+        return profile_max_summands(self.scheme, self.values_per_slot, self.poly_modulus_degree)
 
     def ciphertexts_for(self, num_values: int) -> int:
         """Ciphertexts one upload of ``num_values`` parameters takes."""
-        return -(-num_values // (self.slots * self.values_per_slot))
+        return -(-num_values // (self.data_slots * self.values_per_slot))
 
 
 def provision(
@@ -162,7 +139,7 @@ def provision(
     params = HEParams(
         scheme=scheme, coeff_mod_bit_sizes=coeff, plain_modulus_bits=plain_bits, clip=clip,
         max_weight=max_weight, plain_modulus=plain, scale=scale, values_per_slot=values_per_slot,
-        radix=radix,
+        radix=radix, check_slots=1,
     )
     if scheme == "bfv":
         ctx = ts.context(

@@ -58,6 +58,8 @@ class EncryptedFedAvg(RejectsReplies, FedAvg):
                 f"round, but this task's training set has {max_weight}: sums could overflow; "
                 f"make keys with a max weight >= {max_weight} (deploy/provision_he.py --max-weight)"
             )
+        #: Uploads one sum holds and still decrypts exactly (the profile's noise budget).
+        self.max_summands = self.params.max_summands
         self.num_ciphertexts = self.params.ciphertexts_for(num_parameters)
         self.block_sizes = block_sizes(self.params, num_parameters)
         ctx = he.public_context(Path(he_dir))
@@ -157,6 +159,11 @@ class EncryptedFedAvg(RejectsReplies, FedAvg):
             if msg.has_error():
                 continue
             try:
+                if len(uploads) >= self.max_summands:
+                    raise ValueError(
+                        f"this round already holds {self.max_summands} uploads, the most whose "
+                        "encrypted sum decrypts exactly with this HE profile"
+                    )
                 vectors, weight = self.check_upload(msg.content, total)
             except ValueError as exc:
                 self.rejected.append(Rejection(msg.metadata.src_node_id, str(exc)))
