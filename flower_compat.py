@@ -12,7 +12,7 @@ import math
 import random
 import re
 from logging import INFO
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from typing import Any
@@ -53,6 +53,14 @@ def use_sampling_rng(rng: random.Random) -> None:
     from flwr.serverapp.strategy import strategy_utils
 
     strategy_utils.random = rng  # type: ignore[assignment]
+
+
+def sampling_uniform() -> Callable[[], float]:
+    """Uniform draws in [0, 1) from the generator Flower's ``sample_nodes`` uses (the run's
+    sampler after :func:`use_sampling_rng`): reproducible client draws with seeded noise."""
+    from flwr.serverapp.strategy import strategy_utils
+
+    return strategy_utils.random.random
 
 
 # -- simulation: node IDs and the simulation runtime --------------------------------------

@@ -164,6 +164,13 @@ def client_level_epsilon(
     return epsilon([(noise_multiplier, sample_rate, rounds)], delta=delta, accountant="rdp")
 
 
+def client_level_epsilon_of(rates: Sequence[float], *, noise_multiplier: float, delta: float) -> float:
+    """Client-level epsilon of releases with Poisson sampling at ``rates`` (one per release,
+    each measured from that round's live population), composed with Opacus's RDP."""
+    history = [(noise_multiplier, q, 1) for q in rates]
+    return epsilon(history, delta=delta, accountant="rdp")
+
+
 class EpsilonWentBack(ValueError):
     """A client reported a lower cumulative epsilon than before: its account was lost."""
 

@@ -209,7 +209,7 @@ class InstrumentedStrategy(DelegatingStrategy):
         self.stats.failures = self.stats.sampled - len(ok)
         self.stats.failed = failed_replies("train", self._sent, replies, self.partitions)
         self._count_up(ok)
-        if len(ok) < self.min_replies:
+        if len(ok) < min(self.min_replies, self.stats.sampled):  # dp=client's Poisson draw may be smaller
             raise TooFewReplies(
                 f"round {server_round + self.round_offset}: only {len(ok)} of "
                 f"{self.stats.sampled} sampled clients replied (min-train-nodes={self.min_replies}); "
