@@ -19,15 +19,16 @@ Two profiles (``values_per_slot``):
 
 Only the first modulus carries data (the second is SEAL's key-switching prime),
 so a ciphertext is two polynomials of 4,096 coefficients mod one prime. The plain
-modulus p = 1 (mod 2N) is the largest such prime below 2**bits, so batching works;
-sums of 256 full-range ciphertexts decrypt exactly with both profiles (a 50-bit
-prime with [60, 49], or 46-bit with [56, 53], does not).
+modulus p = 1 (mod 2N) is the largest such prime below 2**bits, so batching works.
+How many uploads a sum holds before its noise garbles it is computed per profile in
+:mod:`privacy.he_capacity` (73,674 / 287 / 1,151) and measured by
+``benchmarks/he_capacity.py``; each ciphertext ends with a check slot (the upload's
+weight) that lets clients detect a garbled sum.
 
 ``ckks``: CKKS, 2,048 real slots per ciphertext (N/2), moduli [60, 49], scale
 2**19. A slot holds a fixed-point integer below 2**38 in magnitude as a real;
-after decryption it is rounded back, exactly: the sum of 256 public-key
-encryptions of full-range values decrypts within 0.15 of the integer sum (2**40
-with scale 2**18 was within 0.23; 2**42 with 2**16 was off by 1). Half the slots
+after decryption it is rounded back, exactly, while the sum's noise stays below 1/2
+of a unit (``benchmarks/results/he_capacity.md``). Half the slots
 of BFV, so about 32 bytes per parameter (8x float32; TenSEAL's usual N=8192
 settings cost 57-81) at the same ~1e-7 error. One value per slot only: two
 19-bit lanes leave no fixed-point resolution after the headroom for the clients'

@@ -126,3 +126,10 @@ def test_the_server_adds_no_more_uploads_than_the_capacity(tmp_path, task_identi
     assert strategy.total_weight == 2
     assert [r.node_id for r in strategy.rejected] == [2]
     assert "already holds 2 uploads" in strategy.rejected[0].reason
+
+
+def test_the_results_file_states_the_baselines_modulus_bits():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "he.md").read_text()
+    assert "moduli [60, 40, 40]" in text and f"{60 + 40 + 40} bits of modulus" in text
