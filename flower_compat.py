@@ -12,16 +12,25 @@ import math
 import random
 import re
 import threading
+from logging import INFO
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from queue import Queue
 from typing import Any
 
+import numpy as np
+from flwr.app import Array, ArrayRecord
+from flwr.common.logger import log
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideAdaptiveClipping,
+    DifferentialPrivacyClientSideFixedClipping,
     DifferentialPrivacyServerSideAdaptiveClipping,
+    DifferentialPrivacyServerSideFixedClipping,
 )
+from flwr.supercore.differential_privacy import compute_stdv
+
+from fedloom.privacy.secure_noise import SecureGaussian
 
 #: The Flower release whose internals this module was written against.
 FLOWER_VERSION = "1.41.0"
@@ -46,6 +55,14 @@ def use_sampling_rng(rng: random.Random) -> None:
     from flwr.serverapp.strategy import strategy_utils
 
     strategy_utils.random = rng  # type: ignore[assignment]
+
+
+def sampling_uniform() -> Callable[[], float]:
+    """Uniform draws in [0, 1) from the generator Flower's ``sample_nodes`` uses (the run's
+    sampler after :func:`use_sampling_rng`): reproducible client draws with seeded noise."""
+    from flwr.serverapp.strategy import strategy_utils
+
+    return strategy_utils.random.random
 
 
 # -- simulation: node IDs and the simulation runtime --------------------------------------
@@ -280,9 +297,52 @@ class AndrewEtAlUpdate:
             self.clipping_norm = next_norm
 
 
-class ServerSideAdaptiveClipping(AndrewEtAlUpdate, DifferentialPrivacyServerSideAdaptiveClipping):
-    """Flower's server-side adaptive clipping with :class:`AndrewEtAlUpdate`'s fixes."""
+# -- DP noise from the OS's CSPRNG: private methods of Flower's DP wrappers ------------------
+
+class SecureNoise:
+    """Flower 1.41's DP wrappers draw their noise from numpy's global Mersenne Twister
+    (private ``_add_noise_to_aggregated_arrays`` and, when adaptive, ``_noisy_fraction``);
+    this draws it from the OS's CSPRNG (:class:`~fedloom.privacy.secure_noise.SecureGaussian`),
+    unless ``seeded_noise`` asks for the run seed's reproducible (and predictable) stream."""
+
+    noise_multiplier: float
+    clipping_norm: float
+    num_sampled_clients: int
+    clipped_count_stddev: float
+    seeded_noise: bool = False
+
+    def _add_noise_to_aggregated_arrays(self, aggregated: ArrayRecord) -> ArrayRecord:
+        if self.seeded_noise:
+            return super()._add_noise_to_aggregated_arrays(aggregated)  # type: ignore[misc]
+        std = compute_stdv(self.noise_multiplier, self.clipping_norm, self.num_sampled_clients)
+        source = SecureGaussian()
+        noised = {}
+        for key, array in aggregated.items():
+            values = array.numpy()
+            noised[key] = Array(values + source.numpy_noise(std, values.shape, values.dtype))
+        log(INFO, "aggregate_fit: central DP noise with %.4f stdev added (CSPRNG)", std)
+        return ArrayRecord(noised)
+
+    def _noisy_fraction(self, count: int, total: int) -> float:
+        if self.seeded_noise:
+            return super()._noisy_fraction(count, total)  # type: ignore[misc]
+        noise = SecureGaussian().numpy_noise(self.clipped_count_stddev, (1,), np.dtype(np.float64))
+        return float(count + noise[0]) / float(total)
 
 
-class ClientSideAdaptiveClipping(AndrewEtAlUpdate, DifferentialPrivacyClientSideAdaptiveClipping):
-    """Flower's client-side adaptive clipping with :class:`AndrewEtAlUpdate`'s fixes."""
+class ServerSideFixedClipping(SecureNoise, DifferentialPrivacyServerSideFixedClipping):
+    """Flower's server-side fixed clipping with :class:`SecureNoise`."""
+
+
+class ClientSideFixedClipping(SecureNoise, DifferentialPrivacyClientSideFixedClipping):
+    """Flower's client-side fixed clipping with :class:`SecureNoise`."""
+
+
+class ServerSideAdaptiveClipping(AndrewEtAlUpdate, SecureNoise, DifferentialPrivacyServerSideAdaptiveClipping):
+    """Flower's server-side adaptive clipping with :class:`AndrewEtAlUpdate`'s fixes and
+    :class:`SecureNoise`."""
+
+
+class ClientSideAdaptiveClipping(AndrewEtAlUpdate, SecureNoise, DifferentialPrivacyClientSideAdaptiveClipping):
+    """Flower's client-side adaptive clipping with :class:`AndrewEtAlUpdate`'s fixes and
+    :class:`SecureNoise`."""

@@ -171,7 +171,7 @@ def main() -> None:
         "two 24-bit lanes. CKKS (`he-scheme=ckks`): moduli [60, 49], scale 2^19, 2,048 slots, "
         "fixed-point integers below 2^38 rounded after decryption. Fixed-point clip 8, max weight "
         f"60,000. Baseline ({baseline}): N=8192, moduli [60, 40, 40], scale 2^40, one "
-        "public-key encrypted vector per layer (NVIDIA FLARE's defaults; 218 bits of modulus, "
+        "public-key encrypted vector per layer (NVIDIA FLARE's defaults; 140 bits of modulus, "
         "128-bit security).\n\n"
         f"## Pipeline, {args.clients} clients\n\n"
         + markdown_table([*header, baseline, "/ plaintext"], pipeline(args.clients))

@@ -26,7 +26,13 @@ from fedloom.client.resources import (
     reset_peak_memory,
     training_device,
 )
-from fedloom.client.privacy import ACCOUNT_KEY, dp_clipping_mod, sample_dp_round
+from fedloom.client.privacy import (
+    ACCOUNT_KEY,
+    dp_clipping_mod,
+    private_reply_metrics,
+    sample_dp_round,
+    upload_weight,
+)
 from fedloom.client.settings import round_settings, run_config
 from fedloom.client.state import load_state, save_state
 from fedloom.compression.flat import flatten, unflatten
@@ -175,7 +181,8 @@ def train(msg: Message, context: Context) -> Message:
     metrics: dict[str, float] = {NUM_EXAMPLES: len(split)}
     if requests.asked(config, requests.PARTITION):
         metrics.update({PARTITION_ID: pid, NUM_PARTITIONS: nparts})
-    if config.get(INITIAL_LOSS, False):  # q-FFL weights clients by the global model's loss
+    # q-FFL weights clients by the global model's loss: a statistic no epsilon covers.
+    if config.get(INITIAL_LOSS, False) and cfg.dp is DPMode.NONE:
         metrics[TRAIN_LOSS_INITIAL] = evaluate(model, task, split, device=device())["loss"]
     seed = cfg.seed * 100_003 + server_round * 1_009 + pid
     dp_settings = cfg.sample_dp()
@@ -189,7 +196,8 @@ def train(msg: Message, context: Context) -> Message:
         if requests.asked(config, requests.PRIVACY):
             metrics.update(report)
         if not outcome.trained:
-            return Message(content=RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
+            reply = private_reply_metrics(metrics, dp=cfg.dp)
+            return Message(content=RecordDict({METRICS: MetricRecord(reply)}), reply_to=msg)
         metrics[TRAIN_LOSS] = outcome.loss
     else:
         metrics[TRAIN_LOSS] = train_local(
@@ -220,9 +228,10 @@ def train(msg: Message, context: Context) -> Message:
             clipping_norm=cfg.dp_clipping_norm if cfg.dp == "client" else 0.0,
             seed=int(config.get(COMPRESSION_SEED, 0)),
         )
-        arrays = secagg.masked_update(msg, context, vector, len(split))
+        arrays = secagg.masked_update(msg, context, vector, upload_weight(len(split), dp=cfg.dp))
     elif he_key is not None:
-        arrays = encrypt_local(state, len(split), he_key, he_upload_blocks(up, config))
+        weight = upload_weight(len(split), dp=cfg.dp)
+        arrays = encrypt_local(state, weight, he_key, he_upload_blocks(up, config))
     elif up.is_none:
         arrays = ArrayRecord(state)
     else:
@@ -233,7 +242,7 @@ def train(msg: Message, context: Context) -> Message:
             rng=np.random.default_rng([cfg.seed, server_round, pid]),
         )
     save_state(context.state, state_dir, server_round, transient=(secagg.STATE_KEY,))
-    content = RecordDict({ARRAYS: arrays, METRICS: MetricRecord(metrics)})
+    content = RecordDict({ARRAYS: arrays, METRICS: MetricRecord(private_reply_metrics(metrics, dp=cfg.dp))})
     if config.get(REPORT_NODE_KEY):  # on a Ray cluster: where this client ran
         content[NODE_RECORD] = node_report()
     return Message(content=content, reply_to=msg)

@@ -258,7 +258,7 @@ class RunConfig:
         check=POSITIVE,
     )
     dp_seeded_noise: bool = key(
-        False, "DP noise from the run seed (reproducible; void against anyone knowing it)",
+        False, "DP noise from the run seed: reproducible, NOT private (anyone knowing the seed removes it)",
         "privacy",
     )
     # -- faults and attacks ---------------------------------------------------

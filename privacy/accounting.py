@@ -164,6 +164,17 @@ def client_level_epsilon(
     return epsilon([(noise_multiplier, sample_rate, rounds)], delta=delta, accountant="rdp")
 
 
+def client_level_epsilon_of(rates: Sequence[float], *, noise_multiplier: float, delta: float) -> float:
+    """Client-level epsilon of releases with Poisson sampling at ``rates`` (one per release,
+    each measured from that round's live population), composed with Opacus's RDP."""
+    history = [(noise_multiplier, q, 1) for q in rates]
+    return epsilon(history, delta=delta, accountant="rdp")
+
+
+class EpsilonWentBack(ValueError):
+    """A client reported a lower cumulative epsilon than before: its account was lost."""
+
+
 @dataclass
 class EpsilonLedger:
     """Server-side record of every client's cumulative epsilon.
@@ -178,11 +189,33 @@ class EpsilonLedger:
     latest: dict[int, float] = field(default_factory=dict)
     population_epsilon: float | None = None
     pending: list[dict[str, Any]] = field(default_factory=list)
+    #: Clients refused for good (their epsilon went backwards), with the reason.
+    refused: dict[int, str] = field(default_factory=dict)
 
     def record_client(
-        self, server_round: int, client: int, value: float, *, trained: bool
+        self, server_round: int, client: int, value: float, *, trained: bool, tolerance: float = 1e-9
     ) -> None:
-        self.latest[client] = max(value, self.latest.get(client, 0.0))
+        """Record ``client``'s cumulative epsilon; :class:`EpsilonWentBack` if it is lower
+        than one it reported before, or if it did so once (then it is refused for good).
+
+        A cumulative epsilon never decreases, so a lower one means the client lost its
+        accountant's history (a wiped state folder, another machine): it would spend its
+        budget a second time. Its past releases still count, so no later report of it
+        can be trusted either.
+        """
+        refused = getattr(self, "refused", None)  # absent from checkpoints of older versions
+        if refused is None:
+            refused = self.refused = {}
+        last = self.latest.get(client)
+        if client not in refused and last is not None and value < last - tolerance:
+            refused[client] = (
+                f"client {client} reported epsilon {value:.6g} after {last:.6g}: a cumulative "
+                "epsilon never decreases, so its privacy account was lost or reset and it could "
+                "train past its budget; refused for the rest of the run"
+            )
+        if client in refused:
+            raise EpsilonWentBack(refused[client])
+        self.latest[client] = max(value, last or 0.0)
         self.pending.append(
             {"round": server_round, "partition_id": client, "epsilon": value, "trained": trained}
         )
@@ -207,6 +240,7 @@ class EpsilonLedger:
         return {
             "population": self.population, "latest": dict(self.latest),
             "population_epsilon": self.population_epsilon, "pending": [dict(r) for r in self.pending],
+            "refused": dict(self.refused),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -214,6 +248,7 @@ class EpsilonLedger:
         self.latest = {int(k): float(v) for k, v in state["latest"].items()}
         self.population_epsilon = state["population_epsilon"]
         self.pending = [dict(r) for r in state["pending"]]
+        self.refused = {int(k): str(v) for k, v in state.get("refused", {}).items()}
 
     def take_rows(self) -> list[dict[str, Any]]:
         """The per-client rows recorded since the last call."""

@@ -10,13 +10,16 @@ every round the client took part in. Opacus is imported lazily.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import math
 import secrets
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,6 +28,7 @@ from fedloom.tasks.base import DataSplit, Task
 from fedloom.tasks.head import trainable
 from fedloom.tasks.training import make_optimizer, seeded_torch
 
+from .secure_noise import SecureGaussian
 from .accounting import (
     ClientAccount,
     calibrate_noise,
@@ -88,6 +92,31 @@ def device_generator(device: str | torch.device, seed: int) -> torch.Generator:
     return torch.Generator(device=torch.device(device)).manual_seed(seed)
 
 
+@contextlib.contextmanager
+def opacus_noise_source() -> Iterator[None]:
+    """While active, an Opacus optimizer whose generator is a :class:`SecureGaussian`
+    draws its noise from it (on the gradients' device); other generators as before.
+
+    Opacus's optimizers call the module function ``_generate_noise`` (the plain and the
+    ghost-clipping ones each import it), so both names are swapped for the block.
+    """
+    from opacus.optimizers import optimizer as plain
+    from opacus.optimizers import optimizer_fast_gradient_clipping as ghost
+
+    original = plain._generate_noise
+
+    def generate(std: float, reference: torch.Tensor, generator: Any = None, secure_mode: bool = False) -> torch.Tensor:
+        if isinstance(generator, SecureGaussian):
+            return generator.noise_like(std, reference)
+        return original(std, reference, generator, secure_mode)
+
+    plain._generate_noise = ghost._generate_noise = generate
+    try:
+        yield
+    finally:
+        plain._generate_noise = ghost._generate_noise = original
+
+
 def check_per_example_loss(
     loss_fn: nn.Module, model: nn.Module, split: DataSplit, device: str = "cpu"
 ) -> None:
@@ -144,8 +173,8 @@ class SampleDPSettings:
     target_epsilon: float
     planned_rounds: int
     #: Draw DP-SGD's noise and Poisson batches from the run seed (reproducible
-    #: simulations) instead of secret entropy: anyone who knows the seed can then
-    #: regenerate the noise, so the guarantee does not hold against them.
+    #: simulations) instead of the OS's CSPRNG: anyone who knows the seed can then
+    #: regenerate the noise, so the run is NOT private against them.
     seeded_noise: bool = False
 
     def __post_init__(self) -> None:
@@ -227,11 +256,12 @@ def train_private(
     check_per_example_loss(criterion, work, split, device)
     # Opacus draws the noise on the parameters' device, so its generator lives there;
     # the Poisson sampler draws on the CPU, where the data loader runs.
+    noise_generator: torch.Generator | SecureGaussian
     if settings.seeded_noise:  # reproducible, and predictable to whoever knows the seed
         sampling, noise_generator = generator, device_generator(device, seed + 1)
-    else:  # secret: 63 bits of OS entropy each
+    else:  # noise from the OS's CSPRNG (Opacus secure_mode's), turned Gaussian on `device`
         sampling = torch.Generator().manual_seed(secrets.randbits(63))
-        noise_generator = device_generator(device, secrets.randbits(63))
+        noise_generator = SecureGaussian()
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(torch.from_numpy(split.x), torch.from_numpy(split.y)),
         batch_size=batch_size, generator=sampling,
@@ -252,7 +282,7 @@ def train_private(
         grad_sample_mode="ghost",
     )
     total, count, done = 0.0, 0, 0
-    with seeded_torch(seed + 2, device):  # dropout
+    with seeded_torch(seed + 2, device), opacus_noise_source():  # dropout; the noise
         while done < steps:  # whole passes of the Poisson loader, the last one cut at ``steps``
             for xb, yb in itertools.islice(dp_loader, steps - done):
                 done += 1

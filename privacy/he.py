@@ -19,15 +19,16 @@ Two profiles (``values_per_slot``):
 
 Only the first modulus carries data (the second is SEAL's key-switching prime),
 so a ciphertext is two polynomials of 4,096 coefficients mod one prime. The plain
-modulus p = 1 (mod 2N) is the largest such prime below 2**bits, so batching works;
-sums of 256 full-range ciphertexts decrypt exactly with both profiles (a 50-bit
-prime with [60, 49], or 46-bit with [56, 53], does not).
+modulus p = 1 (mod 2N) is the largest such prime below 2**bits, so batching works.
+How many uploads a sum holds before its noise garbles it is computed per profile in
+:mod:`privacy.he_capacity` (73,674 / 287 / 1,151) and measured by
+``benchmarks/he_capacity.py``; each ciphertext ends with a check slot (the upload's
+weight) that lets clients detect a garbled sum.
 
 ``ckks``: CKKS, 2,048 real slots per ciphertext (N/2), moduli [60, 49], scale
 2**19. A slot holds a fixed-point integer below 2**38 in magnitude as a real;
-after decryption it is rounded back, exactly: the sum of 256 public-key
-encryptions of full-range values decrypts within 0.15 of the integer sum (2**40
-with scale 2**18 was within 0.23; 2**42 with 2**16 was off by 1). Half the slots
+after decryption it is rounded back, exactly, while the sum's noise stays below 1/2
+of a unit (``benchmarks/results/he_capacity.md``). Half the slots
 of BFV, so about 32 bytes per parameter (8x float32; TenSEAL's usual N=8192
 settings cost 57-81) at the same ~1e-7 error. One value per slot only: two
 19-bit lanes leave no fixed-point resolution after the headroom for the clients'
@@ -53,49 +54,12 @@ import numpy as np
 import tenseal as ts
 
 from .files import write_private
+from .he_capacity import CKKS_SCALE_BITS, batching_prime, profile_max_summands
 from .he_profiles import PROFILES, SCHEMES
 
 SECRET_FILE = "secret.ctx"
 PUBLIC_FILE = "public.ctx"
 PARAMS_FILE = "params.json"
-
-
-def _is_prime(n: int) -> bool:
-    if n < 2:
-        return False
-    small = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)
-    if n in small:
-        return True
-    if any(n % p == 0 for p in small):
-        return False
-    d, r = n - 1, 0
-    while d % 2 == 0:
-        d, r = d // 2, r + 1
-    for a in small:  # deterministic Miller-Rabin for n < 3.3e24
-        x = pow(a, d, n)
-        if x in (1, n - 1):
-            continue
-        for _ in range(r - 1):
-            x = pow(x, 2, n)
-            if x == n - 1:
-                break
-        else:
-            return False
-    return True
-
-
-def batching_prime(bits: int, poly_modulus_degree: int) -> int:
-    """The largest prime below ``2**bits`` that is 1 mod ``2 * poly_modulus_degree``."""
-    step = 2 * poly_modulus_degree
-    candidate = ((2**bits - 1) // step) * step + 1
-    while not _is_prime(candidate):
-        candidate -= step
-    return candidate
-
-
-#: CKKS encoding scale (bits): the slot noise after a few hundred additions stays below
-#: 0.5 / 2**19 of a unit, so rounding recovers the integer sums.
-CKKS_SCALE_BITS = 19
 
 
 @dataclass(frozen=True)
@@ -120,15 +84,29 @@ class HEParams:
     #: Fingerprint of the key pair (SHA-256 of public.ctx, 16 hex digits): both sides
     #: compare it, since other keys would decrypt the sums to garbage without an error.
     key_id: str = ""
+    #: Slots per ciphertext that carry the upload's weight instead of model values: their
+    #: sum must decrypt to the total weight, which lets clients detect a corrupted
+    #: aggregate (:mod:`privacy.he_encoding`). 0 in params.json from before the check.
+    check_slots: int = 0
 
     @property
     def slots(self) -> int:
-        """Values per ciphertext: N for BFV's integer slots, N/2 for CKKS's real ones."""
+        """Slots per ciphertext: N for BFV's integers, N/2 for CKKS's reals."""
         return self.poly_modulus_degree if self.scheme == "bfv" else self.poly_modulus_degree // 2
+
+    @property
+    def data_slots(self) -> int:
+        """Slots per ciphertext that hold model values."""
+        return self.slots - self.check_slots
+
+    @property
+    def max_summands(self) -> int:
+        """The most uploads whose encrypted sum decrypts exactly (:mod:`privacy.he_capacity`)."""
+        return profile_max_summands(self.scheme, self.values_per_slot, self.poly_modulus_degree)
 
     def ciphertexts_for(self, num_values: int) -> int:
         """Ciphertexts one upload of ``num_values`` parameters takes."""
-        return -(-num_values // (self.slots * self.values_per_slot))
+        return -(-num_values // (self.data_slots * self.values_per_slot))
 
 
 def provision(
@@ -162,7 +140,7 @@ def provision(
     params = HEParams(
         scheme=scheme, coeff_mod_bit_sizes=coeff, plain_modulus_bits=plain_bits, clip=clip,
         max_weight=max_weight, plain_modulus=plain, scale=scale, values_per_slot=values_per_slot,
-        radix=radix,
+        radix=radix, check_slots=1,
     )
     if scheme == "bfv":
         ctx = ts.context(
@@ -210,6 +188,18 @@ def check_key_id(params: HEParams, expected: str, where: str) -> None:
         raise ValueError(
             f"HE keys do not match: the run's are {expected}, {where} holds {params.key_id} "
             "(keys from another provisioning decrypt to garbage); use this run's secret.ctx"
+        )
+
+
+def check_server_folder(folder: Path) -> None:
+    """``ValueError`` when the server's HE folder holds ``secret.ctx``: a server that can
+    read the secret key could decrypt every client's upload, so it does not start.
+    (Runs from before ``he-secret-dir`` kept the key there.)"""
+    if (Path(folder) / SECRET_FILE).exists():
+        raise ValueError(
+            f"{Path(folder) / SECRET_FILE} is in the server's he-dir: the server must hold "
+            f"{PUBLIC_FILE} only, or it could decrypt every upload; move {SECRET_FILE} to the "
+            "clients (he-secret-dir, or a SuperNode's he-secret-context) and start again"
         )
 
 

@@ -45,13 +45,31 @@ def check_privacy(cfg: RunConfig, num_clients: int) -> None:
         for part in parts:
             rate, steps = poisson_plan(len(part), cfg.batch_size, cfg.local_epochs)
             settings.noise_for(sample_rate=rate, steps_per_round=steps)
-    elif cfg.dp is DPMode.CLIENT:
+    if cfg.he:
+        check_he_capacity(cfg, num_clients)
+    if cfg.dp is DPMode.CLIENT:
         per_round = min(
             clients_per_round(num_clients, cfg.fraction_train, cfg.min_train_nodes), num_clients
         )
         client_dp_noise(
             noise_multiplier=cfg.dp_noise, target_epsilon=cfg.dp_target_epsilon,
             delta=cfg.dp_delta, sample_rate=per_round / num_clients, rounds=cfg.num_server_rounds,
+        )
+
+
+def check_he_capacity(cfg: RunConfig, num_clients: int) -> None:
+    """``ValueError`` when a round could sum more uploads than the HE profile decrypts
+    exactly (checked before any key is made)."""
+    from fedloom.privacy.he_capacity import profile_max_summands
+
+    per_round = min(clients_per_round(num_clients, cfg.fraction_train, cfg.min_train_nodes), num_clients)
+    capacity = profile_max_summands(cfg.he_scheme, cfg.he_pack)
+    if per_round > capacity:
+        raise ValueError(
+            f"--he with he-scheme={cfg.he_scheme} he-pack={cfg.he_pack} sums at most {capacity} "
+            f"uploads exactly (its noise budget), but a round could have {per_round}; train fewer "
+            "clients per round (fraction-train, --num-clients)"
+            + (f" or use he-pack=1 ({profile_max_summands(cfg.he_scheme, 1)})" if cfg.he_pack > 1 else "")
         )
 
 

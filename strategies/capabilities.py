@@ -45,7 +45,8 @@ class Capabilities:
     #: Fewest replies per round it can aggregate, as a function of ``num-malicious``.
     min_replies: Callable[[int], int] = _one
     #: Clients report the global model's loss on their data before training
-    #: (``train_loss_initial``; q-FFL weights clients by it).
+    #: (``train_loss_initial``; q-FFL weights clients by it). No DP mode covers it,
+    #: so such a strategy is refused with any ``dp``.
     needs_initial_loss: bool = False
     #: Clients add the proximal term ``mu/2 ||w - w_global||^2`` (the ``proximal-mu``
     #: the strategy sends in its train config).
@@ -91,6 +92,13 @@ def check_strategy(name: str, caps: Capabilities, cfg: RunConfig, names: Callabl
             "weighted sum of the updates, so it can compute a mean but not a median, trimmed mean, "
             "Krum score or per-client loss weighting; strategies that work with --secagg: "
             + ", ".join(names(lambda c: c.secagg_compatible))
+        )
+    if cfg.dp is not DPMode.NONE and caps.needs_initial_loss:
+        raise ValueError(
+            f"strategy {name!r} does not work with dp={cfg.dp}: it weights each client by its "
+            "loss on its whole private partition (train_loss_initial), a statistic no epsilon "
+            "covers; valid with dp: any strategy that does not need the initial loss: "
+            + ", ".join(names(lambda c: not c.needs_initial_loss))
         )
     if cfg.dp is DPMode.CLIENT and not caps.client_dp_compatible:
         raise ValueError(

@@ -95,7 +95,7 @@ def _secure(inner: Strategy, cfg: RunConfig, max_examples: int) -> SecAggStrateg
     fraction = cfg.compression.transform.param if cfg.compression.transform is not None else None
     return SecAggStrategy(
         inner, threshold=cfg.secagg_threshold, bits=cfg.secagg_bits, clip=cfg.secagg_clip,
-        max_weight=max_examples, equal_weights=cfg.dp is DPMode.CLIENT,
+        max_weight=max_examples, equal_weights=cfg.dp is not DPMode.NONE,  # under DP every reply weighs 1
         randk_fraction=float(fraction) if fraction is not None else 1.0,
         seed=cfg.seed, neighbours=cfg.secagg_neighbours, timeout=cfg.round_timeout,
     )

@@ -51,10 +51,7 @@ class EncryptedFedAvg(RejectsReplies, FedAvg):
         if not 0 < block_fraction <= 1:
             raise ValueError(f"block fraction must be in (0, 1], got {block_fraction}")
         self.he_dir = he_dir
-        if (Path(he_dir) / he.SECRET_FILE).exists():  # runs from before he-secret-dir kept it here
-            log(WARNING, "%s holds secret.ctx: the server's folder must hold public.ctx only; move the "
-                "secret key to the clients (he-secret-dir, or a SuperNode's he-secret-context)",
-                Path(he_dir))
+        he.check_server_folder(Path(he_dir))
         self.params = he.load_params(Path(he_dir))
         if max_weight > self.params.max_weight:
             raise ValueError(
@@ -62,6 +59,8 @@ class EncryptedFedAvg(RejectsReplies, FedAvg):
                 f"round, but this task's training set has {max_weight}: sums could overflow; "
                 f"make keys with a max weight >= {max_weight} (deploy/provision_he.py --max-weight)"
             )
+        #: Uploads one sum holds and still decrypts exactly (the profile's noise budget).
+        self.max_summands = self.params.max_summands
         self.num_ciphertexts = self.params.ciphertexts_for(num_parameters)
         self.block_sizes = block_sizes(self.params, num_parameters)
         ctx = he.public_context(Path(he_dir))
@@ -175,6 +174,11 @@ class EncryptedFedAvg(RejectsReplies, FedAvg):
             if msg.has_error():
                 continue
             try:
+                if len(uploads) >= self.max_summands:
+                    raise ValueError(
+                        f"this round already holds {self.max_summands} uploads, the most whose "
+                        "encrypted sum decrypts exactly with this HE profile"
+                    )
                 vectors, weight = self.check_upload(msg.content, total)
             except ValueError as exc:
                 self.rejected.append(Rejection(msg.metadata.src_node_id, str(exc)))

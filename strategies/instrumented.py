@@ -26,7 +26,7 @@ from fedloom.flower_compat import failure_reason, strip_ansi
 from fedloom.protocol.keys import NODE_CONFIG_KEYS, NUM_PARTITIONS, PARTITION_ID
 from fedloom.protocol.records import pooled_statistics, remove_statistics
 
-from .delegating import DelegatingStrategy, chain_of, rejections
+from .delegating import DelegatingStrategy, Rejection, chain_of, rejections
 from .nodes import reported_nodes
 from .ordering import canonical_order
 
@@ -95,6 +95,19 @@ def failed_replies(
         if f["node_id"] in partitions:
             f["partition_id"] = partitions[f["node_id"]][0]
     return failed
+
+
+def rejected_replies(
+    rejected: Iterable[Rejection], partitions: dict[int, tuple[int, int]]
+) -> list[dict[str, Any]]:
+    """One failures.jsonl entry per reply a wrapper left out this round, reason first."""
+    out = []
+    for r in rejected:
+        entry: dict[str, Any] = {"phase": "train", "node_id": r.node_id, "reason": f"rejected: {r.reason}"}
+        if r.node_id in partitions:
+            entry["partition_id"] = partitions[r.node_id][0]
+        out.append(entry)
+    return out
 
 
 def reported_partitions(replies: Iterable[Message]) -> dict[int, tuple[int, int]]:
@@ -214,7 +227,7 @@ class InstrumentedStrategy(DelegatingStrategy):
         self.stats.failures = self.stats.sampled - len(ok)
         self.stats.failed = failed_replies("train", self._sent, replies, self.partitions)
         self._count_up(ok)
-        if len(ok) < self.min_replies:
+        if len(ok) < min(self.min_replies, self.stats.sampled):  # dp=client's Poisson draw may be smaller
             raise TooFewReplies(
                 f"round {server_round + self.round_offset}: only {len(ok)} of "
                 f"{self.stats.sampled} sampled clients replied (min-train-nodes={self.min_replies}); "
@@ -230,7 +243,9 @@ class InstrumentedStrategy(DelegatingStrategy):
         except TooFewReplies:
             self._extra_failed()
             raise
-        self.stats.rejected = len(rejections(self.inner))
+        rejected = rejections(self.inner)
+        self.stats.rejected = len(rejected)
+        self.stats.failed += rejected_replies(rejected, self.partitions)
         # Messages a wrapper sent beside the round's own (BatchNorm calibration queries).
         for s in chain_of(self.inner):
             if isinstance(s, DelegatingStrategy):

@@ -17,23 +17,29 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator
+import secrets
+from collections.abc import Callable, Iterable, Iterator
 from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import (
-    DifferentialPrivacyClientSideFixedClipping,
-    DifferentialPrivacyServerSideFixedClipping,
-    Strategy,
-)
+from flwr.serverapp.strategy import Strategy
 
-from fedloom.flower_compat import ClientSideAdaptiveClipping, ServerSideAdaptiveClipping, sample_nodes
-from fedloom.privacy.accounting import EpsilonLedger, calibrate_noise, client_level_epsilon
+from fedloom.flower_compat import (
+    ClientSideAdaptiveClipping,
+    ClientSideFixedClipping,
+    SecureNoise,
+    ServerSideAdaptiveClipping,
+    ServerSideFixedClipping,
+    sample_nodes,
+    sampling_uniform,
+)
+from fedloom.privacy.accounting import EpsilonLedger, calibrate_noise, client_level_epsilon_of
+from fedloom.privacy.secure_noise import SecureGaussian
 from fedloom.protocol.keys import DP_EPSILON as EPSILON_KEY
 from fedloom.protocol.keys import DP_EXHAUSTED as EXHAUSTED_KEY
 from fedloom.protocol.keys import PARTITION_ID as PARTITION_KEY
@@ -97,7 +103,9 @@ class SampleDPStrategy(DelegatingStrategy):
                 f"client {client} reports epsilon {value:.4f} above the target "
                 f"{self.target_epsilon}"
             )
-        self.ledger.record_client(server_round, client, value, trained=not exhausted)
+        self.ledger.record_client(
+            server_round, client, value, trained=not exhausted, tolerance=EPSILON_TOLERANCE
+        )
         if exhausted:
             self.exhausted.add(client)
             log(
@@ -119,12 +127,12 @@ class SampleDPStrategy(DelegatingStrategy):
                 if self._read_report(server_round, msg):
                     kept.append(msg)
                 else:
-                    self.rejected.append(Rejection(msg.metadata.src_node_id, "budget spent"))
+                    self.rejected.append(Rejection(msg.metadata.src_node_id, "privacy budget spent"))
             except (ValueError, TypeError) as exc:
                 self.rejected.append(Rejection(msg.metadata.src_node_id, str(exc)))
                 log(WARNING, "dropping reply from node %s: %s", msg.metadata.src_node_id, exc)
         population = max(self.ledger.population, 1)
-        if len(self.exhausted) >= population:
+        if len(self.exhausted | set(getattr(self.ledger, "refused", {}))) >= population:
             raise PrivacyBudgetExhausted(
                 f"all {population} clients have spent their privacy budget "
                 f"(target epsilon {self.target_epsilon:g}); stopping before round {server_round}"
@@ -154,11 +162,15 @@ def client_dp_noise(
 class ClientDPStrategy(DelegatingStrategy):
     """Client-level DP: Flower's DP wrapper around ``inner`` plus RDP accounting.
 
-    Updates are averaged with equal weights (the sensitivity of the mean of ``m``
-    clipped updates is ``clipping_norm / m`` only then), so each reply's weight
-    is set to 1 before aggregation. The sampling rate is clients per round /
-    clients; Flower samples without replacement, the accountant assumes Poisson
-    subsampling, the usual approximation of DP-FedAvg.
+    Each round samples clients by Poisson sampling, as the RDP analysis of the
+    subsampled Gaussian assumes: every live client joins independently with
+    probability q = clients per round / live clients, both measured that round (drop-outs
+    raise q, and the account records each round's own q). The release is McMahan et
+    al.'s fixed-denominator estimate: the sum of the clipped updates plus noise of
+    deviation z*C, divided by the expected count q*N (public), not by the count drawn,
+    so how many clients joined is not released either; a round that drew nobody
+    releases the noise alone. Updates are summed with equal weights (each reply's
+    weight is set to 1).
     """
 
     def __init__(
@@ -203,13 +215,17 @@ class ClientDPStrategy(DelegatingStrategy):
         self.sample_rate = 0.0
         self.releases = 0
         self._dp_state: dict[str, Any] | None = None  # loaded before Flower's wrapper exists
+        #: The sampling rate of every release so far, in order (the accountant's history).
+        self.rates: list[float] = []
+        self.expected = 0.0  # this round's expected number of clients, q * N
+        self.global_arrays: ArrayRecord | None = None
 
     def state_dict(self) -> dict[str, Any]:
         """Ledger, releases, the noise (calibrated once) and Flower's wrapper's state
         (adaptive clipping's norm)."""
         return {
             "ledger": self.ledger.state_dict(), "noise": self.noise, "sample_rate": self.sample_rate,
-            "releases": self.releases,
+            "releases": self.releases, "rates": list(self.rates),
             "dp": strategy_state(self.dp) if self.dp is not None else self._dp_state,
         }
 
@@ -217,6 +233,7 @@ class ClientDPStrategy(DelegatingStrategy):
         self.ledger.load_state_dict(state["ledger"])
         self.noise, self.sample_rate = float(state["noise"]), float(state["sample_rate"])
         self.releases = int(state["releases"])
+        self.rates = [float(r) for r in state.get("rates", [])]
         self._dp_state = state["dp"]
         if self.dp is not None and self._dp_state is not None:
             load_strategy_state(self.dp, self._dp_state)
@@ -242,13 +259,28 @@ class ClientDPStrategy(DelegatingStrategy):
         return flower_dp_wrapper(
             self.inner, clipping=self.clipping, side=self.side, noise_multiplier=self.noise,
             clipping_norm=self.clipping_norm, clients_per_round=per_round,
+            seeded_noise=self.seeded_noise,
         )
 
-    def epsilon_after(self, releases: int) -> float:
-        return client_level_epsilon(
-            noise_multiplier=self.noise, sample_rate=self.sample_rate, rounds=releases,
-            delta=self.delta,
-        )
+    def release_rates(self, releases: int) -> list[float]:
+        """The sampling rates of the first ``releases`` releases (checkpoints from before
+        per-round rates, and a release noted after the checkpoint, use the last known)."""
+        rates = list(getattr(self, "rates", None) or [])
+        fill = rates[-1] if rates else self.sample_rate
+        return (rates + [fill] * releases)[:releases]
+
+    def epsilon_after(self, releases: int, next_rate: float | None = None) -> float:
+        """Client-level epsilon after ``releases`` releases (and one more at ``next_rate``)."""
+        rates = self.release_rates(releases) + ([next_rate] if next_rate is not None else [])
+        return client_level_epsilon_of(rates, noise_multiplier=self.noise, delta=self.delta)
+
+    def round_rate(self, grid: Grid) -> tuple[float, list[int]]:
+        """This round's Poisson rate over the live clients, and those clients."""
+        live = sorted(grid.get_node_ids())
+        if not live:
+            raise PrivacyBudgetExhausted("no client is connected: nothing to sample")
+        per_round = min(clients_per_round(len(live), self.fraction_train, self.min_train_nodes), len(live))
+        return per_round / len(live), live
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -257,13 +289,30 @@ class ClientDPStrategy(DelegatingStrategy):
             self.dp = self._setup(grid)
             if self._dp_state is not None:
                 load_strategy_state(self.dp, self._dp_state)
-        if self.target_epsilon and self.epsilon_after(self.releases + 1) > self.target_epsilon:
+        rate, live = self.round_rate(grid)
+        if self.target_epsilon and self.epsilon_after(self.releases, rate) > self.target_epsilon:
             raise PrivacyBudgetExhausted(
-                f"another round would raise the client-level epsilon from "
+                f"another round (sampling rate {rate:.4g}) would raise the client-level epsilon from "
                 f"{self.epsilon_after(self.releases):.4f} past the target "
                 f"{self.target_epsilon:g}; stopping before round {server_round}"
             )
-        return self.dp.configure_train(server_round, arrays, config, grid)
+        self.round_q, self.expected, self.global_arrays = rate, rate * len(live), arrays
+        inner = self.inner  # FedAvg or FedProx (config checks): every live client gets a message
+        saved = inner.fraction_train, inner.min_train_nodes  # type: ignore[attr-defined]
+        inner.fraction_train, inner.min_train_nodes = 1.0, len(live)  # type: ignore[attr-defined]
+        try:
+            messages = list(self.dp.configure_train(server_round, arrays, config, grid))
+        finally:
+            inner.fraction_train, inner.min_train_nodes = saved  # type: ignore[attr-defined]
+        draw = self._uniform()
+        return [m for m in messages if draw() < rate]
+
+    def _uniform(self) -> Callable[[], float]:
+        """Who joins is secret (the amplification by sampling rests on it): the OS's CSPRNG,
+        or with seeded noise the run's sampling generator (reproducible, not private)."""
+        if self.seeded_noise:
+            return sampling_uniform()
+        return secrets.SystemRandom().random
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -275,21 +324,53 @@ class ClientDPStrategy(DelegatingStrategy):
         # the noise covers. So failed replies are dropped and the noise is sized for the
         # replies actually averaged.
         good = [msg for msg in replies if not msg.has_error()]
+        expected, start = getattr(self, "expected", 0.0), getattr(self, "global_arrays", None)
         if not good:
-            return None, None
-        for msg in good:
-            _metrics(msg)[self.weight_key] = 1
-        planned = self.dp.num_sampled_clients  # type: ignore[attr-defined]
-        self.dp.num_sampled_clients = len(good)  # type: ignore[attr-defined]
-        try:  # Flower draws the noise from numpy's global RNG, which the run seeds
-            with contextlib.nullcontext() if self.seeded_noise else secret_numpy_rng():
-                arrays, metrics = self.dp.aggregate_train(server_round, good)
-        finally:
-            self.dp.num_sampled_clients = planned  # type: ignore[attr-defined]
+            if not expected or start is None:  # a checkpoint from before Poisson sampling
+                return None, None
+            arrays, metrics = self._noise_only(start, expected), MetricRecord()
+        else:
+            for msg in good:
+                _metrics(msg)[self.weight_key] = 1
+            planned = self.dp.num_sampled_clients  # type: ignore[attr-defined]
+            self.dp.num_sampled_clients = len(good)  # type: ignore[attr-defined]
+            try:  # old checkpoints' Flower wrappers draw from numpy's global RNG, which the run seeds
+                seeded = getattr(self, "seeded_noise", False)  # absent from checkpoints of older versions
+                with contextlib.nullcontext() if seeded else secret_numpy_rng():
+                    arrays, metrics = self.dp.aggregate_train(server_round, good)
+            finally:
+                self.dp.num_sampled_clients = planned  # type: ignore[attr-defined]
+            if arrays is not None and expected and start is not None:
+                arrays = fixed_denominator(start, arrays, replies=len(good), expected=expected)
         if arrays is not None:
+            self.rates = [*self.release_rates(self.releases), getattr(self, "round_q", self.sample_rate)]
             self.releases += 1
             self.ledger.record_population(server_round, self.epsilon_after(self.releases))
         return arrays, metrics
+
+    def _noise_only(self, start: ArrayRecord, expected: float) -> ArrayRecord:
+        """The release of a round that drew nobody: the global model plus the noise of an
+        empty sum, divided by the expected count."""
+        assert self.dp is not None
+        std = self.noise * float(self.dp.clipping_norm) / expected  # type: ignore[attr-defined]
+        out = {}
+        for key, array in start.items():
+            values = array.numpy()
+            noise = (np.random.normal(0.0, std, values.shape).astype(values.dtype) if self.seeded_noise
+                     else SecureGaussian().numpy_noise(std, values.shape, values.dtype))
+            out[key] = Array(values + noise)
+        return ArrayRecord(out)
+
+
+def fixed_denominator(start: ArrayRecord, mean: ArrayRecord, *, replies: int, expected: float) -> ArrayRecord:
+    """``start + (mean - start) * replies / expected``: the noised mean over ``replies``
+    clients (noise sized for that count) turned into the noised sum over the expected
+    count, McMahan et al. 2018's fixed-denominator estimator for Poisson sampling."""
+    factor = replies / expected
+    return ArrayRecord({
+        k: Array((s.numpy() + (mean[k].numpy().astype(np.float64) - s.numpy()) * factor).astype(s.numpy().dtype))
+        for k, s in start.items()
+    })
 
 
 @contextlib.contextmanager
@@ -316,22 +397,24 @@ def flower_dp_wrapper(
     noise_multiplier: float,
     clipping_norm: float,
     clients_per_round: int,
+    seeded_noise: bool = False,
 ) -> Strategy:
-    """The Flower DP strategy wrapper for ``clipping`` (fixed|adaptive) on ``side``.
+    """The Flower DP strategy wrapper for ``clipping`` (fixed|adaptive) on ``side``,
+    drawing its noise from the OS's CSPRNG unless ``seeded_noise``.
 
     Adaptive clipping (Andrew et al. 2021) spends part of the noise on the
     clipped-count query; its standard deviation is max(m/20, z) so that the
     total noise still equals ``noise_multiplier`` z.
     """
+    wrapper: SecureNoise
     if clipping == "fixed":
-        cls = (
-            DifferentialPrivacyServerSideFixedClipping
-            if side == "server"
-            else DifferentialPrivacyClientSideFixedClipping
+        fixed = ServerSideFixedClipping if side == "server" else ClientSideFixedClipping
+        wrapper = fixed(inner, noise_multiplier, clipping_norm, clients_per_round)
+    else:
+        adaptive = ServerSideAdaptiveClipping if side == "server" else ClientSideAdaptiveClipping
+        wrapper = adaptive(
+            inner, noise_multiplier, clients_per_round, initial_clipping_norm=clipping_norm,
+            clipped_count_stddev=max(clients_per_round / 20, noise_multiplier),
         )
-        return cls(inner, noise_multiplier, clipping_norm, clients_per_round)
-    adaptive = ServerSideAdaptiveClipping if side == "server" else ClientSideAdaptiveClipping
-    return adaptive(
-        inner, noise_multiplier, clients_per_round, initial_clipping_norm=clipping_norm,
-        clipped_count_stddev=max(clients_per_round / 20, noise_multiplier),
-    )
+    wrapper.seeded_noise = seeded_noise
+    return wrapper  # type: ignore[return-value]

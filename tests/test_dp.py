@@ -369,9 +369,11 @@ def test_a_batch_mean_loss_fails_dp_sample_at_start_up(monkeypatch, capsys):
 @pytest.mark.parametrize("third", ["failed", "missing"])
 @pytest.mark.parametrize("side", ["server", "client"])
 def test_client_dp_noise_covers_the_replies_actually_averaged(side, third, task_identity):
-    # 3 clients planned; the third fails or never replies (straggler, rejected). The release is the mean of 2 clipped updates, which
-    # one client moves by up to C / 2, so the noise must be z * C / 2, not z * C / 3;
-    # and the round is still released (Flower's wrapper alone skips it on any error).
+    # 3 clients drawn (q = 1); the third fails or never replies (straggler, rejected). The
+    # release is the fixed-denominator estimate (Poisson sampling): the sum of the 2 clipped
+    # updates plus noise z * C, divided by the expected count 3, so the mean moves 2/3 of
+    # the update and the noise is z * C / 3; and the round is still released (Flower's
+    # wrapper alone skips it on any error).
     from flwr.app import Error
     from flwr.serverapp import Grid
     from flwr.serverapp.strategy import FedAvg
@@ -399,8 +401,9 @@ def test_client_dp_noise_covers_the_replies_actually_averaged(side, third, task_
     np.random.seed(0)
     arrays, _ = strategy.aggregate_train(1, replies)
     assert arrays is not None and strategy.releases == 1
-    noise = arrays["w"].numpy() - update
-    assert float(noise.std()) == pytest.approx(1.0 * 0.5 / 2, rel=0.03)
+    noise = arrays["w"].numpy() - update * 2 / 3
+    assert float(noise.mean()) == pytest.approx(0.0, abs=0.005)
+    assert float(noise.std()) == pytest.approx(1.0 * 0.5 / 3, rel=0.03)
 
 
 def test_half_an_epoch_of_dp_sgd_takes_half_the_steps_and_accounts_for_them(digits):

@@ -13,6 +13,7 @@ from fedloom.client.he_client import decrypt_global, encrypt_local
 from fedloom.compression.flat import flatten
 from fedloom.compression.spec import parse_spec
 from fedloom.privacy import he
+from fedloom.privacy.he_capacity import is_prime
 from fedloom.privacy.he_encoding import value_weights
 from fedloom.privacy.fixed_point import decode_mean, encode_weighted, fixed_point_scale, lane_radix, pack, unpack
 from fedloom.protocol.keys import HE_BLOCK_WEIGHTS as BLOCK_WEIGHTS_KEY
@@ -64,8 +65,8 @@ def profile(request, keys, server_dir, packed, ckks):
 
 def test_batching_prime():
     p = he.batching_prime(40, 4096)
-    assert p < 2**40 and p % 8192 == 1 and he._is_prime(p)
-    assert not he._is_prime(p + 8192 * 0 + 2)
+    assert p < 2**40 and p % 8192 == 1 and is_prime(p)
+    assert not is_prime(p + 8192 * 0 + 2)
 
 
 def test_fixed_point_by_hand():
