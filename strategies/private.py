@@ -159,6 +159,11 @@ def client_dp_noise(
     )
 
 
+#: Metric of a reply that a wrapper built from several clients' updates (SecAgg+'s
+#: unmasked sum): how many. It never comes from a client and leaves the reply here.
+SUMMED_CLIENTS_KEY = "fedloom-summed-clients"
+
+
 class ClientDPStrategy(DelegatingStrategy):
     """Client-level DP: Flower's DP wrapper around ``inner`` plus RDP accounting.
 
@@ -215,6 +220,8 @@ class ClientDPStrategy(DelegatingStrategy):
         self.sample_rate = 0.0
         self.releases = 0
         self._dp_state: dict[str, Any] | None = None  # loaded before Flower's wrapper exists
+        #: Set by a SecAgg+ wrapper around it: a reply may stand for several clients.
+        self.trusts_summed_replies = False
         #: The sampling rate of every release so far, in order (the accountant's history).
         self.rates: list[float] = []
         self.expected = 0.0  # this round's expected number of clients, q * N
@@ -325,6 +332,10 @@ class ClientDPStrategy(DelegatingStrategy):
         # replies actually averaged.
         good = [msg for msg in replies if not msg.has_error()]
         expected, start = getattr(self, "expected", 0.0), getattr(self, "global_arrays", None)
+        # A reply may stand for several clients (SecAgg+ hands on their sum as one reply);
+        # the count is trusted only from that wrapper, never from a client's own metrics.
+        counts = [int(_metrics(m).pop(SUMMED_CLIENTS_KEY, 1)) for m in good]
+        summed = sum(counts) if self.trusts_summed_replies else len(good)
         if not good:
             if not expected or start is None:  # a checkpoint from before Poisson sampling
                 return None, None
@@ -341,7 +352,7 @@ class ClientDPStrategy(DelegatingStrategy):
             finally:
                 self.dp.num_sampled_clients = planned  # type: ignore[attr-defined]
             if arrays is not None and expected and start is not None:
-                arrays = fixed_denominator(start, arrays, replies=len(good), expected=expected)
+                arrays = fixed_denominator(start, arrays, replies=summed, expected=expected)
         if arrays is not None:
             self.rates = [*self.release_rates(self.releases), getattr(self, "round_q", self.sample_rate)]
             self.releases += 1

@@ -43,7 +43,7 @@ from fedloom.protocol.keys import NUM_EXAMPLES as WEIGHT_KEY
 from .compressed import round_seed
 from .delegating import DelegatingStrategy, Rejection, chain_of
 from .instrumented import TooFewReplies, failed_replies
-from .private import ClientDPStrategy
+from .private import SUMMED_CLIENTS_KEY, ClientDPStrategy
 
 
 class SecureAggregationFailed(TooFewReplies):
@@ -101,6 +101,9 @@ class SecAggStrategy(DelegatingStrategy):
         self.max_weight, self.equal_weights = max_weight, equal_weights
         self.randk_fraction, self.seed, self.noise_std, self.timeout = randk_fraction, seed, noise_std, timeout
         self.neighbours = neighbours
+        for wrapped in chain_of(inner):  # the one reply it hands on stands for the survivors
+            if isinstance(wrapped, ClientDPStrategy):
+                wrapped.trusts_summed_replies = True
         self._reset()
 
     def _reset(self) -> None:
@@ -352,6 +355,7 @@ class SecAggStrategy(DelegatingStrategy):
         weights = unflatten((self._global.astype(np.float64) + mean).astype(np.float32), self._like)
         metrics = aggregate_metricrecords([m.content for m in good], WEIGHT_KEY)
         metrics[WEIGHT_KEY] = sum(self._upload_weight(m) for m in good)
+        metrics[SUMMED_CLIENTS_KEY] = len(survivors)  # client-level DP's fixed denominator
         reply = good[0]
         reply.content = RecordDict({
             ARRAYS: ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in weights.items()}),

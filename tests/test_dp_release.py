@@ -120,3 +120,4 @@ def test_the_server_refuses_an_he_folder_with_a_secret_key(tmp_path):
     (tmp_path / "secret.ctx").write_bytes(b"a secret key")
     with pytest.raises(ValueError, match="secret.ctx is in the server's he-dir: the server must hold public.ctx only"):
         EncryptedFedAvg(he_dir=str(tmp_path), num_parameters=10, max_weight=10)
+
