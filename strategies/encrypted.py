@@ -169,7 +169,9 @@ class EncryptedFedAvg(RejectsReplies, FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        uploads, good, total = [], [], 0
+        uploads: list[Any] = []
+        good: list[Message] = []
+        total = 0
         for msg in replies:
             if msg.has_error():
                 continue

@@ -20,7 +20,7 @@ import os
 import secrets
 from collections.abc import Callable, Iterable, Iterator
 from logging import INFO, WARNING
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -334,8 +334,10 @@ class ClientDPStrategy(DelegatingStrategy):
         expected, start = getattr(self, "expected", 0.0), getattr(self, "global_arrays", None)
         # A reply may stand for several clients (SecAgg+ hands on their sum as one reply);
         # the count is trusted only from that wrapper, never from a client's own metrics.
-        counts = [int(_metrics(m).pop(SUMMED_CLIENTS_KEY, 1)) for m in good]
+        counts = [int(cast(int, _metrics(m).pop(SUMMED_CLIENTS_KEY, 1))) for m in good]
         summed = sum(counts) if self.trusts_summed_replies else len(good)
+        arrays: ArrayRecord | None
+        metrics: MetricRecord | None
         if not good:
             if not expected or start is None:  # a checkpoint from before Poisson sampling
                 return None, None
