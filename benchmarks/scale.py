@@ -16,6 +16,7 @@ final accuracy and epsilon.
 
 Usage: python benchmarks/scale.py [--populations 100 1000 10000 50000] [--rounds 3]
        [--dp-populations 10000 100] [--dp-rounds 100] [--dp-target-epsilon 2]
+       [--dp-run-config 'mnist-model=dp-cnn'] [--dp-plot scale_dp]
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import DATA_DIR, ROOT, markdown_table, write_result
+from common import DATA_DIR, RESULTS, ROOT, markdown_table, write_result
 
 
 
@@ -112,21 +113,42 @@ def population_table(populations: list[int], per_round: int, rounds: int, data_d
          "partitions.json KiB", f"accuracy after {rounds}", "wall s"], rows)
 
 
-def dp_table(populations: list[int], per_round: int, rounds: int, target: float, data_dir: str, tmp: Path) -> str:
-    rows = []
+def dp_table(populations: list[int], per_round: int, rounds: int, target: float, data_dir: str, tmp: Path,
+             run_config: str = "", plot_prefix: str = "") -> str:
+    rows, run_dirs = [], []
     for p in populations:
-        run_dir = tmp / f"dp{p}"
+        run_dir = tmp / f"{p:,}-clients".replace(",", "_")
+        run_dirs.append(run_dir)
         got = run(run_dir, ["--task", "mnist", "--data-dir", data_dir, "--num-clients", str(p),
                             "--fraction", f"{min(per_round / p, 1.0):.10g}", "--rounds", str(rounds),
                             "--seed", "1", "--dp", "client", "--dp-target-epsilon", str(target),
-                            "--dp-clipping-norm", "1.0"])
+                            "--dp-clipping-norm", "1.0", *(["--run-config", run_config] if run_config else [])])
         last = got["rows"][-1]
         noise = noise_of(run_dir)
         print(f"dp=client population {p}: accuracy {last['accuracy']:.4f} epsilon {last['epsilon']:.3f}", flush=True)
         rows.append([f"{p:,}", f"{min(per_round, p) / p:.4g}", f"{noise:.3f}", f"{last['accuracy']:.4f}",
                      f"{last['epsilon']:.3f}", f"{got['per_round']:.1f}"])
-    return markdown_table(["clients", "sampling rate q", "noise multiplier z", "final accuracy",
-                           "final epsilon", "s / round"], rows)
+    table = markdown_table(["clients", "sampling rate q", "noise multiplier z", "final accuracy",
+                            "final epsilon", "s / round"], rows)
+    if plot_prefix:
+        table += "\n" + plot_runs(run_dirs, plot_prefix)
+    return table
+
+
+def plot_runs(run_dirs: list[Path], prefix: str) -> str:
+    """Accuracy and epsilon of the runs against the round (fedloom.compare's plots), as
+    PNGs beside the results file; the markdown that shows them."""
+    from fedloom.api import load_run
+    from fedloom.compare import plot_comparison
+
+    runs = [load_run(d) for d in run_dirs]
+    names = [d.name.replace("_", ",") for d in run_dirs]
+    lines = []
+    for metric in ("accuracy", "epsilon"):
+        png = plot_comparison(runs, names, metric, RESULTS / f"{prefix}_{metric}.png")
+        print(f"plot: {png}", flush=True)
+        lines.append(f"![{metric} against the round]({png.name})\n")
+    return "\n".join(lines)
 
 
 def noise_of(run_dir: Path) -> float:
@@ -145,6 +167,10 @@ def main() -> None:
     parser.add_argument("--dp-populations", type=int, nargs="*", default=[10000, 100])
     parser.add_argument("--dp-rounds", type=int, default=100)
     parser.add_argument("--dp-target-epsilon", type=float, default=2.0)
+    parser.add_argument("--dp-run-config", default="",
+                        help="extra run config of the DP runs, e.g. 'mnist-model=dp-cnn'")
+    parser.add_argument("--dp-plot", default="scale_dp",
+                        help="prefix of the DP part's PNGs in benchmarks/results ('' for none)")
     parser.add_argument("--data-dir", default=str(DATA_DIR))
     parser.add_argument("--out", default="scale.md")
     parser.add_argument("--note", default="", help="a sentence on what ran, for the results file")
@@ -170,11 +196,11 @@ def main() -> None:
             text += [
                 f"\n## Client-level DP at the same budget (dp=client, target epsilon "
                 f"{args.dp_target_epsilon:g} at delta 1e-5, {args.dp_rounds} rounds, {args.per_round} clients "
-                "per round, fixed clipping 1.0)\n\n",
+                f"per round, fixed clipping 1.0{', ' + args.dp_run_config if args.dp_run_config else ''})\n\n",
                 "The noise multiplier is the smallest that keeps the run within the target "
                 "(Opacus RDP, calibrated for the planned rounds).\n\n",
                 dp_table(args.dp_populations, args.per_round, args.dp_rounds, args.dp_target_epsilon,
-                         args.data_dir, Path(tmp)),
+                         args.data_dir, Path(tmp), args.dp_run_config, args.dp_plot),
             ]
     write_result(args.out, "".join(text))
 

@@ -178,6 +178,10 @@ class ClientDPStrategy(DelegatingStrategy):
     weight is set to 1).
     """
 
+    #: A round without a usable reply still releases (the noise alone): the wrappers
+    #: outside hand it the empty round instead of skipping it.
+    releases_without_replies = True
+
     def __init__(
         self,
         inner: Strategy,

@@ -74,3 +74,17 @@ def test_a_round_that_draws_nobody_releases_the_noise_alone(task_identity):
     assert strategy.releases == 1 and strategy.rates == [pytest.approx(0.1)]
     # noise of an empty sum, z * C, over the expected count q * N = 2
     assert float(arrays["w"].numpy().std()) == pytest.approx(1.0 * 0.5 / 2, rel=0.03)
+
+
+def test_the_validating_wrapper_hands_client_dp_a_round_that_drew_nobody(task_identity):
+    # CI caught it: a Poisson draw of nobody ended the round in the validating wrapper,
+    # so nothing was released and the ledger did not count the round.
+    from fedloom.strategies.validation import ValidatingStrategy
+
+    inner = client_dp(0.1, 1)
+    inner._uniform = lambda: (lambda: 1.0)  # nobody joins
+    strategy = ValidatingStrategy(inner, 10_000)
+    start = ArrayRecord({"w": Array(np.zeros(8, np.float32))})
+    assert list(strategy.configure_train(1, start, ConfigRecord(), grid_of(list(range(1, 21))))) == []
+    arrays, _ = strategy.aggregate_train(1, [])
+    assert arrays is not None and inner.releases == 1 and inner.ledger.population_epsilon > 0
