@@ -17,6 +17,7 @@ import ipaddress
 import re
 import sys
 from pathlib import Path
+from typing import cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -101,7 +102,8 @@ def load_ca(folder: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]
         fail(f"--ca-dir {folder}: cannot read ca.crt and ca.key ({exc})")
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():
         fail(f"--ca-dir {folder}: ca.key is not the key of ca.crt")
-    return key, cert
+    # fail() exits; mypy sees _common's script import as Any, so it does not narrow key.
+    return cast(ec.EllipticCurvePrivateKey, key), cert
 
 
 def make_certs(out: Path, hosts: list[str], days: int, ca_dir: Path | None = None) -> None:

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import APP_DIR, Parser, fail, flower_exe, flwr_home, parse_host_port  # noqa: E402
@@ -84,7 +84,7 @@ def _json(text: str) -> dict[str, Any]:
         value = None
     if not isinstance(value, dict):
         fail(f"unexpected output from flwr: {text.strip()[:200]!r}")
-    return value
+    return cast(dict[str, Any], value)  # fail() exits; mypy sees _common's script import as Any
 
 
 def run_status(run_id: int, connection: str, timeout: float) -> str:
