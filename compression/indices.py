@@ -21,7 +21,9 @@ def varint_encode(values: np.ndarray) -> bytes:
     v = np.asarray(values, dtype=np.uint64)
     if v.size and int(v.max()) >= 1 << 35:
         raise ValueError("varint values must be < 2**35")
-    nbytes = 1 + sum((v >= (1 << (7 * j))).astype(np.int64) for j in range(1, 5))
+    nbytes = sum(
+        ((v >= (1 << (7 * j))).astype(np.int64) for j in range(1, 5)), np.ones(v.shape, np.int64)
+    )
     starts = np.cumsum(nbytes) - nbytes
     out = np.zeros(int(nbytes.sum()), dtype=np.uint8)
     for j in range(5):

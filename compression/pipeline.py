@@ -7,36 +7,45 @@ decoder rejects any payload whose length is not exact.
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 
 from . import quantize as qz
-from .spec import Chain, CodecContext
+from .spec import Chain, CodecContext, Expand
 
 
 def encode(chain: Chain, vec: np.ndarray, ctx: CodecContext) -> bytes:
     """The payload bytes for flat float32 ``vec``."""
     side, values = b"", np.asarray(vec, dtype=np.float32)
     if chain.transform is not None:
-        side, values = chain.transform.codec.encode(values, chain.transform.param, ctx)
+        # Codec.encode's result depends on its kind (compression/spec.py): here a transform's.
+        side, values = cast(
+            tuple[bytes, np.ndarray], chain.transform.codec.encode(values, chain.transform.param, ctx)
+        )
     if chain.quantizer is None:
         return side + qz.float32_encode(values)
-    return side + chain.quantizer.codec.encode(values, chain.quantizer.param, ctx)
+    return side + cast(bytes, chain.quantizer.codec.encode(values, chain.quantizer.param, ctx))
 
 
 def decode(chain: Chain, payload: bytes, ctx: CodecContext) -> np.ndarray:
     """The flat float32 vector of length ``ctx.n`` that ``payload`` encodes."""
     count, used = ctx.n, 0
 
-    def expand(values: np.ndarray) -> np.ndarray:
+    def identity(values: np.ndarray) -> np.ndarray:
         return values
 
+    expand: Expand = identity
     if chain.transform is not None:
-        expand, count, used = chain.transform.codec.decode(payload, chain.transform.param, ctx)
+        # Codec.decode's result depends on its kind (compression/spec.py): here a transform's.
+        expand, count, used = cast(
+            tuple[Expand, int, int], chain.transform.codec.decode(payload, chain.transform.param, ctx)
+        )
     body = payload[used:]
     if chain.quantizer is None:
         values = qz.float32_decode(body, count)
     else:
-        values = chain.quantizer.codec.decode(body, count, chain.quantizer.param)
+        values = cast(np.ndarray, chain.quantizer.codec.decode(body, count, chain.quantizer.param))
     return expand(values)
 
 
