@@ -145,7 +145,8 @@ def check_per_example_loss(
     try:
         with torch.no_grad():
             logits = model(x)
-            loss_fn.reduction = "none"
+            # torch types Module.__setattr__'s value as Tensor | Module; any attribute works.
+            loss_fn.reduction = "none"  # type: ignore[assignment]
             per_example = loss_fn(logits, y)
     finally:
         loss_fn.reduction = reduction

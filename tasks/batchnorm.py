@@ -44,6 +44,8 @@ class BatchNorm(nn.Module):
     batches of two or more examples."""
 
     batch_statistics = True  # see is_batch_norm
+    running_mean: torch.Tensor  # buffers (register_buffer), as torch's own _NormBase declares them
+    running_var: torch.Tensor
 
     def __init__(self, channels: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
         super().__init__()

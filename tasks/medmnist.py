@@ -201,8 +201,8 @@ class MedMnistTask(Task):
             return x
         return flip_and_shift(x, generator, max_shift=max(1, round(SHIFT_FRACTION * x.shape[-1])))
 
-    @property  # type: ignore[override]
-    def datasets(self) -> tuple[str, ...]:
+    @property
+    def datasets(self) -> tuple[str, ...]:  # type: ignore[override]  # Task declares a class attribute
         return datasets_2d()
 
     def load(self, data_dir: Path, dataset: str) -> TaskData:
