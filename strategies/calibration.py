@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from logging import WARNING
+from typing import cast
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
@@ -68,7 +69,7 @@ class BatchNormCalibration(DelegatingStrategy):
         ]
         self.extra_up = answers
         moments = pooled_moments(
-            {k: v.numpy() for k, v in m.content[BATCHNORM_SUMS].items()}
+            {k: v.numpy() for k, v in cast(ArrayRecord, m.content[BATCHNORM_SUMS]).items()}
             for m in answers if BATCHNORM_SUMS in m.content
         )
         if not moments:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from logging import WARNING
+from typing import cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -69,7 +70,7 @@ class DecodingStrategy(DelegatingStrategy):
             key = id(msg.content)
             if key not in encoded:
                 content = RecordDict(dict(msg.content.items()))
-                arrays = numpy_arrays(content[ARRAYS])
+                arrays = numpy_arrays(cast(ArrayRecord, content[ARRAYS]))
                 coded, exact = split_exact(arrays)  # BatchNorm statistics ride exact
                 payload = encode(self.down, flatten(coded), CodecContext(layout_of(coded), rng=rng))
                 content[ARRAYS] = payload_record(payload, exact)
@@ -83,7 +84,7 @@ class DecodingStrategy(DelegatingStrategy):
         base, lossy = self.sent.get(msg.metadata.src_node_id), self.decoded.get(msg.metadata.src_node_id)
         if base is None or lossy is None:
             raise ValueError("reply from a node that was not sent this round's model")
-        got = numpy_arrays(msg.content[ARRAYS])
+        got = numpy_arrays(cast(ArrayRecord, msg.content[ARRAYS]))
         if layout_of(got) != layout_of(base):
             return msg.content  # validation rejects it with the reason
         update = flatten(got).astype(np.float64) - flatten(lossy)
@@ -102,7 +103,7 @@ class DecodingStrategy(DelegatingStrategy):
         base: dict[int, dict[str, np.ndarray]] = {}
         self.sent = {
             m.metadata.dst_node_id: base.setdefault(
-                id(m.content), numpy_arrays(m.content[ARRAYS])
+                id(m.content), numpy_arrays(cast(ArrayRecord, m.content[ARRAYS]))
             )
             for m in messages
         }
@@ -113,7 +114,7 @@ class DecodingStrategy(DelegatingStrategy):
         base = self.sent.get(msg.metadata.src_node_id)
         if base is None:
             raise ValueError("reply from a node that was not sent this round's model")
-        payload = record_payload(msg.content[ARRAYS])
+        payload = record_payload(cast(ArrayRecord, msg.content[ARRAYS]))
         ctx = CodecContext(layout_of(base), seed=self.seed_of_round)
         update = decode(self.up, payload, ctx)
         if not np.all(np.isfinite(update)):

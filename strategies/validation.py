@@ -55,8 +55,8 @@ def check_train_reply(content: RecordDict, layout: Layout, *, max_examples: int)
     if not 1 <= n <= max_examples:
         return f"{NUM_EXAMPLES}={n} outside [1, {max_examples}]"
     for key, value in metrics.items():
-        values = value if isinstance(value, list) else [value]
-        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+        entries = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in entries):
             return f"metric {key} is not finite"
     return None
 
