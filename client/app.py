@@ -7,12 +7,13 @@ also set ``data-dir`` in its node config to override the run config's.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 from pathlib import Path
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app.typing import ConfigRecordValues, ConfigScalar
 from flwr.clientapp import ClientApp
 
 from fedloom.client import secagg
@@ -78,8 +79,11 @@ def node_partition(context: Context) -> tuple[int, int]:
             f"node config lacks {exc}; start the SuperNode with "
             '--node-config "partition-id=0 num-partitions=N"'
         ) from None
-    whole = all(isinstance(v, int) and not isinstance(v, bool) for v in (pid, nparts))
-    if not whole or not 0 <= pid < nparts:
+    if (
+        not isinstance(pid, int) or isinstance(pid, bool)
+        or not isinstance(nparts, int) or isinstance(nparts, bool)
+        or not 0 <= pid < nparts
+    ):
         raise ValueError(
             f"invalid node config partition-id={pid!r} num-partitions={nparts!r}; "
             "valid: whole numbers with 0 <= partition-id < num-partitions"
@@ -131,14 +135,23 @@ def _model(
     return model
 
 
+def _scalar(value: ConfigRecordValues) -> ConfigScalar:
+    """A config value for ``int()`` or ``float()``; a list raises ``TypeError``, as they would."""
+    if isinstance(value, list):
+        raise TypeError(f"expected a number, got the list {value!r}")
+    return value
+
+
 def he_inputs(cfg: RunConfig, msg: Message, context: Context) -> tuple[int | list[int], Path | None]:
     """Total weight of an encrypted global model (0: plain; one per ciphertext with partial
     uploads) and this node's secret key path."""
     if not cfg.he:
         return 0, None
-    config = msg.content[CONFIG]
-    block_weights = config.get(HE_BLOCK_WEIGHTS)
-    total = [int(w) for w in block_weights] if block_weights else int(config.get(HE_TOTAL_WEIGHT, 0))
+    config = cast(ConfigRecord, msg.content[CONFIG])
+    block_weights = cast("list[int] | None", config.get(HE_BLOCK_WEIGHTS))  # as strategies/encrypted.py sends it
+    total = (
+        [int(w) for w in block_weights] if block_weights else int(_scalar(config.get(HE_TOTAL_WEIGHT, 0)))
+    )
     key = secret_path(cfg.he_secret_dir, cfg.he_dir, context.node_config)
     he.check_key_id(he.load_params(key.parent), str(config.get(HE_KEY_ID, "")), str(key))
     return total, key
@@ -146,10 +159,11 @@ def he_inputs(cfg: RunConfig, msg: Message, context: Context) -> tuple[int | lis
 
 def he_upload_blocks(up: Chain, config: ConfigRecord) -> list[int] | None:
     """The ciphertexts this round uploads: all (``None``), or randk's shared random subset."""
-    block_weights = config.get(HE_BLOCK_WEIGHTS)
+    block_weights = cast("list[int] | None", config.get(HE_BLOCK_WEIGHTS))  # as strategies/encrypted.py sends it
     if up.transform is None or not block_weights:
         return None
-    return randk_indices(len(block_weights), float(up.transform.param), int(config[COMPRESSION_SEED])).tolist()
+    fraction = cast(float, up.transform.param)  # randk's: parse_spec gives every transform its parameter
+    return randk_indices(len(block_weights), float(fraction), int(_scalar(config[COMPRESSION_SEED]))).tolist()
 
 
 @app.train()
@@ -161,8 +175,8 @@ def train(msg: Message, context: Context) -> Message:
     split = client_split(
         cfg.task, directory, cfg.dataset, cfg.partition, nparts, cfg.seed, pid, cfg.task_options()
     )
-    config = msg.content[CONFIG]
-    server_round = int(config.get(SERVER_ROUND, 0))
+    config = cast(ConfigRecord, msg.content[CONFIG])
+    server_round = int(_scalar(config.get(SERVER_ROUND, 0)))
     settings = round_settings(cfg, config)  # the message's lr, local-epochs, batch-size first
     state_dir = client_state_dir(cfg, context, pid, str(config.get(RUN_ID, "")))
     load_state(context.state, state_dir, server_round, never_rewound=(ACCOUNT_KEY,), transient=(secagg.STATE_KEY,))
@@ -172,7 +186,7 @@ def train(msg: Message, context: Context) -> Message:
         partition_id=pid,
     )
     he_total, he_key = he_inputs(cfg, msg, context)
-    model = _model(cfg, directory, msg.content[ARRAYS], he_total, he_key)
+    model = _model(cfg, directory, cast(ArrayRecord, msg.content[ARRAYS]), he_total, he_key)
     up = cfg.compression
     attacking = cfg.attack != "none" and pid in attackers(nparts, cfg.attack_fraction, cfg.seed)
     start: dict[str, np.ndarray] | None = None  # global weights as received
@@ -208,7 +222,7 @@ def train(msg: Message, context: Context) -> Message:
             batch_size=settings.batch_size,
             lr=settings.lr,
             momentum=cfg.momentum,
-            proximal_mu=float(config.get(PROXIMAL_MU, 0.0)),
+            proximal_mu=float(_scalar(config.get(PROXIMAL_MU, 0.0))),
             seed=seed,
             device=device(),
             optimizer=cfg.optimizer,
@@ -226,7 +240,7 @@ def train(msg: Message, context: Context) -> Message:
         vector = secagg.upload_vector(
             flatten(state) - flatten(start), up=up, start=start, state=context.state,
             clipping_norm=cfg.dp_clipping_norm if cfg.dp == "client" else 0.0,
-            seed=int(config.get(COMPRESSION_SEED, 0)),
+            seed=int(_scalar(config.get(COMPRESSION_SEED, 0))),
         )
         arrays = secagg.masked_update(msg, context, vector, upload_weight(len(split), dp=cfg.dp))
     elif he_key is not None:
@@ -238,7 +252,7 @@ def train(msg: Message, context: Context) -> Message:
         assert start is not None
         arrays = encode_update(
             up, start, {k: v.numpy() for k, v in state.items()}, state=context.state,
-            seed=int(config.get(COMPRESSION_SEED, 0)),
+            seed=int(_scalar(config.get(COMPRESSION_SEED, 0))),
             rng=np.random.default_rng([cfg.seed, server_round, pid]),
         )
     save_state(context.state, state_dir, server_round, transient=(secagg.STATE_KEY,))
@@ -274,7 +288,7 @@ def query(msg: Message, context: Context) -> Message:
         cfg.task, directory, cfg.dataset, cfg.partition, nparts, cfg.seed, pid, cfg.task_options()
     )
     model = _architecture(cfg, directory)
-    model.load_state_dict(msg.content[ARRAYS].to_torch_state_dict())
+    model.load_state_dict(cast(ArrayRecord, msg.content[ARRAYS]).to_torch_state_dict())
     sums = batchnorm_sums(model, split, batch_size=cfg.batch_size, device=device())
     record = ArrayRecord({k: Array(v) for k, v in sums.items()})
     return Message(content=RecordDict({BATCHNORM_SUMS: record}), reply_to=msg)
@@ -286,7 +300,7 @@ def evaluate_(msg: Message, context: Context) -> Message:
     pid, nparts = node_partition(context)
     directory = data_dir(cfg, context)
     split = client_test_split(cfg.task, directory, cfg.dataset, nparts, pid, cfg.task_options())
-    model = _model(cfg, directory, msg.content[ARRAYS], *he_inputs(cfg, msg, context))
+    model = _model(cfg, directory, cast(ArrayRecord, msg.content[ARRAYS]), *he_inputs(cfg, msg, context))
     task = get_task(cfg.task, cfg.task_options())
     logits, loss = predict(model, task, split, device=device())
     statistics = requests.asked(msg.content[CONFIG], requests.STATISTICS)

@@ -16,6 +16,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.app.message_type import MessageType
+from flwr.app.typing import MetricRecordValues
 from torch import nn
 
 from fedloom.config import DPMode
@@ -40,7 +41,9 @@ PUBLIC_REPLY_KEYS = frozenset({PARTITION_ID, NUM_PARTITIONS, DP_EPSILON, DP_EXHA
 DP_WEIGHT = 1
 
 
-def private_reply_metrics(metrics: dict[str, float], *, dp: DPMode) -> dict[str, float]:
+def private_reply_metrics(
+    metrics: dict[str, float], *, dp: DPMode
+) -> dict[str, MetricRecordValues]:
     """``metrics`` as a train reply may carry them under ``dp`` (none: all of them).
 
     An allow-list, not a block-list: a metric added later stays on the client under
@@ -48,7 +51,7 @@ def private_reply_metrics(metrics: dict[str, float], *, dp: DPMode) -> dict[str,
     """
     if dp is DPMode.NONE:
         return dict(metrics)
-    kept = {k: v for k, v in metrics.items() if k in PUBLIC_REPLY_KEYS}
+    kept: dict[str, MetricRecordValues] = {k: v for k, v in metrics.items() if k in PUBLIC_REPLY_KEYS}
     kept[NUM_EXAMPLES] = DP_WEIGHT
     return kept
 
