@@ -25,6 +25,15 @@ from flwr.app import Array, ArrayRecord, RecordDict
 from .keys import CIPHERTEXT_PREFIX, PAYLOAD, STATISTIC_PREFIX
 
 
+def array_record(content: RecordDict, key: str) -> ArrayRecord:
+    """The ``ArrayRecord`` a reply holds under ``key``; ``KeyError`` when it has none,
+    ``ValueError`` when another kind of record sits there."""
+    record = content[key]
+    if not isinstance(record, ArrayRecord):
+        raise ValueError(f"{key!r} holds a {type(record).__name__}; valid: an ArrayRecord")
+    return record
+
+
 def payload_record(payload: bytes, exact: Mapping[str, np.ndarray] | None = None) -> ArrayRecord:
     """The wire form of an encoded payload: one uint8 array, then the arrays sent exact
     beside it under their own names (a download's BatchNorm statistics)."""

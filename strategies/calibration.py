@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from logging import WARNING
-from typing import cast
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
@@ -69,8 +68,8 @@ class BatchNormCalibration(DelegatingStrategy):
         ]
         self.extra_up = answers
         moments = pooled_moments(
-            {k: v.numpy() for k, v in cast(ArrayRecord, m.content[BATCHNORM_SUMS]).items()}
-            for m in answers if BATCHNORM_SUMS in m.content
+            {k: v.numpy() for k, v in sums.items()}
+            for sums in (m.content.get(BATCHNORM_SUMS) for m in answers) if isinstance(sums, ArrayRecord)
         )
         if not moments:
             log(WARNING, "round %d: no client measured the BatchNorm statistics; the averaged ones stay",

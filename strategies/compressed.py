@@ -32,7 +32,7 @@ from fedloom.compression.flat import flatten, layout_of, unflatten
 from fedloom.compression.pipeline import decode, encode
 from fedloom.compression.spec import Chain, CodecContext
 from fedloom.protocol.keys import ARRAYS, COMPRESSION_SEED
-from fedloom.protocol.records import payload_record, record_payload
+from fedloom.protocol.records import array_record, payload_record, record_payload
 
 from .delegating import DelegatingStrategy
 from .validation import Rejection
@@ -84,7 +84,7 @@ class DecodingStrategy(DelegatingStrategy):
         base, lossy = self.sent.get(msg.metadata.src_node_id), self.decoded.get(msg.metadata.src_node_id)
         if base is None or lossy is None:
             raise ValueError("reply from a node that was not sent this round's model")
-        got = numpy_arrays(cast(ArrayRecord, msg.content[ARRAYS]))
+        got = numpy_arrays(array_record(msg.content, ARRAYS))
         if layout_of(got) != layout_of(base):
             return msg.content  # validation rejects it with the reason
         update = flatten(got).astype(np.float64) - flatten(lossy)
@@ -114,7 +114,7 @@ class DecodingStrategy(DelegatingStrategy):
         base = self.sent.get(msg.metadata.src_node_id)
         if base is None:
             raise ValueError("reply from a node that was not sent this round's model")
-        payload = record_payload(cast(ArrayRecord, msg.content[ARRAYS]))
+        payload = record_payload(array_record(msg.content, ARRAYS))
         ctx = CodecContext(layout_of(base), seed=self.seed_of_round)
         update = decode(self.up, payload, ctx)
         if not np.all(np.isfinite(update)):

@@ -100,6 +100,19 @@ def test_malformed_payload_is_dropped_not_averaged():
     np.testing.assert_allclose(arrays["w"].numpy(), np.arange(6).reshape(2, 3) + 1.0, rtol=1e-3)
 
 
+@pytest.mark.parametrize("up", ["fp16", "none"])
+def test_a_reply_with_another_record_kind_under_arrays_is_rejected_not_a_crash(up):
+    strategy = build(up, down="fp16")
+    sent = list(strategy.configure_train(1, global_arrays(), ConfigRecord(), grid([1, 2])))
+    ones = np.ones(8, np.float32)
+    good = (payload_record(encode(parse_spec("fp16"), ones, CodecContext(((6,), (2,))))) if up == "fp16"
+            else ArrayRecord({"w": Array(np.ones((2, 3), np.float32)), "b": Array(np.ones(2, np.float32))}))
+    odd = Message(content=RecordDict({"arrays": MetricRecord({"x": 1.0}), "metrics": MetricRecord({"num-examples": 1})}),
+                  reply_to=sent[1])
+    arrays, _ = strategy.aggregate_train(1, [reply(sent[0], good, 1), odd])
+    assert arrays is not None and strategy.stats.rejected == 1
+
+
 def test_download_compression_sends_one_fp16_payload_per_client():
     strategy = build("none", down="fp16")
     sent = list(strategy.configure_train(1, global_arrays(), ConfigRecord(), grid([1, 2, 3])))
