@@ -48,6 +48,23 @@ def keys_home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def digits_runs(tmp_path_factory):
+    """Two finished 2-round digits runs that several tests read (one simulation each, not
+    one per test): ``plain`` through the Python API with TensorBoard and federated
+    evaluation on, and ``qsgd4`` from the command line with ``--compression qsgd:4``.
+    Returns ``(folder, plain RunResult as simulate returned it)``."""
+    import fedloom
+    from fedloom import run_sim
+
+    folder = tmp_path_factory.mktemp("digits-runs")
+    plain = fedloom.simulate(task="digits", num_clients=2, rounds=2, seed=3, run_dir=str(folder / "plain"),
+                             fraction_evaluate=1.0, tensorboard=True)
+    assert run_sim.main(["--num-clients", "2", "--rounds", "2", "--seed", "3", "--run-dir",
+                         str(folder / "qsgd4"), "--compression", "qsgd:4"]) == 0
+    return folder, plain
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     require_data("mnist.npz")
     return SHARED_DATA

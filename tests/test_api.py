@@ -51,10 +51,9 @@ def test_load_run_reads_a_results_folder_and_rejects_other_folders(tmp_path):
 
 
 @pytest.mark.e2e
-def test_simulate_digits_returns_the_rows_config_and_folder(tmp_path):
-    run = fedloom.simulate(task="digits", num_clients=2, rounds=2, seed=3,
-                           run_dir=str(tmp_path / "run"), fraction_evaluate=1.0)
-    assert run.path == (tmp_path / "run").resolve()
+def test_simulate_digits_returns_the_rows_config_and_folder(digits_runs):
+    folder, run = digits_runs  # fedloom.simulate(task="digits", num_clients=2, rounds=2, seed=3, ...)
+    assert run.path == (folder / "plain").resolve()
     assert [r["round"] for r in run.rows] == [1, 2] and run.final["accuracy"] > 0.5
     assert run.final["fed_accuracy"] == pytest.approx(run.final["accuracy"], abs=1e-6)
     assert run.run_config["seed"] == 3 and run.run_config["fraction-evaluate"] == 1.0

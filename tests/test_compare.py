@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from fedloom import compare, run_sim
+from fedloom import compare
 from fedloom.api import load_run
 
 
@@ -53,11 +53,9 @@ def test_bad_input_is_one_line_with_the_valid_choices_and_exit_2(tmp_path, capsy
 
 
 @pytest.mark.e2e
-def test_compare_two_digits_runs(tmp_path, capsys):
-    plain, small = tmp_path / "plain", tmp_path / "qsgd4"
-    for run_dir, codec in ((plain, "none"), (small, "qsgd:4")):
-        assert run_sim.main(["--num-clients", "2", "--rounds", "2", "--run-dir", str(run_dir),
-                             "--compression", codec]) == 0
+def test_compare_two_digits_runs(digits_runs, tmp_path, capsys):
+    runs_dir, _ = digits_runs
+    plain, small = runs_dir / "plain", runs_dir / "qsgd4"
     capsys.readouterr()
     out = tmp_path / "cmp"
     assert compare.main([str(plain), str(small), "--out", str(out)]) == 0
@@ -68,7 +66,7 @@ def test_compare_two_digits_runs(tmp_path, capsys):
     for line in printed.splitlines():  # the accuracy table comes first
         if line.startswith(("plain", "qsgd4")):
             lines.setdefault(line.split()[0], line.split())
-    runs = {name: load_run(tmp_path / name) for name in ("plain", "qsgd4")}
+    runs = {name: load_run(runs_dir / name) for name in ("plain", "qsgd4")}
     for name, run in runs.items():
         first = lines[name]
         assert first[1] == f"{run.rows[-1]['accuracy']:.4f}" and first[4] == "2"

@@ -6,7 +6,6 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
-from fedloom import run_sim
 from fedloom.server.tracking import TensorBoardLog, scalars
 
 
@@ -52,9 +51,8 @@ def test_rows_and_config_round_trip_and_resume_drops_the_rerun_rounds(tmp_path):
 
 
 @pytest.mark.e2e
-def test_tensorboard_run_writes_the_metrics_rows_and_run_config(tmp_path):
-    run_dir = tmp_path / "run"
-    assert run_sim.main(["--num-clients", "2", "--rounds", "2", "--run-dir", str(run_dir), "--tensorboard"]) == 0
+def test_tensorboard_run_writes_the_metrics_rows_and_run_config(digits_runs):
+    run_dir = digits_runs[0] / "plain"  # tensorboard=True
     assert list(run_dir.glob("events.out.tfevents.*"))
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     got = read_scalars(run_dir)

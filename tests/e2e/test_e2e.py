@@ -119,19 +119,3 @@ def test_mnist_cnn_learns(tmp_path, shared_data):
     assert rows[0]["num_clients"] == 2
     assert rows[-1]["accuracy"] > 0.9
     assert rows[-1]["bytes_up"] == 2 * model_bytes("mnist", str(shared_data))
-
-
-def test_seeded_partial_participation_repeats(tmp_path):
-    # Half the clients per round: which partitions train must come from the seed, not from
-    # the node IDs Flower would otherwise draw from os.urandom at every start.
-    def run(name):
-        run_dir = tmp_path / name
-        assert run_sim.main([
-            "--num-clients", "4", "--fraction", "0.5", "--rounds", "3", "--partition", "dirichlet:0.3",
-            "--seed", "3", "--run-dir", str(run_dir), "--run-config", "min-train-nodes=2",
-        ]) == 0
-        return [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in read_rows(run_dir)]
-
-    first, second = run("a"), run("b")
-    assert [r["num_clients"] for r in first] == [2, 2, 2]
-    assert first == second

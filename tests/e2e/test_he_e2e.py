@@ -22,25 +22,23 @@ def test_encrypted_run_matches_plaintext_accuracy(tmp_path):
     common = ["--num-clients", "3", "--rounds", "2", "--seed", "5"]
     assert run_sim.main([*common, "--he", "--run-dir", str(tmp_path / "he")]) == 0
     assert run_sim.main([*common, "--run-config", "fraction-evaluate=1.0", "--run-dir", str(tmp_path / "plain")]) == 0
-    assert run_sim.main([*common, "--he", "--run-config", "he-pack=2", "--run-dir", str(tmp_path / "packed")]) == 0
-    he_rows, plain_rows, packed_rows = rows(tmp_path / "he"), rows(tmp_path / "plain"), rows(tmp_path / "packed")
+    he_rows, plain_rows = rows(tmp_path / "he"), rows(tmp_path / "plain")
     assert abs(he_rows[-1]["accuracy"] - plain_rows[-1]["accuracy"]) <= 0.005
     assert he_rows[-1]["central_seconds"] == 0 < plain_rows[-1]["central_seconds"]  # HE: no central pass
-    # Two values per slot: the 9,610-parameter MLP takes 2 ciphertexts instead of 3 (each
-    # 6% larger: its data prime has 60 bits instead of 56).
-    assert abs(packed_rows[-1]["accuracy"] - plain_rows[-1]["accuracy"]) <= 0.005
-    assert packed_rows[-1]["bytes_up"] < 0.72 * he_rows[-1]["bytes_up"]
     # CKKS: 2,048 real slots per ciphertext, so 5 ciphertexts for the same 9,610 weights.
     assert run_sim.main([*common, "--he", "--he-scheme", "ckks", "--run-dir", str(tmp_path / "ckks")]) == 0
     ckks_rows = rows(tmp_path / "ckks")
     assert abs(ckks_rows[-1]["accuracy"] - plain_rows[-1]["accuracy"]) <= 0.005
     assert 1.6 < ckks_rows[-1]["bytes_up"] / he_rows[-1]["bytes_up"] < 1.8
     assert json.loads((tmp_path / "ckks" / "he" / "params.json").read_text())["scheme"] == "ckks"
-    # randk under HE: each round uploads a shared random 2 of the 3 ciphertexts.
-    assert run_sim.main([*common, "--he", "--compression", "randk:0.5", "--run-dir", str(tmp_path / "randk")]) == 0
+    # randk under HE with two values per slot: the 9,610-parameter MLP takes 2 ciphertexts
+    # instead of 3 (each 6% larger: its data prime has 60 bits instead of 56), and each
+    # round uploads a shared random 1 of the 2. (Packed sums: tests/test_he.py.)
+    assert run_sim.main([*common, "--he", "--compression", "randk:0.5", "--run-config", "he-pack=2",
+                         "--run-dir", str(tmp_path / "randk")]) == 0
     randk_rows = rows(tmp_path / "randk")
-    assert [round(r["bytes_up"] / h["bytes_up"], 2) for r, h in zip(randk_rows, he_rows)] == [0.67, 0.67]
-    assert randk_rows[-1]["accuracy"] > 0.7
+    assert [round(r["bytes_up"] / h["bytes_up"], 2) for r, h in zip(randk_rows, he_rows)] == [0.35, 0.35]
+    assert randk_rows[-1]["accuracy"] > 0.55  # half the model moves each round; measured 0.647 (chance 0.1)
     assert he_rows[-1]["accuracy"] > he_rows[0]["accuracy"] - 0.05 and he_rows[-1]["accuracy"] > 0.8
     # Under HE the reported accuracy is the federated one: the server cannot decrypt.
     assert he_rows[-1]["accuracy"] == he_rows[-1]["fed_accuracy"]
@@ -56,7 +54,7 @@ def test_encrypted_run_matches_plaintext_accuracy(tmp_path):
     # A key holder decrypts the final model; it scores on the central test set like the
     # clients' federated evaluation of the same aggregate.
     assert decrypted_accuracy(run) > 0.8
-    assert decrypted_accuracy(tmp_path / "randk") > 0.7
+    assert decrypted_accuracy(tmp_path / "randk") > 0.55
 
 
 def decrypted_accuracy(run):
