@@ -25,7 +25,6 @@ from fedloom.client.resources import (
     node_report,
     peak_memory_metrics,
     reset_peak_memory,
-    training_device,
 )
 from fedloom.client.privacy import (
     ACCOUNT_KEY,
@@ -54,7 +53,7 @@ from fedloom.tasks.base import Task
 from fedloom.tasks.batchnorm import batchnorm_sums
 from fedloom.tasks.head import freeze_classifier
 from fedloom.tasks.registry import client_split, client_test_split, get_task, load_task_data
-from fedloom.tasks.training import evaluate, predict, train_local
+from fedloom.tasks.training import compute_device, evaluate, predict, train_local
 
 app = ClientApp(mods=[dp_clipping_mod])  # the mod acts only for client-side DP clipping
 app.query("secagg_share_keys")(secagg.share_keys)  # SecAgg+'s exchanges around the train message
@@ -105,10 +104,6 @@ def client_state_dir(cfg: RunConfig, context: Context, partition_id: int, run_id
     root = context.node_config.get("state-dir") or str(Path(cfg.run_dir or "runs") / "client-state")
     folder = Path(str(root)).expanduser()
     return (folder / run_id if run_id else folder) / str(partition_id)
-
-
-def device() -> str:
-    return training_device()
 
 
 def _architecture(cfg: RunConfig, directory: str) -> torch.nn.Module:
@@ -197,15 +192,15 @@ def train(msg: Message, context: Context) -> Message:
         metrics.update({PARTITION_ID: pid, NUM_PARTITIONS: nparts})
     # q-FFL weights clients by the global model's loss: a statistic no epsilon covers.
     if config.get(INITIAL_LOSS, False) and cfg.dp is DPMode.NONE:
-        metrics[TRAIN_LOSS_INITIAL] = evaluate(model, task, split, device=device())["loss"]
+        metrics[TRAIN_LOSS_INITIAL] = evaluate(model, task, split, device=compute_device())["loss"]
     seed = cfg.seed * 100_003 + server_round * 1_009 + pid
     dp_settings = cfg.sample_dp()
-    reset_peak_memory(device())
+    reset_peak_memory(compute_device())
     if dp_settings is not None:  # DP-SGD; a client out of budget replies without an update
         outcome, report = sample_dp_round(
             model, task, split, settings=dp_settings, state=context.state, partition_id=pid,
             epochs=settings.local_epochs, batch_size=settings.batch_size, lr=settings.lr,
-            momentum=cfg.momentum, weight_decay=cfg.weight_decay, seed=seed, device=device(),
+            momentum=cfg.momentum, weight_decay=cfg.weight_decay, seed=seed, device=compute_device(),
         )
         if requests.asked(config, requests.PRIVACY):
             metrics.update(report)
@@ -224,12 +219,12 @@ def train(msg: Message, context: Context) -> Message:
             momentum=cfg.momentum,
             proximal_mu=float(_scalar(config.get(PROXIMAL_MU, 0.0))),
             seed=seed,
-            device=device(),
+            device=compute_device(),
             optimizer=cfg.optimizer,
             weight_decay=cfg.weight_decay,
             logit_adjustment=cfg.logit_adjustment,
         )
-    metrics.update(peak_memory_metrics(device()))
+    metrics.update(peak_memory_metrics(compute_device()))
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if attacking and start is not None:
         rng = np.random.default_rng([cfg.seed, server_round, pid, 0xBAD])
@@ -289,7 +284,7 @@ def query(msg: Message, context: Context) -> Message:
     )
     model = _architecture(cfg, directory)
     model.load_state_dict(cast(ArrayRecord, msg.content[ARRAYS]).to_torch_state_dict())
-    sums = batchnorm_sums(model, split, batch_size=cfg.batch_size, device=device())
+    sums = batchnorm_sums(model, split, batch_size=cfg.batch_size, device=compute_device())
     record = ArrayRecord({k: Array(v) for k, v in sums.items()})
     return Message(content=RecordDict({BATCHNORM_SUMS: record}), reply_to=msg)
 
@@ -302,7 +297,7 @@ def evaluate_(msg: Message, context: Context) -> Message:
     split = client_test_split(cfg.task, directory, cfg.dataset, nparts, pid, cfg.task_options())
     model = _model(cfg, directory, cast(ArrayRecord, msg.content[ARRAYS]), *he_inputs(cfg, msg, context))
     task = get_task(cfg.task, cfg.task_options())
-    logits, loss = predict(model, task, split, device=device())
+    logits, loss = predict(model, task, split, device=compute_device())
     statistics = requests.asked(msg.content[CONFIG], requests.STATISTICS)
     metrics = evaluation_metrics(task, logits, torch.from_numpy(np.asarray(split.y)), loss, statistics=statistics)
     content = RecordDict({METRICS: MetricRecord(metrics)})

@@ -23,11 +23,6 @@ MAX_CLIENTS_PER_GPU = 32
 MEMORY_HEADROOM = 0.9
 
 
-def training_device() -> str:
-    """Where a client trains: the GPU Ray assigned to it (``cuda``) when there is one."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def deterministic_cuda() -> None:
     """Seeded runs repeat on a GPU as on the CPU: deterministic cuDNN and cuBLAS kernels.
 

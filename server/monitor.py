@@ -12,7 +12,7 @@ from flwr.serverapp import Grid
 
 from fedloom.strategies.instrumented import InstrumentedStrategy
 from fedloom.tasks.base import DataSplit, Task, TaskData
-from fedloom.tasks.training import evaluate
+from fedloom.tasks.training import compute_device, evaluate
 
 from .best import BestRound
 from fedloom.strategies.state import chain_state
@@ -22,10 +22,6 @@ from .privacy import ledger_of, privacy_row, record_release
 from .progress import RunProgress
 from .results import NODES, ResultsFolder, atomic_write_bytes
 from .tracking import TensorBoardLog
-
-
-def device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class RoundMonitor:
@@ -68,10 +64,10 @@ class RoundMonitor:
         """Test metrics, plus ``val_*`` ones when the data set has a validation split
         (MedMNIST's), for picking a round without looking at the test set."""
         self.model.load_state_dict(arrays.to_torch_state_dict())
-        metrics = evaluate(self.model, self.task, self.data.test, device=device())
+        metrics = evaluate(self.model, self.task, self.data.test, device=compute_device())
         val = self.data.info.get("val")
         if isinstance(val, DataSplit) and len(val):
-            metrics.update({f"val_{k}": v for k, v in evaluate(self.model, self.task, val, device=device()).items()})
+            metrics.update({f"val_{k}": v for k, v in evaluate(self.model, self.task, val, device=compute_device()).items()})
         return metrics
 
     def evaluate_fn(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:

@@ -22,6 +22,12 @@ OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "cosine")
 
 
+def compute_device() -> str:
+    """Where this process trains and evaluates models: ``cuda`` when a GPU is visible (a
+    client actor sees the GPU Ray assigned to it), else ``cpu``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def scheduled_lr(lr: float, schedule: str, server_round: int, total_rounds: int) -> float:
     """The client learning rate of ``server_round`` (1-based) of ``total_rounds``.
 
