@@ -74,37 +74,55 @@ class Capabilities:
         return cls(**found)
 
 
+@dataclass(frozen=True)
+class Requirement:
+    """What one run-config option asks of the strategy: the option as the user wrote it
+    (or None when the run does not set it), the capability, and why it is needed."""
+
+    option: Callable[[RunConfig], str | None]
+    allows: Callable[[Capabilities], bool]
+    why: str
+
+
+def _dp_option(cfg: RunConfig) -> str | None:
+    from fedloom.config import DPMode
+
+    return None if cfg.dp is DPMode.NONE else f"dp={cfg.dp}"
+
+
+#: The one table of option -> capability checks (the config checks go through it in order).
+REQUIREMENTS = (
+    Requirement(
+        lambda cfg: "--he" if cfg.he else None, lambda c: c.he_compatible,
+        "the server only adds ciphertexts, so it can compute a weighted mean but not a median, "
+        "trimmed mean, Krum score or server-side optimizer step",
+    ),
+    Requirement(
+        lambda cfg: "--secagg" if cfg.secagg else None, lambda c: c.secagg_compatible,
+        "the server learns only the weighted sum of the updates, so it can compute a mean but not "
+        "a median, trimmed mean, Krum score or per-client loss weighting",
+    ),
+    Requirement(
+        _dp_option, lambda c: not c.needs_initial_loss,
+        "it weights each client by its loss on its whole private partition (train_loss_initial), "
+        "a statistic no epsilon covers",
+    ),
+    Requirement(
+        lambda cfg: "dp=client" if _dp_option(cfg) == "dp=client" else None, lambda c: c.client_dp_compatible,
+        "its noise and epsilon assume the release is the plain mean of the clipped updates (a median "
+        "or Krum moves up to 3x further for one client; a server optimizer's momentum replays "
+        "un-noised past means)",
+    ),
+)
+
+
 def check_strategy(name: str, caps: Capabilities, cfg: RunConfig, names: Callable[[Callable[[Capabilities], bool]], list[str]]) -> None:
     """``ValueError`` when strategy ``name`` lacks what the run config asks of it;
     ``names(test)`` lists the registered strategies that pass ``test``."""
-    from fedloom.config import DPMode
-
-    if cfg.he and not caps.he_compatible:
-        raise ValueError(
-            f"strategy {name!r} does not work with --he: the server only adds "
-            "ciphertexts, so it can compute a weighted mean but not a median, trimmed mean, "
-            "Krum score or server-side optimizer step; strategies that work with --he: "
-            + ", ".join(names(lambda c: c.he_compatible))
-        )
-    if cfg.secagg and not caps.secagg_compatible:
-        raise ValueError(
-            f"strategy {name!r} does not work with --secagg: the server learns only the "
-            "weighted sum of the updates, so it can compute a mean but not a median, trimmed mean, "
-            "Krum score or per-client loss weighting; strategies that work with --secagg: "
-            + ", ".join(names(lambda c: c.secagg_compatible))
-        )
-    if cfg.dp is not DPMode.NONE and caps.needs_initial_loss:
-        raise ValueError(
-            f"strategy {name!r} does not work with dp={cfg.dp}: it weights each client by its "
-            "loss on its whole private partition (train_loss_initial), a statistic no epsilon "
-            "covers; valid with dp: any strategy that does not need the initial loss: "
-            + ", ".join(names(lambda c: not c.needs_initial_loss))
-        )
-    if cfg.dp is DPMode.CLIENT and not caps.client_dp_compatible:
-        raise ValueError(
-            f"strategy {name!r} does not work with dp=client: its noise and epsilon "
-            "assume the release is the plain mean of the clipped updates (a median or Krum moves "
-            "up to 3x further for one client; a server optimizer's momentum replays un-noised "
-            "past means); strategies that work with dp=client: "
-            + ", ".join(names(lambda c: c.client_dp_compatible))
-        )
+    for req in REQUIREMENTS:
+        option = req.option(cfg)
+        if option is not None and not req.allows(caps):
+            raise ValueError(
+                f"strategy {name!r} does not work with {option}: {req.why}; strategies that work "
+                f"with {option}: " + ", ".join(names(req.allows))
+            )
