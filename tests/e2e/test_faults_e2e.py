@@ -1,6 +1,7 @@
 """Runs survive crashes, failing clients and attackers (end to end, Ray clients)."""
 
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -56,11 +57,11 @@ def test_sigkill_mid_round_then_resume(tmp_path):
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == 6
 
 
-def test_resume_errors_are_clear(tmp_path, capsys):
+def test_resume_errors_are_clear(tmp_path, capsys, digits_runs):
     assert run_sim.main(["--resume", str(tmp_path)]) == 2
     assert "not a fedloom results folder" in capsys.readouterr().err
     run_dir = tmp_path / "run"
-    assert run_sim.main(["--num-clients", "2", "--rounds", "2", "--run-dir", str(run_dir)]) == 0
+    shutil.copytree(digits_runs[0] / "plain", run_dir)  # a finished 2-round run of 2 clients
     capsys.readouterr()
     # Fewer rounds than done: nothing would run, and config.json would contradict the rows.
     assert run_sim.main(["--resume", str(run_dir), "--rounds", "1"]) == 2
