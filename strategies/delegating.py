@@ -40,6 +40,9 @@ class DelegatingStrategy(RejectsReplies, Strategy):
     inner: Strategy
     extra_down: Sequence[Message] = ()
     extra_up: Sequence[Message] = ()
+    #: A round without a usable reply is still handed to it (client-level DP releases
+    #: the noise alone); otherwise the wrappers outside end such a round themselves.
+    releases_without_replies: bool = False
 
     def state_dict(self) -> dict[str, Any]:
         """What this wrapper carries from one round to the next, as plain data (see

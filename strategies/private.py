@@ -178,9 +178,7 @@ class ClientDPStrategy(DelegatingStrategy):
     weight is set to 1).
     """
 
-    #: A round without a usable reply still releases (the noise alone): the wrappers
-    #: outside hand it the empty round instead of skipping it.
-    releases_without_replies = True
+    releases_without_replies = True  # a draw of nobody releases the noise alone
 
     def __init__(
         self,

@@ -106,7 +106,8 @@ class ValidatingStrategy(DelegatingStrategy):
             self.rejected.append(Rejection(msg.metadata.src_node_id, reason))
             log(WARNING, "round %d: rejected reply from node %d: %s",
                 server_round, msg.metadata.src_node_id, reason)
-        if not any(not m.has_error() for m in keep) and not getattr(self.inner, "releases_without_replies", False):
+        empty_round_wanted = isinstance(self.inner, DelegatingStrategy) and self.inner.releases_without_replies
+        if not any(not m.has_error() for m in keep) and not empty_round_wanted:
             return None, None
         arrays, metrics = self.inner.aggregate_train(server_round, keep)
         return (None if arrays is None else cast_to_layout(arrays, self.layout)), metrics
